@@ -1,0 +1,372 @@
+"""Recipes: YAML files mapped onto frozen dataclasses.
+
+Unknown keys are rejected with the dotted path of the key, and `--set a.b=v` overrides
+any field (the value is parsed as YAML, so `--set train.lr=3e-4` gives a float).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from mt import MTError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: synthetic: the built-in generated pair; files: paths below; multi30k / tatoeba: known corpora
+    corpus: Literal["synthetic", "files", "multi30k", "tatoeba"] = "synthetic"
+    #: folder with the corpus files (relative paths below resolve against it); known corpora are
+    #: downloaded here when missing
+    data_dir: str = "data"
+    #: folder searched for known corpus files before the network (e.g. ../shared/data/multi30k)
+    mirror: str | None = None
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    train_src: str | None = None
+    train_tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    test_src: str | None = None
+    test_tgt: str | None = None
+    #: training pairs longer than this many subword tokens (either side) are skipped
+    max_len: int = 128
+    #: tatoeba has no official split: this many pairs (chosen by seed) become valid / test
+    valid_size: int = 1000
+    test_size: int = 1000
+    #: synthetic corpus sizes and generator seed
+    synthetic_train: int = 20000
+    synthetic_valid: int = 300
+    synthetic_test: int = 300
+    synthetic_seed: int = 1
+    synthetic_max_clauses: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise MTError(f"data.max_len must be >= 1, got {self.max_len}")
+        if self.corpus == "files" and not (self.train_src and self.train_tgt):
+            raise MTError("data.corpus=files needs data.train_src and data.train_tgt")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    size: int = 8000
+    #: one SentencePiece model for both languages (needed to share source/target embeddings)
+    joint: bool = True
+    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
+    character_coverage: float = 1.0
+    #: sentences sampled from the training data to train SentencePiece
+    max_sentences: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise MTError(f"vocab.size must be >= 8, got {self.size}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    arch: Literal["transformer"] = "transformer"
+    d_model: int = 512
+    heads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    ff_dim: int = 2048
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["pre", "post"] = "pre"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 1024
+    #: one embedding matrix for source and target (needs vocab.joint)
+    share_embeddings: bool = False
+    #: output projection tied to the target embedding
+    tie_output: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise MTError(f"model.d_model ({self.d_model}) must be divisible by model.heads ({self.heads})")
+        for name in ("d_model", "heads", "enc_layers", "dec_layers", "ff_dim", "max_positions"):
+            if getattr(self, name) < 1:
+                raise MTError(f"model.{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    arch: Literal["rnn"] = "rnn"
+    cell: Literal["gru", "lstm"] = "gru"
+    #: none: d2l Seq2Seq (the final encoder state is the context of every step);
+    #: bahdanau: additive attention; luong_dot / luong_general: multiplicative attention
+    attention: Literal["none", "bahdanau", "luong_dot", "luong_general"] = "bahdanau"
+    emb_dim: int = 256
+    hidden: int = 512
+    enc_layers: int = 2
+    dec_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.2
+    #: Luong input feeding: the previous attentional vector is part of the next input
+    input_feeding: bool = True
+    tie_output: bool = False
+    share_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("emb_dim", "hidden", "enc_layers", "dec_layers"):
+            if getattr(self, name) < 1:
+                raise MTError(f"model.{name} must be >= 1")
+
+
+ModelConfig = Union[TransformerConfig, RNNConfig]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    device: str = "auto"
+    batch_tokens: int = 4096
+    accum: int = 1
+    max_steps: int = 10000
+    max_epochs: int = 0  # 0: no limit
+    max_minutes: float = 0.0  # 0: no limit (wall clock of this process)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    schedule: Literal["inverse_sqrt", "cosine", "plateau", "constant"] = "inverse_sqrt"
+    warmup: int = 4000
+    min_lr: float = 0.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0: no clipping
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    valid_every: int = 1000
+    save_every: int = 0  # 0: at every validation
+    keep_last: int = 3
+    metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    patience: int = 0  # validations without improvement before stopping; 0: never stop early
+    valid_max_sentences: int = 0  # 0: the whole validation set
+    log_every: int = 100
+    compile: bool = False
+    tensorboard: bool = False
+    #: run directory or model.safetensors to start from (fine-tuning); vocabulary must match
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "accum", "valid_every", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise MTError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 1:
+            raise MTError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise MTError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise MTError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    search: Literal["beam", "greedy", "sampling"] = "beam"
+    beam: int = 5
+    n_best: int = 1
+    len_penalty: Literal["gnmt", "d2l", "none"] = "gnmt"
+    alpha: float = 0.6
+    #: max target length = max_len_a * source length + max_len_b (tokens)
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 0
+    #: stop a sentence once `beam` hypotheses have finished (fairseq); False: stop only when no
+    #: open hypothesis can still beat them (exact, slower)
+    early_stop: bool = True
+    batch_tokens: int = 4096
+    topk: int = 0
+    topp: float = 1.0
+    temperature: float = 1.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise MTError(f"beam size must be >= 1, got {self.beam}")
+        if not 1 <= self.n_best:
+            raise MTError(f"n-best must be >= 1, got {self.n_best}")
+        if self.search == "beam" and self.n_best > self.beam:
+            raise MTError(f"n-best ({self.n_best}) cannot exceed the beam size ({self.beam})")
+        if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
+            raise MTError("max_len_a, max_len_b and min_len must not be negative")
+        if self.batch_tokens < 1:
+            raise MTError(f"batch tokens must be >= 1, got {self.batch_tokens}")
+        if self.temperature <= 0:
+            raise MTError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.topp <= 1:
+            raise MTError(f"top-p must be in (0, 1], got {self.topp}")
+        if self.topk < 0:
+            raise MTError(f"top-k must be >= 0, got {self.topk}")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=TransformerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        if getattr(self.model, "share_embeddings", False) and not self.vocab.joint:
+            raise MTError("model.share_embeddings needs vocab.joint: true (one vocabulary for both sides)")
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(str(a) for a in typing.get_args(tp))
+            raise MTError(f"{where}: {value!r} is not one of: {choices}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        if len(args) == 1:
+            return _convert(value, args[0], where)
+        raise TypeError(f"unsupported union at {where}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise MTError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(value) != len(args):
+            raise MTError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MTError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MTError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MTError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise MTError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported type {tp} at {where}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MTError(f"{where or 'recipe'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise MTError(
+            f"unknown recipe key '{prefix}{unknown[0]}' (known keys{' of ' + where if where else ''}: "
+            f"{', '.join(fields)})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        tp = hints[name]
+        if name == "model" and cls is Config:
+            kwargs[name] = _build_model(value, path)
+        elif dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, path)
+        else:
+            kwargs[name] = _convert(value, tp, path)
+    return cls(**kwargs)
+
+
+def _build_model(data: Any, where: str) -> ModelConfig:
+    data = dict(data or {})
+    arch = data.get("arch", "transformer")
+    if arch == "transformer":
+        return _build(TransformerConfig, data, where)
+    if arch == "rnn":
+        return _build(RNNConfig, data, where)
+    raise MTError(f"{where}.arch: unknown architecture {arch!r} (choose transformer or rnn)")
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def to_dict(cfg: Any) -> dict:
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict, returning a new dict."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise MTError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise MTError(f"--set {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MTError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MTError(f"{path}: not a valid YAML recipe ({first})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MTError(f"{path}: a recipe must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from mt.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

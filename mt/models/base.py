@@ -1,0 +1,112 @@
+"""The contract between models and search.
+
+A model encodes a padded source batch once, builds a DecoderState from it, and then
+advances one target position per `decode_step`. Every tensor in a DecoderState keeps
+the batch on dim 0, so a single `state.select(index)` reorders beams, expands the batch
+to batch x beam, and drops finished sentences, whatever the architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+def _index(value: Any, index: Tensor) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.index_select(0, index)
+    if isinstance(value, tuple):
+        return tuple(_index(v, index) for v in value)
+    if isinstance(value, list):
+        return [_index(v, index) for v in value]
+    raise TypeError(f"DecoderState cannot index a {type(value).__name__}")
+
+
+@dataclass
+class EncoderOut:
+    memory: Tensor  # [B, S, D] encoder outputs
+    src_mask: Tensor  # [B, S] bool, True at real (non-pad) source positions
+    final: Any = None  # architecture-specific summary (RNN: final hidden state), batch on dim 0
+
+
+@dataclass
+class DecoderState:
+    """Decoder memory between steps. Batch on dim 0 of every tensor.
+
+    static:  depends only on the source sentence (encoder memory, mask, cross-attention K/V).
+    dynamic: changes every step (RNN hidden state, self-attention KV cache, input feeding).
+    step:    number of target tokens consumed so far (the same for every row).
+    """
+
+    static: dict[str, Any]
+    dynamic: dict[str, Any]
+    step: int = 0
+    need_attention: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)  # non-tensor settings (e.g. cache length)
+
+    @property
+    def batch_size(self) -> int:
+        return self.static["src_mask"].size(0)
+
+    def select(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
+        """Rows `index` of every tensor.
+
+        same_sources=True promises that row i of the result comes from a row with the same
+        source sentence as row i had before (a reorder of beams within each sentence), so the
+        static tensors need no copy.
+        """
+        static = self.static if same_sources else {k: _index(v, index) for k, v in self.static.items()}
+        dynamic = {k: _index(v, index) for k, v in self.dynamic.items()}
+        return DecoderState(static, dynamic, self.step, self.need_attention, dict(self.extras))
+
+
+class Seq2Seq(nn.Module):
+    """An encoder-decoder that the search can drive without knowing its architecture."""
+
+    pad_id = PAD_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+    #: longest source / target the model can represent (None: unbounded)
+    max_src_positions: int | None = None
+    max_tgt_positions: int | None = None
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOut:  # pragma: no cover - abstract
+        """src [B, S] token ids padded with pad_id; src_lengths [B]."""
+        raise NotImplementedError
+
+    def init_state(self, enc: EncoderOut, max_len: int, need_attention: bool = False) -> DecoderState:
+        """State before the first target token; max_len bounds the decoded length (cache size)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
+        """prev_tokens [B] -> (log_probs [B, V], attention over the source [B, S] or None).
+
+        Advances `state` in place by one position.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits [B, T, V] for target inputs tgt_in [B, T] (bos-prefixed)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def teacher_forced_attention(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Attention [B, T, S] of the teacher-forced pass, computed with decode_step."""
+        enc = self.encode(src, src_lengths)
+        state = self.init_state(enc, tgt_in.size(1), need_attention=True)
+        rows = []
+        for t in range(tgt_in.size(1)):
+            _, attn = self.decode_step(tgt_in[:, t], state)
+            rows.append(attn)
+        return torch.stack(rows, dim=1)
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """[B] lengths -> [B, max_len] bool, True at real positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
