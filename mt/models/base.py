@@ -20,7 +20,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 def _index(value: Any, index: Tensor) -> Any:
     if value is None:
         return None
-    if isinstance(value, Tensor):
+    if hasattr(value, "index_select"):  # tensors, and caches that copy only what they hold
         return value.index_select(0, index)
     if isinstance(value, tuple):
         return tuple(_index(v, index) for v in value)

@@ -1,0 +1,42 @@
+"""Average the weights of the last K checkpoints of a run (often +0.2-0.5 BLEU for Transformers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mt import MTError
+
+EPILOG = """\b
+Examples:
+  mt average runs/m30k --last 5                  # writes runs/m30k/averaged.safetensors
+  mt translate -m runs/m30k --checkpoint runs/m30k/averaged.safetensors < test.en
+"""
+
+
+def average(
+    run: Path = typer.Argument(..., help="Run directory."),
+    last: int = typer.Option(5, "--last", "-k", help="How many of the newest checkpoints to average."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: RUN/averaged.safetensors]."),
+) -> None:
+    from safetensors.torch import save_file
+
+    from mt.checkpoint import atomic_write, average_weights, checkpoint_dirs, is_run_dir
+
+    if last < 1:
+        raise MTError(f"--last must be >= 1, got {last}")
+    if not is_run_dir(run):
+        raise MTError(f"{run}: not a run directory (no config.yaml)")
+    dirs = checkpoint_dirs(run)
+    if not dirs:
+        raise MTError(f"{run}: no checkpoints to average")
+    chosen = dirs[-last:]
+    if len(chosen) < last:
+        typer.echo(f"mt: warning: only {len(chosen)} checkpoints kept (train.keep_last); averaging those", err=True)
+    tensors = average_weights([d / "model.safetensors" for d in chosen])
+    out = output or run / "averaged.safetensors"
+    meta = {"averaged": ",".join(d.name for d in chosen)}
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    typer.echo(f"averaged {len(chosen)} checkpoints ({chosen[0].name} .. {chosen[-1].name}) -> {out}")

@@ -1,0 +1,171 @@
+"""Translate text with a trained run: one output line per input line, in order (stdin to stdout by default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Optional
+
+import typer
+
+from mt import MTError
+
+EPILOG = """\b
+Examples:
+  mt translate -m runs/demo < input.txt > output.txt
+  mt translate -m runs/m30k --beam 5 -i test.en -o test.hyp
+  mt translate -m runs/m30k --greedy --batch-tokens 8000 -i big.txt -o big.hyp
+  mt translate -m runs/m30k --n-best 3 --beam 5 < in.txt        # Moses format: i ||| text ||| score
+  mt translate -m runs/m30k --json < in.txt                     # one JSON object per input line
+  mt translate -m runs/demo --attention-plot plots/ < in.txt    # one PNG heatmap per sentence
+"""
+
+
+class Output:
+    """stdout, or a file written under a temporary name and renamed on success only, so a failed
+    run never leaves a half-written output file (nor destroys an existing one)."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = path
+        self.tmp: Optional[Path] = None
+        if path is None:
+            self.stream: IO[str] = sys.stdout
+            return
+        if path.is_dir():
+            raise MTError(f"{path}: is a directory")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise MTError(f"{parent}: no such directory for the output file")
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        except OSError as e:
+            raise MTError(f"{path}: cannot write ({e.strerror})") from None
+        self.tmp = Path(name)
+        self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def write(self, text: str) -> None:
+        self.stream.write(text)
+        if self.path is None:
+            self.stream.flush()  # output appears as it goes
+
+    def commit(self) -> None:
+        if self.tmp is not None:
+            self.stream.close()
+            os.replace(self.tmp, self.path)
+            self.tmp = None
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            self.stream.close()
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+
+def _format(tr, index: int, n_best: int, scores: bool, as_json: bool) -> str:
+    if as_json:
+        obj = {"id": index, "translation": tr.text, "score": tr.nbest[0][1] if tr.nbest else 0.0}
+        if n_best > 1:
+            obj["nbest"] = [{"translation": t, "score": s} for t, s in tr.nbest]
+        if tr.pieces > 1:
+            obj["pieces"] = tr.pieces
+        return json.dumps(obj, ensure_ascii=False) + "\n"
+    if n_best > 1:
+        rows = tr.nbest or [("", 0.0)]
+        return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in rows)
+    if scores:
+        return f"{tr.text}\t{tr.nbest[0][1] if tr.nbest else 0.0:.4f}\n"
+    return tr.text + "\n"
+
+
+def translate(
+    model: Path = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input file (plain or .gz) [default: stdin]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: stdout]."),
+    beam: Optional[int] = typer.Option(None, "--beam", "-b", help="Beam size (beam search) [default: the run's decode.beam]."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy search."),
+    sample: bool = typer.Option(False, "--sample", help="Sampling search (see --temperature, --topk, --topp)."),
+    n_best: Optional[int] = typer.Option(None, "--n-best", help="Output the K best hypotheses per line (Moses format, or in --json)."),
+    scores: bool = typer.Option(False, "--scores", help="Append a TAB and the hypothesis score to each line."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input line."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`)."),
+    len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Length penalty exponent."),
+    max_len_a: Optional[float] = typer.Option(None, "--max-len-a", help="Max target length = a * source length + b."),
+    max_len_b: Optional[int] = typer.Option(None, "--max-len-b", help="See --max-len-a."),
+    min_len: Optional[int] = typer.Option(None, "--min-len", help="Minimum target length (tokens)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="Sample from the k most likely tokens (0: all)."),
+    topp: Optional[float] = typer.Option(None, "--topp", help="Nucleus sampling mass (1: all)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Write one attention heatmap PNG per sentence here."),
+    max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer lines are translated in pieces [default: 1024 or the model's limit]."),
+    buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating [default: 1000, 1 on a terminal]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+) -> None:
+    import torch
+
+    from mt.data import iter_lines, open_binary
+    from mt.plot import save_attention_plot
+    from mt.translate import Translator, load_run, resolve_device
+
+    if greedy + sample + (beam is not None) > 1:
+        raise MTError("choose one of --beam, --greedy and --sample")
+    for name, value in (("--n-best", n_best), ("--batch-tokens", batch_tokens), ("--buffer-lines", buffer_lines),
+                        ("--threads", threads), ("--max-input-tokens", max_input_tokens)):
+        if value is not None and value < 1:
+            raise MTError(f"{name} must be >= 1, got {value}")
+    if beam is not None and beam < 1:
+        raise MTError(f"--beam must be >= 1, got {beam}")
+    if input is not None and not input.exists():
+        raise MTError(f"{input}: no such file")
+    if threads:
+        torch.set_num_threads(threads)
+
+    dev = resolve_device(device)
+    run = load_run(model, dev, checkpoint)
+    changes = {k: v for k, v in dict(
+        beam=beam, n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
+        max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature, topk=topk, topp=topp,
+        seed=seed).items() if v is not None}
+    if beam is not None:
+        changes["search"] = "beam"
+    if greedy:
+        changes["search"] = "greedy"
+    if sample:
+        changes["search"] = "sampling"
+    if len_penalty is not None and len_penalty not in ("gnmt", "d2l", "none"):
+        raise MTError(f"--len-penalty must be gnmt, d2l or none, got {len_penalty!r}")
+    decode = replace(run.config.decode, **changes)
+    if decode.search == "greedy" and decode.n_best > 1:
+        raise MTError("--n-best > 1 needs beam search or sampling")
+    from mt.search import build_search
+
+    translator = Translator(run.model, run.src_vocab, run.tgt_vocab,
+                            build_search(decode, return_attention=attention_plot is not None), dev,
+                            decode.batch_tokens, max_input_tokens)
+    if attention_plot is not None:
+        attention_plot.mkdir(parents=True, exist_ok=True)
+
+    source = open_binary(input) if input is not None else sys.stdin.buffer
+    name = str(input) if input is not None else "stdin"
+    interactive = input is None and sys.stdin.isatty()
+    buffer = buffer_lines or (1 if interactive else 1000)
+    out = Output(output)
+    try:
+        for index, tr in enumerate(translator.stream(iter_lines(source, name), buffer)):
+            out.write(_format(tr, index, decode.n_best, scores, as_json))
+            if attention_plot is not None and tr.attention is not None:
+                save_attention_plot(attention_plot / f"{index + 1:06d}.png", tr.attention, tr.src_pieces, tr.tgt_pieces)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    finally:
+        if input is not None:
+            source.close()

@@ -1,0 +1,219 @@
+"""Run directories: atomic writes, safetensors weights, resumable trainer state, averaging.
+
+    RUN/
+      config.yaml            the recipe as run (all defaults filled in)
+      spm.model              SentencePiece (or spm.src.model + spm.tgt.model)
+      model.safetensors      best weights so far (what `mt translate` loads)
+      meta.json              step, best score with its sacrebleu signature, vocab sizes
+      metrics.jsonl          one JSON object per log line / validation
+      checkpoints/step_00001000/{model.safetensors, trainer_state.pt, meta.json}
+      checkpoints/latest     name of the newest complete checkpoint
+
+Every file is written to a temporary name and renamed into place; a checkpoint folder is
+filled under a temporary name and renamed whole, so a killed process never leaves a
+half-written checkpoint behind. Nothing is loaded with pickle: weights are safetensors and
+the trainer state is read with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_model
+
+from mt import MTError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) for a temporary file beside `path`, fsync it, rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    atomic_write(path, lambda tmp: save_model(unwrap(model), str(tmp), metadata=metadata))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights; a missing, corrupt or foreign file gives an MTError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MTError(f"{path}: no such checkpoint")
+    try:
+        missing, unexpected = load_model(unwrap(model), str(path), strict=False, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MTError(f"{path}: not a readable safetensors checkpoint ({_first_line(e)})") from None
+    except RuntimeError as e:  # size mismatch
+        raise MTError(
+            f"{path}: checkpoint does not fit the model of this run's config.yaml "
+            f"(vocabulary or architecture differ): {_first_line(e, 'size mismatch')}"
+        ) from None
+    if missing or unexpected:
+        names = ", ".join(list(missing)[:3] + list(unexpected)[:3])
+        raise MTError(f"{path}: checkpoint does not fit the model of this run's config.yaml (parameters differ: {names})")
+
+
+def _first_line(e: BaseException, prefer: str | None = None) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if prefer:
+        for ln in lines:
+            if prefer in ln:
+                return ln
+    return lines[0] if lines else type(e).__name__
+
+
+def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several safetensors files with the same tensors."""
+    if not paths:
+        raise MTError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for path in paths:
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise MTError(f"{path}: not a readable safetensors checkpoint ({_first_line(e)})") from None
+        if total and set(tensors) != set(total):
+            raise MTError(f"{path}: holds other tensors than {paths[0]}; cannot average")
+        for name, t in tensors.items():
+            if name in total and total[name].shape != t.shape:
+                raise MTError(f"{path}: tensor {name} has shape {tuple(t.shape)}, not {tuple(total[name].shape)}")
+            total[name] = total[name] + t.double() if name in total else t.double()
+            dtypes[name] = t.dtype
+    return {name: (t / len(paths)).to(dtypes[name]) for name, t in total.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoint folders
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "meta.json").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / "meta.json").is_file():
+            return candidate
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def write_checkpoint(
+    run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any], meta: dict[str, Any], keep_last: int
+) -> Path:
+    """Write checkpoints/step_N atomically (temp folder + rename), update `latest`, prune old ones."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=root))
+    try:
+        save_model(unwrap(model), str(tmp / "model.safetensors"))
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    for old in checkpoint_dirs(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step_*"):  # temp folders of a killed process
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MTError(f"{path}: no such trainer state") from None
+    except Exception as e:  # noqa: BLE001 - pickle / zip errors of a corrupt or foreign file
+        raise MTError(f"{path}: not a readable trainer state ({_first_line(e)})") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MTError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MTError(f"{path}: not valid JSON") from None
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / "config.yaml").is_file()

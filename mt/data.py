@@ -1,0 +1,261 @@
+"""Parallel text: reading and validation, corpus resolution, token-based length-bucketed batches."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from mt import MTError
+from mt.config import DataConfig
+from mt.models.base import BOS_ID, EOS_ID, PAD_ID
+
+#: a line longer than this (in characters) is refused when reading training data
+MAX_LINE_CHARS = 1_000_000
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """Open a plain or gzip file (detected by its magic bytes) for binary reading."""
+    if path.is_dir():
+        raise MTError(f"{path}: is a directory, not a text file")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise MTError(f"{path}: no such file") from None
+    except PermissionError:
+        raise MTError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise MTError(f"{path}: cannot open ({e.strerror})") from None
+    if f.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    return f
+
+
+def decode_line(raw: bytes, name: str, lineno: int) -> str:
+    """One line of bytes -> str without its line end (\\n or \\r\\n); clear error on bad UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MTError(f"{name}:{lineno}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    if text.startswith("\ufeff") and lineno == 1:
+        text = text[1:]
+    return text
+
+
+def iter_lines(stream: IO[bytes], name: str) -> Iterator[str]:
+    try:
+        for lineno, raw in enumerate(stream, 1):
+            yield decode_line(raw, name, lineno)
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
+        raise MTError(f"{name}: cannot read ({e})") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a UTF-8 text file (plain or .gz), without line ends."""
+    path = Path(path)
+    with open_binary(path) as f:
+        lines = list(iter_lines(f, str(path)))
+    for i, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise MTError(f"{path}:{i}: line of {len(line)} characters (more than {MAX_LINE_CHARS})")
+    return lines
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if not src:
+        raise MTError(f"{src_path}: empty corpus (no lines)")
+    if len(src) != len(tgt):
+        raise MTError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: a parallel corpus needs one line each")
+    return src, tgt
+
+
+def read_tsv_pairs(path: str | Path) -> tuple[list[str], list[str]]:
+    """`source<TAB>target[<TAB>...]` lines (the Tatoeba / manythings format)."""
+    src, tgt = [], []
+    for i, line in enumerate(read_lines(path), 1):
+        cols = line.split("\t")
+        if len(cols) < 2:
+            raise MTError(f"{path}:{i}: expected source<TAB>target")
+        src.append(cols[0])
+        tgt.append(cols[1])
+    if not src:
+        raise MTError(f"{path}: empty corpus (no lines)")
+    return src, tgt
+
+
+# ----------------------------------------------------------------------------------------------
+# corpora
+
+Split = tuple[list[str], list[str]]
+
+
+def grouped_split(src: list[str], tgt: list[str], valid: int, test: int, seed: int) -> dict[str, Split]:
+    """Random valid/test/train split that keeps all translations of one source sentence together."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(src):
+        groups.setdefault(s, []).append(i)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    out: dict[str, list[int]] = {"valid": [], "test": [], "train": []}
+    for key in keys:
+        name = "valid" if len(out["valid"]) < valid else "test" if len(out["test"]) < test else "train"
+        out[name].extend(groups[key])
+    return {name: ([src[i] for i in sorted(idx)], [tgt[i] for i in sorted(idx)]) for name, idx in out.items()}
+
+
+def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    p = Path(name)
+    return p if p.is_absolute() or p.exists() else Path(cfg.data_dir) / p
+
+
+def load_corpus(cfg: DataConfig, seed: int = 1) -> dict[str, Split]:
+    """The train / valid / test splits named by the recipe (valid and test may be absent)."""
+    if cfg.corpus == "synthetic":
+        from mt import synthetic
+
+        parts = synthetic.splits(
+            cfg.synthetic_train, cfg.synthetic_valid, cfg.synthetic_test, cfg.synthetic_seed, cfg.synthetic_max_clauses
+        )
+        return {k: ([s for s, _ in v], [t for _, t in v]) for k, v in parts.items() if v}
+    if cfg.corpus == "multi30k":
+        from mt import download
+
+        dest = Path(cfg.data_dir)
+        download.fetch("multi30k", dest, Path(cfg.mirror) if cfg.mirror else None, langs=[cfg.src_lang, cfg.tgt_lang])
+        paths = download.multi30k_split_paths(dest, cfg.src_lang, cfg.tgt_lang)
+        return {name: read_parallel(s, t) for name, (s, t) in paths.items()}
+    if cfg.corpus == "tatoeba":
+        from mt import download
+
+        dest = Path(cfg.data_dir)
+        (path,) = download.fetch("tatoeba", dest, Path(cfg.mirror) if cfg.mirror else None)
+        en, fr = read_tsv_pairs(path)
+        src, tgt = (en, fr) if (cfg.src_lang, cfg.tgt_lang) == ("en", "fr") else (fr, en)
+        if {cfg.src_lang, cfg.tgt_lang} != {"en", "fr"}:
+            raise MTError(f"the tatoeba corpus is English-French, not {cfg.src_lang}-{cfg.tgt_lang}")
+        return grouped_split(src, tgt, cfg.valid_size, cfg.test_size, seed)
+    out = {"train": read_parallel(_resolve(cfg, cfg.train_src), _resolve(cfg, cfg.train_tgt))}
+    if cfg.valid_src and cfg.valid_tgt:
+        out["valid"] = read_parallel(_resolve(cfg, cfg.valid_src), _resolve(cfg, cfg.valid_tgt))
+    if cfg.test_src and cfg.test_tgt:
+        out["test"] = read_parallel(_resolve(cfg, cfg.test_src), _resolve(cfg, cfg.test_tgt))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors and batches
+
+
+@dataclass
+class Batch:
+    src: Tensor  # [B, S] source ids + eos, padded
+    src_lengths: Tensor  # [B]
+    tgt_in: Tensor  # [B, T] bos + target ids, padded
+    tgt_out: Tensor  # [B, T] target ids + eos, padded
+    ntokens: int  # real target tokens (loss normaliser)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            self.src.to(device, non_blocking=True),
+            self.src_lengths.to(device, non_blocking=True),
+            self.tgt_in.to(device, non_blocking=True),
+            self.tgt_out.to(device, non_blocking=True),
+            self.ntokens,
+        )
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int = PAD_ID) -> Tensor:
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), max(width, 1)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def source_tensor(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Source ids (eos appended) -> padded [B, S] and lengths [B]."""
+    with_eos = [list(s) + [EOS_ID] for s in seqs]
+    return pad(with_eos), torch.tensor([len(s) for s in with_eos], dtype=torch.long)
+
+
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Batch:
+    s, lengths = source_tensor(src)
+    tgt_in = pad([[BOS_ID] + list(t) for t in tgt])
+    tgt_out = pad([list(t) + [EOS_ID] for t in tgt])
+    return Batch(s, lengths, tgt_in, tgt_out, int(sum(len(t) + 1 for t in tgt)))
+
+
+def token_batches(lengths: Sequence[int], batch_tokens: int, order: Sequence[int] | None = None) -> list[list[int]]:
+    """Group indices (visited in `order`, normally sorted by length) so that
+    batch size x longest item <= batch_tokens (padding included). An item longer than
+    batch_tokens gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order if order is not None else range(len(lengths)):
+        n = lengths[i]
+        if current and max(longest, n) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class TokenBatcher:
+    """Length-bucketed token batches over an encoded parallel corpus.
+
+    Sentences are sorted by (target, source) length with a seeded random tie-break, cut
+    into batches of at most `batch_tokens` padded tokens per side, and the batch order is
+    shuffled per epoch. `epoch_batches(epoch)` is a pure function of (seed, epoch), so a
+    resumed run sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, src: list[list[int]], tgt: list[list[int]], batch_tokens: int, seed: int) -> None:
+        self.src, self.tgt = src, tgt
+        self.batch_tokens = batch_tokens
+        self.seed = seed
+        rng = random.Random(seed)
+        tie = [rng.random() for _ in src]
+        order = sorted(range(len(src)), key=lambda i: (len(tgt[i]), len(src[i]), tie[i]))
+        lengths = [max(len(s), len(t)) + 1 for s, t in zip(src, tgt)]
+        self.batches = token_batches(lengths, batch_tokens, order)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch_batches(self, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+        order = list(range(len(self.batches)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        if world > 1:
+            usable = len(order) - len(order) % world  # every rank gets the same number of batches
+            order = order[:usable][rank::world]
+        return [self.batches[i] for i in order]
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        return collate([self.src[i] for i in indices], [self.tgt[i] for i in indices])
+
+
+def filter_pairs(src: list[list[int]], tgt: list[list[int]], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """Drop pairs with an empty side or a side longer than max_len tokens; return the number dropped."""
+    keep = [i for i, (s, t) in enumerate(zip(src, tgt)) if 0 < len(s) <= max_len and 0 < len(t) <= max_len]
+    return [src[i] for i in keep], [tgt[i] for i in keep], len(src) - len(keep)

@@ -1,0 +1,284 @@
+"""Transformer encoder-decoder (Vaswani et al. 2017) with pre- or post-norm layers.
+
+Attention runs through torch's scaled_dot_product_attention. Incremental decoding keeps a
+preallocated self-attention KV cache per layer and the cross-attention keys/values of the
+source, computed once per sentence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mt import MTError
+from mt.config import TransformerConfig
+from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
+
+
+class KVCache:
+    """Self-attention keys/values of one layer: [B, H, capacity, Dh], first `length` positions valid."""
+
+    def __init__(self, k: Tensor, v: Tensor, length: int = 0) -> None:
+        self.k, self.v, self.length = k, v, length
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> "KVCache":
+        shape = (batch, heads, capacity, head_dim)
+        return cls(like.new_empty(shape), like.new_empty(shape))
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write one position (k, v: [B, H, 1, Dh]); return the valid prefix [B, H, length, Dh]."""
+        if self.length >= self.k.size(2):
+            raise RuntimeError(f"KV cache full ({self.k.size(2)} positions)")
+        self.k[:, :, self.length] = k[:, :, 0]
+        self.v[:, :, self.length] = v[:, :, 0]
+        self.length += 1
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+    def index_select(self, dim: int, index: Tensor) -> "KVCache":
+        # copy only the valid prefix into a fresh buffer of the same capacity
+        assert dim == 0
+        k = self.k.new_empty((index.numel(),) + self.k.shape[1:])
+        v = self.v.new_empty((index.numel(),) + self.v.shape[1:])
+        n = self.length
+        k[:, :, :n] = self.k[:, :, :n].index_select(0, index)
+        v[:, :, :n] = self.v[:, :, :n].index_select(0, index)
+        return KVCache(k, v, n)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int, dropout: float, self_attention: bool) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, d_model // heads
+        self.self_attention = self_attention
+        if self_attention:
+            self.qkv = nn.Linear(d_model, 3 * d_model)
+        else:
+            self.q = nn.Linear(d_model, d_model)
+            self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def _split(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, H, T, Dh]
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:  # [B, H, T, Dh] -> [B, T, D]
+        b, _, t, _ = x.shape
+        return x.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the source: 2 x [B, H, S, Dh]."""
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(
+        self,
+        x: Tensor,  # [B, T, D] queries
+        key_mask: Tensor | None = None,  # [B, S] True at real keys
+        causal: bool = False,
+        memory_kv: tuple[Tensor, Tensor] | None = None,  # cross-attention K/V
+        cache: KVCache | None = None,  # self-attention cache (incremental decoding)
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        if self.self_attention:
+            q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = cache.append(k, v)
+                causal = False  # one query attends to every cached position
+        else:
+            q = self._split(self.q(x))
+            k, v = memory_kv
+        mask = key_mask[:, None, None, :] if key_mask is not None else None
+        dropout = self.dropout if self.training else 0.0
+        if need_weights:
+            # explicit softmax so the weights can be returned (one query row at decode time)
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.float().softmax(-1).to(q.dtype)
+            ctx = weights @ v
+            return self.out(self._merge(ctx)), weights.mean(dim=1)  # [B, T, S]
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        return self.out(self._merge(ctx)), None
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ff_dim: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class Sublayer(nn.Module):
+    """Residual around `fn` with pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, fn) -> tuple[Tensor, Tensor | None]:
+        y, weights = fn(self.norm(x) if self.pre_norm else x)
+        x = x + self.dropout(y)
+        return (x if self.pre_norm else self.norm(x)), weights
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout, self_attention=True)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
+        self.sub_attn = Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.sub_ff = Sublayer(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        x, _ = self.sub_attn(x, lambda h: self.attn(h, key_mask=src_mask))
+        x, _ = self.sub_ff(x, lambda h: (self.ff(h), None))
+        return x
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout, self_attention=True)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout, self_attention=False)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
+        self.sub_self = Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.sub_cross = Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.sub_ff = Sublayer(cfg.d_model, cfg.dropout, pre)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory_kv: tuple[Tensor, Tensor],
+        src_mask: Tensor,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        x, _ = self.sub_self(x, lambda h: self.self_attn(h, causal=cache is None, cache=cache))
+        x, weights = self.sub_cross(
+            x, lambda h: self.cross_attn(h, key_mask=src_mask, memory_kv=memory_kv, need_weights=need_weights)
+        )
+        x, _ = self.sub_ff(x, lambda h: (self.ff(h), None))
+        return x, weights
+
+
+def sinusoidal_table(positions: int, dim: int) -> Tensor:
+    pos = torch.arange(positions, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(positions, dim)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+class Embedder(nn.Module):
+    """Token embedding x sqrt(d) + position, then dropout."""
+
+    def __init__(self, tokens: nn.Embedding, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.scale = math.sqrt(cfg.d_model)
+        if cfg.positions == "learned":
+            self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+        else:
+            self.positions = None
+            self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: Tensor, start: int = 0) -> Tensor:  # [B, T] -> [B, T, D]
+        t = ids.size(1)
+        pos = self.positions.weight[start : start + t] if self.positions is not None else self.table[start : start + t]
+        return self.dropout(self.tokens(ids) * self.scale + pos)
+
+
+class Transformer(Seq2Seq):
+    def __init__(self, cfg: TransformerConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        src_tokens = nn.Embedding(src_vocab_size, d, padding_idx=self.pad_id)
+        if cfg.share_embeddings:
+            if src_vocab_size != tgt_vocab_size:
+                raise MTError("model.share_embeddings needs one vocabulary for source and target (vocab.joint)")
+            tgt_tokens = src_tokens
+        else:
+            tgt_tokens = nn.Embedding(tgt_vocab_size, d, padding_idx=self.pad_id)
+        for emb in {id(src_tokens): src_tokens, id(tgt_tokens): tgt_tokens}.values():
+            nn.init.normal_(emb.weight, 0.0, d**-0.5)
+            with torch.no_grad():
+                emb.weight[self.pad_id].zero_()
+        self.src_embed = Embedder(src_tokens, cfg)
+        self.tgt_embed = Embedder(tgt_tokens, cfg)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        pre = cfg.norm == "pre"
+        self.enc_norm = nn.LayerNorm(d) if pre else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d) if pre else nn.Identity()
+        self.output = nn.Linear(d, tgt_vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and "embed" not in name and name != "output.weight":
+                nn.init.xavier_uniform_(p)
+        if cfg.tie_output:
+            self.output.weight = tgt_tokens.weight
+        else:
+            nn.init.normal_(self.output.weight, 0.0, d**-0.5)
+        self.max_src_positions = cfg.max_positions
+        self.max_tgt_positions = cfg.max_positions
+
+    # -- encoder ------------------------------------------------------------------------------
+    def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOut:
+        mask = padding_mask(src_lengths, src.size(1))  # [B, S]
+        x = self.src_embed(src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return EncoderOut(memory=self.enc_norm(x), src_mask=mask)
+
+    # -- teacher forcing ----------------------------------------------------------------------
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        enc = self.encode(src, src_lengths)
+        x = self.tgt_embed(tgt_in)
+        for layer in self.decoder:
+            x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
+        return self.output(self.dec_norm(x))
+
+    # -- incremental decoding -----------------------------------------------------------------
+    def init_state(self, enc: EncoderOut, max_len: int, need_attention: bool = False) -> DecoderState:
+        if max_len > self.cfg.max_positions:
+            raise MTError(f"cannot decode {max_len} positions: the model has {self.cfg.max_positions}")
+        b = enc.memory.size(0)
+        static = {"src_mask": enc.src_mask}
+        dynamic = {}
+        for i, layer in enumerate(self.decoder):
+            static[f"k{i}"], static[f"v{i}"] = layer.cross_attn.project_kv(enc.memory)
+            dynamic[f"cache{i}"] = KVCache.empty(b, self.cfg.heads, max_len, self.cfg.d_model // self.cfg.heads, enc.memory)
+        return DecoderState(static=static, dynamic=dynamic, need_attention=need_attention)
+
+    def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
+        x = self.tgt_embed(prev_tokens[:, None], start=state.step)  # [B, 1, D]
+        last = len(self.decoder) - 1
+        weights = None
+        for i, layer in enumerate(self.decoder):
+            x, w = layer(
+                x,
+                (state.static[f"k{i}"], state.static[f"v{i}"]),
+                state.static["src_mask"],
+                cache=state.dynamic[f"cache{i}"],
+                need_weights=state.need_attention and i == last,
+            )
+            if w is not None:
+                weights = w[:, 0]
+        state.step += 1
+        logits = self.output(self.dec_norm(x[:, 0]))
+        return logits.float().log_softmax(-1), weights

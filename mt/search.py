@@ -1,0 +1,304 @@
+"""Decoding: greedy, batched beam search and sampling behind one `Search` interface.
+
+    hyps = search(model, src, src_lengths)   # list (per sentence) of n-best Hypothesis
+
+Every search encodes the batch once, asks the model for a DecoderState and then calls only
+`model.decode_step` and `state.select`: it never looks at the architecture. Sentences that
+finish leave the batch, so the tensors shrink as the search goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mt.config import DecodeConfig
+from mt.models.base import DecoderState, Seq2Seq
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target ids, without bos/eos
+    score: float  # log-probability after the length penalty (what the search ranks by)
+    log_prob: float  # sum of token log-probabilities (eos included)
+    attention: Tensor | None = None  # [len(tokens) + 1, source length] (the eos step included)
+
+
+class LengthPenalty:
+    """score = log_prob / lp(L), L = hypothesis length with eos.
+
+    gnmt: lp = ((5 + L) / 6) ** alpha (Wu et al. 2016);  d2l: lp = L ** alpha;  none: lp = 1.
+    """
+
+    def __init__(self, kind: str = "gnmt", alpha: float = 0.6) -> None:
+        self.kind, self.alpha = kind, alpha
+
+    def __call__(self, length: Tensor | float) -> Tensor | float:
+        if self.kind == "none" or self.alpha == 0:
+            return torch.ones_like(length) if isinstance(length, Tensor) else 1.0
+        base = (5.0 + length) / 6.0 if self.kind == "gnmt" else length
+        return base**self.alpha
+
+
+class Search:
+    """Shared setup and finalising. Subclasses implement `_search`."""
+
+    def __init__(
+        self,
+        max_len_a: float = 1.5,
+        max_len_b: int = 10,
+        min_len: int = 0,
+        n_best: int = 1,
+        return_attention: bool = False,
+    ) -> None:
+        self.max_len_a, self.max_len_b, self.min_len = max_len_a, max_len_b, min_len
+        self.n_best = n_best
+        self.return_attention = return_attention
+
+    @torch.inference_mode()
+    def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor) -> list[list[Hypothesis]]:
+        enc = model.encode(src, src_lengths)
+        max_lens = self.max_lengths(model, src_lengths)
+        state = model.init_state(enc, int(max_lens.max()) + 1, need_attention=self.return_attention)
+        return self._search(model, state, max_lens, src_lengths)
+
+    def max_lengths(self, model: Seq2Seq, src_lengths: Tensor) -> Tensor:
+        """Longest hypothesis (tokens before eos) per sentence: a * source length + b."""
+        lens = (src_lengths.float() * self.max_len_a + self.max_len_b).floor().long()
+        lens = lens.clamp(min=max(self.min_len, 1))
+        if model.max_tgt_positions is not None:
+            lens = lens.clamp(max=model.max_tgt_positions - 1)
+        return lens
+
+    def _search(
+        self, model: Seq2Seq, state: DecoderState, max_lens: Tensor, src_lengths: Tensor
+    ) -> list[list[Hypothesis]]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _mask_scores(self, lp: Tensor, step: int, max_lens: Tensor, model: Seq2Seq) -> Tensor:
+        """Never pad or bos; no eos before min_len; only eos once a row reaches its max length
+        (max_lens is per row)."""
+        eos = model.eos_id
+        lp[:, model.pad_id] = NEG_INF
+        lp[:, model.bos_id] = NEG_INF
+        if step < self.min_len:
+            lp[:, eos] = NEG_INF
+        at_max = max_lens <= step
+        if bool(at_max.any()):
+            eos_lp = lp[:, eos].clone()
+            lp[at_max] = NEG_INF
+            lp[at_max, eos] = torch.where(torch.isfinite(eos_lp[at_max]), eos_lp[at_max], 0.0)
+        return lp
+
+    @staticmethod
+    def _attention(rows: Tensor | None, src_len: int) -> Tensor | None:
+        return None if rows is None else rows[:, :src_len].float().cpu()
+
+
+class _RowSearch(Search):
+    """Each row continues with one chosen token per step (greedy, sampling)."""
+
+    num_rows = 1  # rows (samples) per sentence
+
+    def _choose(self, lp: Tensor) -> Tensor:  # [N, V] -> [N]
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _search(self, model, state, max_lens, src_lengths):
+        b, n, eos = src_lengths.size(0), self.num_rows, model.eos_id
+        device = src_lengths.device
+        if n > 1:
+            state = state.select(torch.arange(b, device=device).repeat_interleave(n))
+        rows = torch.arange(b * n, device=device)  # original row id of each active row
+        row_max = max_lens.repeat_interleave(n)
+        prev = torch.full((b * n,), model.bos_id, dtype=torch.long, device=device)
+        seqs = torch.empty((b * n, 0), dtype=torch.long, device=device)
+        scores = torch.zeros(b * n, device=device)
+        attn_rows: Tensor | None = None
+        done: list[list[Hypothesis]] = [[] for _ in range(b)]
+        step = 0
+        while rows.numel():
+            lp, attn = model.decode_step(prev, state)
+            lp = self._mask_scores(lp, step, row_max, model)
+            tok = self._choose(lp)
+            scores = scores + lp.gather(1, tok[:, None])[:, 0]
+            seqs = torch.cat([seqs, tok[:, None]], dim=1)
+            if attn is not None and self.return_attention:
+                attn_rows = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
+            finished = tok == eos
+            if bool(finished.any()):
+                for i in finished.nonzero()[:, 0].tolist():
+                    sent = int(rows[i]) // n
+                    raw = float(scores[i])
+                    done[sent].append(
+                        Hypothesis(
+                            seqs[i, :-1].tolist(),
+                            raw,
+                            raw,
+                            self._attention(attn_rows[i] if attn_rows is not None else None, int(src_lengths[sent])),
+                        )
+                    )
+                keep = (~finished).nonzero()[:, 0]
+                rows, row_max, tok, seqs, scores = rows[keep], row_max[keep], tok[keep], seqs[keep], scores[keep]
+                attn_rows = attn_rows[keep] if attn_rows is not None else None
+                state = state.select(keep)
+            prev = tok
+            step += 1
+        return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
+
+
+class GreedySearch(_RowSearch):
+    def _choose(self, lp: Tensor) -> Tensor:
+        return lp.argmax(dim=-1)
+
+
+class SamplingSearch(_RowSearch):
+    """Ancestral sampling with temperature, top-k and nucleus (top-p) filtering; n_best samples per
+    sentence, ranked by their model log-probability."""
+
+    def __init__(self, temperature: float = 1.0, topk: int = 0, topp: float = 1.0, seed: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.temperature, self.topk, self.topp = temperature, topk, topp
+        self.num_rows = self.n_best
+        self.seed = seed
+
+    def __call__(self, model, src, src_lengths):
+        self.generator = torch.Generator(device=src.device).manual_seed(self.seed)
+        return super().__call__(model, src, src_lengths)
+
+    def _choose(self, lp: Tensor) -> Tensor:
+        logits = lp / self.temperature
+        if self.topk > 0:
+            kth = logits.topk(min(self.topk, logits.size(-1)), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if self.topp < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= self.topp  # keep the smallest prefix reaching topp
+            sorted_logits = sorted_logits.masked_fill(drop, NEG_INF)
+            logits = torch.full_like(logits, NEG_INF).scatter(1, order, sorted_logits)
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+
+
+class BeamSearch(Search):
+    """Batched beam search: batch x beam rows in one tensor, top-k over beam x vocab.
+
+    2 x beam candidates per sentence and step, so hypotheses that end (eos among the top
+    `beam` candidates) are replaced by the best open ones. A sentence stops when `beam`
+    hypotheses have finished (early_stop) or, with early_stop=False, when no open hypothesis
+    can beat the `beam`-th finished one any more (exact with respect to the length penalty).
+    """
+
+    def __init__(
+        self,
+        beam: int = 5,
+        len_penalty: LengthPenalty | None = None,
+        early_stop: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.beam = beam
+        self.lp = len_penalty or LengthPenalty("none")
+        self.early_stop = early_stop
+
+    def _search(self, model, state, max_lens, src_lengths):
+        b, k, eos = src_lengths.size(0), self.beam, model.eos_id
+        device = src_lengths.device
+        state = state.select(torch.arange(b, device=device).repeat_interleave(k))
+        sent_ids = torch.arange(b, device=device)  # original sentence of each active sentence
+        sent_max = max_lens.clone()
+        n_done = torch.zeros(b, dtype=torch.long, device=device)  # finished hypotheses per sentence
+        scores = torch.full((b, k), NEG_INF, device=device)
+        scores[:, 0] = 0.0
+        prev = torch.full((b * k,), model.bos_id, dtype=torch.long, device=device)
+        seqs = torch.empty((b * k, 0), dtype=torch.long, device=device)
+        attn_rows: Tensor | None = None
+        done: list[list[Hypothesis]] = [[] for _ in range(b)]
+        step = 0
+        while sent_ids.numel():
+            nb = sent_ids.numel()
+            lp, attn = model.decode_step(prev, state)  # [nb*k, V]
+            vocab = lp.size(-1)
+            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(k), model)
+            if attn is not None and self.return_attention:
+                attn_all = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
+            else:
+                attn_all = None
+            cand = (scores.view(-1, 1) + lp).view(nb, k * vocab)
+            top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # [nb, 2k], sorted
+            top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
+            top_tok = top_idx % vocab
+            is_eos = top_tok == eos
+
+            # hypotheses that end here: eos among the first k candidates, with a finite score
+            ends = is_eos & torch.isfinite(top_scores)
+            ends[:, k:] = False
+            if bool(ends.any()):
+                self._collect(ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, k, done)
+                n_done = n_done + ends.sum(dim=1)
+
+            # the best k candidates that do not end continue
+            open_scores = top_scores.masked_fill(is_eos, NEG_INF)
+            scores, pick = open_scores.topk(k, dim=1)  # [nb, k]
+            beam_src = top_beam.gather(1, pick)
+            prev = top_tok.gather(1, pick).view(-1)
+            rows = (torch.arange(nb, device=device)[:, None] * k + beam_src).view(-1)
+            seqs = torch.cat([seqs[rows], prev[:, None]], dim=1)
+            attn_rows = attn_all[rows] if attn_all is not None else None
+            state = state.select(rows, same_sources=True)
+
+            finished = self._finished(scores, n_done, sent_ids, sent_max, done, k)
+            if bool(finished.any()):
+                keep = (~finished).nonzero()[:, 0]
+                keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
+                sent_ids, sent_max, scores, n_done = sent_ids[keep], sent_max[keep], scores[keep], n_done[keep]
+                prev, seqs = prev[keep_rows], seqs[keep_rows]
+                attn_rows = attn_rows[keep_rows] if attn_rows is not None else None
+                state = state.select(keep_rows)
+            step += 1
+        return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
+
+    def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, k, done) -> None:
+        length_norm = float(self.lp(float(step + 1)))
+        for i, j in ends.nonzero().tolist():
+            row = i * k + int(top_beam[i, j])
+            sent = int(sent_ids[i])
+            raw = float(top_scores[i, j])
+            attention = self._attention(attn_all[row] if attn_all is not None else None, int(src_lengths[sent]))
+            done[sent].append(Hypothesis(seqs[row].tolist(), raw / length_norm, raw, attention))
+
+    def _finished(self, scores: Tensor, n_done: Tensor, sent_ids: Tensor, sent_max: Tensor, done, k: int) -> Tensor:
+        """[nb] bool: sentences whose search is over."""
+        finished = ~torch.isfinite(scores[:, 0])  # no open hypothesis left
+        full = n_done >= k
+        if self.early_stop:
+            return finished | full
+        for i in full.nonzero()[:, 0].tolist():
+            # an open hypothesis only loses log-probability; its best possible score takes the
+            # largest length penalty it could still get (the open scores are sorted)
+            bound = float(scores[i, 0]) / float(self.lp(float(int(sent_max[i]) + 1)))
+            kth = sorted((h.score for h in done[int(sent_ids[i])]), reverse=True)[k - 1]
+            finished[i] |= kth >= bound
+        return finished
+
+
+def build_search(cfg: DecodeConfig, return_attention: bool = False) -> Search:
+    common = dict(
+        max_len_a=cfg.max_len_a,
+        max_len_b=cfg.max_len_b,
+        min_len=cfg.min_len,
+        n_best=cfg.n_best,
+        return_attention=return_attention,
+    )
+    if cfg.search == "greedy":
+        return GreedySearch(**common)
+    if cfg.search == "sampling":
+        return SamplingSearch(temperature=cfg.temperature, topk=cfg.topk, topp=cfg.topp, seed=cfg.seed, **common)
+    return BeamSearch(
+        beam=cfg.beam, len_penalty=LengthPenalty(cfg.len_penalty, cfg.alpha), early_stop=cfg.early_stop, **common
+    )

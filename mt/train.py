@@ -1,0 +1,628 @@
+"""Trainer: label-smoothed loss, schedules, AMP, accumulation, clipping, validation with the real
+Search, best / last-k checkpoints, early stopping, exact resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mt import MTError, __version__
+from mt.checkpoint import (
+    atomic_write_json,
+    latest_checkpoint,
+    load_trainer_state,
+    load_weights,
+    read_json,
+    save_weights,
+    unwrap,
+    write_checkpoint,
+)
+from mt.config import Config, save_config
+from mt.data import TokenBatcher, filter_pairs, load_corpus
+from mt.models import build_model
+from mt.models.base import PAD_ID
+from mt.search import build_search
+from mt.translate import Translator, resolve_device
+from mt.vocab import Vocab, train_vocab, vocab_files
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Sum over real target tokens of the label-smoothed cross-entropy (padding ignored)."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=PAD_ID,
+        label_smoothing=smoothing,
+        reduction="sum",
+    )
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    fused = device.type == "cuda"  # fused kernels exist for CUDA; on CPU the foreach path is used
+    return cls(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=fused)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
+    """Per-step scheduler (torch.optim.lr_scheduler), plus a ReduceLROnPlateau for schedule=plateau."""
+    t = cfg.train
+    sched = torch.optim.lr_scheduler
+    warmup = max(t.warmup, 0)
+    if t.schedule == "inverse_sqrt":
+        # Vaswani et al. / fairseq inverse_sqrt: linear warmup to lr, then lr * sqrt(warmup / step)
+        def factor(step: int) -> float:
+            step = max(step, 1)
+            if warmup and step < warmup:
+                return step / warmup
+            return math.sqrt(max(warmup, 1) / step)
+
+        return sched.LambdaLR(optimizer, factor), None
+    start = 1.0 / warmup if warmup else 1.0
+    warm = sched.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=max(warmup, 1))
+    if t.schedule == "cosine":
+        cosine = sched.CosineAnnealingLR(optimizer, T_max=max(t.max_steps - warmup, 1), eta_min=t.min_lr)
+        return sched.SequentialLR(optimizer, [warm, cosine], milestones=[max(warmup, 1)]), None
+    if t.schedule == "plateau":
+        mode = "min" if t.metric == "loss" else "max"
+        plateau = sched.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr
+        )
+        return warm, plateau
+    return warm, None  # constant after warmup
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in trainer_state.pt."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # next batch of the epoch
+    tokens: int = 0
+    best_score: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if metric == "loss" else new > old
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, log=None) -> None:
+        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+        self.rank, self.world, local_rank = _distributed()
+        self.is_main = self.rank == 0
+        self.log = log if log is not None else _Logger(self.is_main)
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise MTError("train.amp=fp16 needs a CUDA device (use bf16 or none on CPU)")
+        seed_everything(cfg.train.seed)
+        self.started = time.monotonic()
+
+    # -- preparation ----------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        if self.resume:
+            return
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise MTError(
+                f"{self.run_dir} already holds files; resume with `mt train --resume {self.run_dir}` "
+                "or choose another --run-dir"
+            )
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+
+    def _vocabs(self, corpus) -> tuple[Vocab, Vocab]:
+        src_file, tgt_file = vocab_files(self.run_dir, self.cfg.vocab.joint)
+        init = self.cfg.train.init_from
+        if self.is_main and not src_file.is_file():
+            if init:
+                self._copy_parent_vocab(Path(init))
+            else:
+                src, tgt = corpus["train"]
+                v = self.cfg.vocab
+                self.log.info(f"training SentencePiece ({v.model_type}, {v.size} pieces, {'joint' if v.joint else 'separate'})")
+                if v.joint:
+                    train_vocab(src + tgt, src_file, v, self.cfg.train.seed)
+                else:
+                    train_vocab(src, src_file, v, self.cfg.train.seed)
+                    train_vocab(tgt, tgt_file, v, self.cfg.train.seed)
+        _barrier(self.world)
+        src_vocab = Vocab(src_file)
+        return src_vocab, (src_vocab if tgt_file == src_file else Vocab(tgt_file))
+
+    def _copy_parent_vocab(self, parent: Path) -> None:
+        parent_run = parent if parent.is_dir() else parent.parent
+        parent_cfg_path = parent_run / "config.yaml"
+        if not parent_cfg_path.is_file():
+            raise MTError(f"train.init_from: {parent} is not a run directory (no config.yaml)")
+        from mt.config import load_config
+
+        parent_cfg = load_config(parent_cfg_path)
+        if parent_cfg.vocab.joint != self.cfg.vocab.joint:
+            raise MTError(
+                f"train.init_from: the vocabulary differs ({parent_run} has vocab.joint={parent_cfg.vocab.joint}, "
+                f"this recipe {self.cfg.vocab.joint}); fine-tuning needs the same vocabulary"
+            )
+        for src, dst in zip(vocab_files(parent_run, parent_cfg.vocab.joint), vocab_files(self.run_dir, self.cfg.vocab.joint)):
+            shutil.copyfile(src, dst)
+
+    # -- main loop ------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        self._prepare_run_dir()
+        if t.tensorboard:
+            self.log.open_tensorboard(self.run_dir)
+        corpus = load_corpus(cfg.data, t.seed)
+        src_vocab, tgt_vocab = self._vocabs(corpus)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        src, tgt = corpus["train"]
+        train_src, train_tgt, dropped = filter_pairs(src_vocab.encode_batch(src), tgt_vocab.encode_batch(tgt), cfg.data.max_len)
+        if not train_src:
+            raise MTError(f"no training pairs left after filtering to data.max_len={cfg.data.max_len} tokens")
+        self.log.info(f"{len(train_src)} training pairs ({dropped} filtered), vocab {len(src_vocab)}/{len(tgt_vocab)}")
+        batcher = TokenBatcher(train_src, train_tgt, t.batch_tokens, t.seed)
+        if len(batcher) < self.world:
+            raise MTError(f"only {len(batcher)} batches for {self.world} processes; use a smaller train.batch_tokens")
+        self.valid = corpus.get("valid")
+        if self.valid is not None:
+            vs, vt = self.valid
+            if t.valid_max_sentences:
+                vs, vt = vs[: t.valid_max_sentences], vt[: t.valid_max_sentences]
+            self.valid = (vs, vt)
+            self.valid_batcher = TokenBatcher(src_vocab.encode_batch(vs), tgt_vocab.encode_batch(vt), t.batch_tokens, 0)
+
+        model = build_model(cfg.model, len(src_vocab), len(tgt_vocab)).to(self.device)
+        if t.init_from and not self.resume:
+            init = Path(t.init_from)
+            load_weights(model, init / "model.safetensors" if init.is_dir() else init)
+            self.log.info(f"initialised from {init}")
+        self.model = model
+        n_params = sum(p.numel() for p in model.parameters())
+        self.log.info(f"model {cfg.model.arch}: {n_params / 1e6:.2f}M parameters on {self.device}")
+        train_model: nn.Module = model
+        if self.world > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if t.compile:
+            train_model = torch.compile(train_model)
+        optimizer = build_optimizer(model, cfg, self.device)
+        scheduler, plateau = build_scheduler(optimizer, cfg)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        progress = Progress()
+        if self.resume:
+            progress = self._restore(model, optimizer, scheduler, plateau, scaler)
+        elif self.is_main:
+            self._write_meta(progress, None)
+        self._truncate_metrics(progress.step)
+        _barrier(self.world)
+
+        self.log.start(t.max_steps, progress.step, self.run_dir)
+        self.last_saved = progress.step if self.resume else -1
+        stop_reason: str | None = None
+        window_tokens, window_start, loss_sum, loss_tokens = 0, time.monotonic(), 0.0, 0
+        epoch, batches = -1, []
+        while stop_reason is None and progress.step < t.max_steps:
+            if epoch != progress.epoch:
+                epoch, batches = progress.epoch, batcher.epoch_batches(progress.epoch, self.rank, self.world)
+            if progress.position >= len(batches):  # end of epoch
+                progress.epoch, progress.position = progress.epoch + 1, 0
+                if t.max_epochs and progress.epoch >= t.max_epochs:
+                    stop_reason = "max_epochs"
+                continue
+            group = batches[progress.position : progress.position + t.accum]
+            loss, ntok = self._update(train_model, optimizer, scaler, [batcher.collate(b) for b in group])
+            scheduler.step()
+            progress.position += len(group)
+            progress.step += 1
+            progress.tokens += ntok
+            window_tokens += ntok
+            loss_sum, loss_tokens = loss_sum + loss, loss_tokens + ntok
+            if progress.step % t.log_every == 0 or progress.step == t.max_steps:
+                elapsed = time.monotonic() - window_start
+                record = {
+                    "step": progress.step,
+                    "epoch": progress.epoch,
+                    "loss": loss_sum / max(loss_tokens, 1),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "tokens_per_s": window_tokens * self.world / max(elapsed, 1e-9),
+                }
+                self._metrics(record)
+                self.log.step(record)
+                window_tokens, window_start, loss_sum, loss_tokens = 0, time.monotonic(), 0.0, 0
+            else:
+                self.log.tick(progress.step)
+            stop_reason = self._maybe_validate_and_save(progress, optimizer, scheduler, plateau, scaler)
+        stop_reason = stop_reason or "max_steps"
+        if self.last_saved != progress.step:
+            self._validate_and_save(progress, optimizer, scheduler, plateau, scaler, force_save=True)
+        self._check_replicas()
+        self.log.finish()
+        summary = {"step": progress.step, "stop": stop_reason, "best_score": progress.best_score,
+                   "best_step": progress.best_step, "metric": t.metric, "run_dir": str(self.run_dir)}
+        if self.is_main:
+            self.log.info(f"done at step {progress.step} ({stop_reason}); best {t.metric} {progress.best_score} at step {progress.best_step}")
+        _cleanup_distributed(self.world)
+        return summary
+
+    def _save_every(self) -> int:
+        return self.cfg.train.save_every or self.cfg.train.valid_every
+
+    def _maybe_validate_and_save(self, progress, optimizer, scheduler, plateau, scaler) -> str | None:
+        t = self.cfg.train
+        out_of_time = False
+        if t.max_minutes:  # every rank takes rank 0's clock, so all stop at the same step
+            out_of_time = _agree((time.monotonic() - self.started) / 60 >= t.max_minutes, self.world, self.device)
+        if progress.step % t.valid_every == 0 or progress.step % self._save_every() == 0 or out_of_time:
+            stop = self._validate_and_save(progress, optimizer, scheduler, plateau, scaler, force_save=out_of_time)
+            if stop:
+                return stop
+        return "max_minutes" if out_of_time else None
+
+    def _update(self, model, optimizer, scaler, batches) -> tuple[float, int]:
+        """One optimizer step over `batches` (gradient accumulation); returns (loss sum, tokens)."""
+        t = self.cfg.train
+        model.train()
+        total_tokens = sum(b.ntokens for b in batches)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+        loss_sum = 0.0
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            sync = i == len(batches) - 1 or self.world == 1
+            ctx = model.no_sync() if not sync and hasattr(model, "no_sync") else nullcontext()
+            with ctx:
+                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                    logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+                loss = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
+                scaler.scale(loss / total_tokens).backward()
+            loss_sum += float(loss.detach())
+        if t.clip_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum, total_tokens
+
+    # -- validation and checkpoints -----------------------------------------------------------
+    def _validate_and_save(self, progress, optimizer, scheduler, plateau, scaler, force_save=False) -> str | None:
+        t = self.cfg.train
+        stop = None
+        if self.is_main and self.valid is not None and (progress.step % t.valid_every == 0 or force_save):
+            result = self.validate()
+            record = {"step": progress.step, "valid": result}
+            score = result[t.metric]
+            if plateau is not None:
+                plateau.step(score)
+            improved = better(t.metric, score, progress.best_score)
+            if improved:
+                progress.best_score, progress.best_step, progress.bad_validations = score, progress.step, 0
+                save_weights(self.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+            else:
+                progress.bad_validations += 1
+            record["best"] = improved
+            self._metrics(record)
+            self.log.validation(progress.step, result, improved)
+            self._write_meta(progress, result if improved else None)
+            if t.patience and progress.bad_validations >= t.patience:
+                stop = "early_stop"
+        elif self.is_main and self.valid is None and (progress.step % self._save_every() == 0 or force_save):
+            # no validation set: the latest weights are the best we know
+            save_weights(self.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+            progress.best_step = progress.step
+            self._write_meta(progress, None)
+        if plateau is not None:
+            _sync_lr(optimizer, self.world, self.device)  # rank 0 stepped the plateau scheduler
+        if progress.step % self._save_every() == 0 or force_save or stop:
+            self._checkpoint(progress, optimizer, scheduler, plateau, scaler)
+            self.last_saved = progress.step
+        return _agree_reason(stop, self.world, self.device)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        from mt.metrics import score as score_metrics
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loss, tokens = 0.0, 0
+        for indices in self.valid_batcher.batches:
+            batch = self.valid_batcher.collate(indices).to(self.device)
+            logits = model(batch.src, batch.src_lengths, batch.tgt_in)
+            loss += float(label_smoothed_loss(logits, batch.tgt_out, 0.0))
+            tokens += batch.ntokens
+        search = build_search(self.cfg.decode)
+        translator = Translator(model, self.src_vocab, self.tgt_vocab, search, self.device, self.cfg.decode.batch_tokens,
+                                warn=lambda msg: None)
+        src, refs = self.valid
+        hyps = [tr.text for tr in translator.translate(src)]
+        scores = score_metrics(hyps, refs, metrics=("bleu", "chrf"))
+        model.train(was_training)
+        nll = loss / max(tokens, 1)
+        return {
+            "loss": nll,
+            "ppl": math.exp(min(nll, 50.0)),
+            "bleu": scores["bleu"].score,
+            "chrf": scores["chrf"].score,
+            "bleu_signature": scores["bleu"].signature,
+            "chrf_signature": scores["chrf"].signature,
+            "sentences": len(src),
+            "search": self.cfg.decode.search,
+        }
+
+    def _checkpoint(self, progress, optimizer, scheduler, plateau, scaler) -> None:
+        if not self.is_main:
+            return
+        state = {
+            "progress": progress.state(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "plateau": plateau.state_dict() if plateau is not None else None,
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+        }
+        meta = {"step": progress.step, "epoch": progress.epoch, "mt_version": __version__}
+        write_checkpoint(self.run_dir, progress.step, self.model, state, meta, self.cfg.train.keep_last)
+
+    def _restore(self, model, optimizer, scheduler, plateau, scaler) -> Progress:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            self.log.info(f"{self.run_dir} has no checkpoint yet: starting from step 0")
+            if self.is_main:
+                self._write_meta(Progress(), None)
+            return Progress()
+        load_weights(model, ckpt / "model.safetensors")
+        state = load_trainer_state(ckpt / "trainer_state.pt")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if plateau is not None and state.get("plateau"):
+                plateau.load_state_dict(state["plateau"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            progress = Progress(**state["progress"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise MTError(f"{ckpt}: trainer state does not fit this run ({e})") from None
+        self.log.info(f"resumed from {ckpt.name} (step {progress.step}, epoch {progress.epoch})")
+        return progress
+
+    def _write_meta(self, progress: Progress, result: dict | None) -> None:
+        path = self.run_dir / "meta.json"
+        meta = read_json(path) if path.is_file() else {}
+        meta.update(
+            {
+                "mt_version": __version__,
+                "arch": self.cfg.model.arch,
+                "src_vocab_size": len(self.src_vocab),
+                "tgt_vocab_size": len(self.tgt_vocab),
+                "step": progress.step,
+                "best_step": progress.best_step,
+                "metric": self.cfg.train.metric,
+                "best_score": progress.best_score,
+            }
+        )
+        if result is not None:
+            meta["best_valid"] = result
+        atomic_write_json(path, meta)
+
+    def _metrics(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.log.scalars(record)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """After a resume, forget log lines written after the checkpoint we resumed from."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        from mt.checkpoint import atomic_write_text
+
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def _check_replicas(self) -> None:
+        """DDP: all replicas must hold identical weights; record the check in metrics.jsonl."""
+        if self.world == 1:
+            return
+        flat = torch.cat([p.detach().float().reshape(-1) for p in self.model.parameters()])
+        checksum = torch.stack([flat.sum(), (flat * flat).sum(), flat.abs().max()]).double().to(self.device)
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
+        dist.all_gather(gathered, checksum)
+        identical = all(torch.equal(gathered[0], g) for g in gathered)
+        self._metrics({"step": -1, "replicas": self.world, "replicas_identical": identical,
+                       "checksums": [g.tolist() for g in gathered]})
+        if not identical:
+            raise RuntimeError("DDP replicas diverged")
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MT_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _cleanup_distributed(world: int) -> None:
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank if it is True on rank 0."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _sync_lr(optimizer: torch.optim.Optimizer, world: int, device: torch.device) -> None:
+    if world == 1:
+        return
+    lrs = torch.tensor([g["lr"] for g in optimizer.param_groups], dtype=torch.float64, device=device)
+    dist.broadcast(lrs, 0)
+    for g, lr in zip(optimizer.param_groups, lrs.tolist()):
+        g["lr"] = lr
+
+
+def _agree_reason(reason: str | None, world: int, device: torch.device) -> str | None:
+    return "early_stop" if _agree(reason is not None, world, device) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# console output
+
+
+class _Logger:
+    """Rich progress bar on a terminal; plain lines otherwise. Only rank 0 speaks."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.bar = None
+        self.writer = None
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(f"[bold]mt[/bold] {msg}", highlight=False)
+
+    def start(self, total: int, step: int, run_dir: Path) -> None:
+        if not self.enabled:
+            return
+        self.info(f"run directory: {run_dir}   (resume with: mt train --resume {run_dir})")
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self.task = self.bar.add_task("train", total=total, completed=step, loss="-", lr="-", tps="-")
+            self.bar.start()
+
+    def tick(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
+    def step(self, r: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=r["step"], loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2e}",
+                            tps=f"{r['tokens_per_s']:.0f}")
+        else:
+            self.info(f"step {r['step']}  epoch {r['epoch']}  loss {r['loss']:.3f}  lr {r['lr']:.2e}  "
+                      f"{r['tokens_per_s']:.0f} tok/s")
+
+    def validation(self, step: int, r: dict, improved: bool) -> None:
+        self.info(
+            f"valid step {step}: loss {r['loss']:.3f} ppl {r['ppl']:.2f} BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f}"
+            + ("  (best)" if improved else "")
+        )
+
+    def scalars(self, record: dict) -> None:
+        if self.writer is not None:
+            step = record.get("step", 0)
+            flat = {**{k: v for k, v in record.items() if k != "valid"},
+                    **{f"valid/{k}": v for k, v in (record.get("valid") or {}).items()}}
+            for k, v in flat.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.writer.add_scalar(k, v, step)
+
+    def open_tensorboard(self, run_dir: Path) -> None:
+        if not self.enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MTError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    return Trainer(cfg, run_dir, resume).train()

@@ -1,0 +1,207 @@
+"""Translator: lines -> subword ids -> length-sorted token batches -> Search -> text, in input order."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from mt import MTError
+from mt.checkpoint import is_run_dir, latest_checkpoint, load_weights, read_json
+from mt.config import Config, DecodeConfig, load_config
+from mt.data import source_tensor, token_batches
+from mt.models import build_model
+from mt.models.base import Seq2Seq
+from mt.search import Hypothesis, Search, build_search
+from mt.vocab import Vocab, vocab_files
+
+#: longest input (subword tokens) translated in one piece by models without a position limit
+DEFAULT_MAX_INPUT_TOKENS = 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N | mps -> a device that exists, or an MTError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MTError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MTError(f"device {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MTError(f"device {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise MTError("device 'mps' requested but it is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise MTError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+@dataclass
+class Translation:
+    text: str  # best hypothesis, detokenised
+    nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, score), best first
+    src_pieces: list[str] = field(default_factory=list)
+    tgt_pieces: list[str] = field(default_factory=list)
+    attention: torch.Tensor | None = None  # [target pieces + eos, source pieces + eos]
+    pieces: int = 1  # > 1 when a too-long line was cut into pieces
+
+
+@dataclass
+class Run:
+    """A trained model with its vocabularies, loaded from a run directory."""
+
+    config: Config
+    model: Seq2Seq
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = "best") -> Run:
+    """Load RUN/config.yaml, its SentencePiece models and weights (best, last, or a .safetensors path)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise MTError(f"{run_dir}: no such run directory")
+    if not is_run_dir(run_dir):
+        raise MTError(f"{run_dir}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
+    cfg = load_config(run_dir / "config.yaml")
+    src_file, tgt_file = vocab_files(run_dir, cfg.vocab.joint)
+    src_vocab = Vocab(src_file)
+    tgt_vocab = src_vocab if tgt_file == src_file else Vocab(tgt_file)
+    meta_path = run_dir / "meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        sizes = (meta.get("src_vocab_size"), meta.get("tgt_vocab_size"))
+        if sizes != (len(src_vocab), len(tgt_vocab)):
+            raise MTError(f"{run_dir}: the SentencePiece models do not match the checkpoint's vocabulary sizes {sizes}")
+    model = build_model(cfg.model, len(src_vocab), len(tgt_vocab))
+    load_weights(model, checkpoint_file(run_dir, checkpoint))
+    model.to(device).eval()
+    return Run(cfg, model, src_vocab, tgt_vocab)
+
+
+def checkpoint_file(run_dir: Path, which: str) -> Path:
+    if which not in ("best", "last"):
+        return Path(which)
+    best = run_dir / "model.safetensors"
+    last = latest_checkpoint(run_dir)
+    if which == "best" and best.is_file():
+        return best
+    if last is not None:
+        return last / "model.safetensors"
+    if best.is_file():
+        return best
+    raise MTError(f"{run_dir}: the run has no weights yet (no model.safetensors, no checkpoints)")
+
+
+class Translator:
+    def __init__(
+        self,
+        model: Seq2Seq,
+        src_vocab: Vocab,
+        tgt_vocab: Vocab,
+        search: Search,
+        device: torch.device | str = "cpu",
+        batch_tokens: int = 4096,
+        max_input_tokens: int | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model, self.src_vocab, self.tgt_vocab, self.search = model, src_vocab, tgt_vocab, search
+        self.device = torch.device(device)
+        self.batch_tokens = batch_tokens
+        limit = max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
+        if model.max_src_positions is not None:
+            limit = min(limit, model.max_src_positions - 1)  # one position for eos
+        self.max_input_tokens = limit
+        self.warn = warn or (lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        device: str = "auto",
+        decode: DecodeConfig | None = None,
+        checkpoint: str = "best",
+        return_attention: bool = False,
+        **kwargs,
+    ) -> "Translator":
+        dev = resolve_device(device)
+        run = load_run(run_dir, dev, checkpoint)
+        decode = decode or run.config.decode
+        search = build_search(decode, return_attention=return_attention)
+        return cls(run.model, run.src_vocab, run.tgt_vocab, search, dev, decode.batch_tokens, **kwargs)
+
+    # -- ids ----------------------------------------------------------------------------------
+    def search_ids(self, src_ids: Sequence[Sequence[int]]) -> list[list[Hypothesis]]:
+        """Run the search over token-id sequences (each at most max_input_tokens long); results in
+        input order. Sentences are sorted by length and grouped into token batches."""
+        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]), reverse=True)
+        lengths = [len(s) + 1 for s in src_ids]
+        results: list[list[Hypothesis]] = [[] for _ in src_ids]
+        for batch in token_batches(lengths, self.batch_tokens, order):
+            src, src_lengths = source_tensor([src_ids[i] for i in batch])
+            hyps = self.search(self.model, src.to(self.device), src_lengths.to(self.device))
+            for i, h in zip(batch, hyps):
+                results[i] = h
+        return results
+
+    # -- text ---------------------------------------------------------------------------------
+    def translate(self, lines: Sequence[str], first_line: int = 1) -> list[Translation]:
+        """Translate a list of lines. Empty lines give empty translations; a line longer than
+        max_input_tokens is cut into pieces that are translated one after the other."""
+        encoded = self.src_vocab.encode_batch(lines)
+        items: list[list[int]] = []  # pieces to translate
+        owner: list[int] = []  # line index of each piece
+        for i, ids in enumerate(encoded):
+            if not ids:
+                continue
+            step = self.max_input_tokens
+            pieces = [ids[j : j + step] for j in range(0, len(ids), step)]
+            if len(pieces) > 1:
+                self.warn(
+                    f"line {first_line + i}: {len(ids)} subword tokens, more than the model's "
+                    f"{step}; translated in {len(pieces)} pieces"
+                )
+            items.extend(pieces)
+            owner.extend([i] * len(pieces))
+        hyps = self.search_ids(items)
+        grouped: list[list[list[Hypothesis]]] = [[] for _ in lines]
+        for i, h in zip(owner, hyps):
+            grouped[i].append(h)
+        return [self._result(encoded[i], parts) for i, parts in enumerate(grouped)]
+
+    def _result(self, src_ids: list[int], parts: list[list[Hypothesis]]) -> Translation:
+        if not parts:
+            return Translation(text="", nbest=[("", 0.0)])
+        if len(parts) > 1:
+            text = " ".join(self.tgt_vocab.decode(p[0].tokens) if p else "" for p in parts)
+            score = sum(p[0].score for p in parts if p)
+            return Translation(text=text, nbest=[(text, score)], pieces=len(parts))
+        nbest = [(self.tgt_vocab.decode(h.tokens), h.score) for h in parts[0]]
+        best = parts[0][0] if parts[0] else None
+        return Translation(
+            text=nbest[0][0] if nbest else "",
+            nbest=nbest,
+            src_pieces=self.src_vocab.pieces(src_ids) + ["</s>"],
+            tgt_pieces=(self.tgt_vocab.pieces(best.tokens) + ["</s>"]) if best else [],
+            attention=best.attention if best else None,
+        )
+
+    def stream(self, lines: Iterable[str], buffer_lines: int = 1000) -> Iterator[Translation]:
+        """Translate an iterable of lines chunk by chunk, yielding results in order: memory stays
+        bounded by `buffer_lines` whatever the input size."""
+        chunk: list[str] = []
+        first = 1
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= buffer_lines:
+                yield from self.translate(chunk, first)
+                first += len(chunk)
+                chunk = []
+        if chunk:
+            yield from self.translate(chunk, first)
