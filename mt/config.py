@@ -256,6 +256,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise MTError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise MTError(f"{where}: expected a number, got {value!r}")
         return float(value)

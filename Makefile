@@ -1,0 +1,37 @@
+# mt: `make demo` trains and translates on the built-in pair (offline, a few minutes on 2 cores);
+# `make test` runs the test suite (CI calls it through .ci/run); `make bench` prints JSON figures.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MT     := $(BIN)/mt
+DEMO   := runs/demo
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# a CPU build of torch where none is installed (a bare `torch` may pull a multi-GB CUDA build)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	rm -rf $(DEMO)
+	$(MT) data synthetic --dest data/synthetic
+	$(MT) train recipes/demo.yaml --run-dir $(DEMO)
+	$(MT) translate -m $(DEMO) --beam 5 -i data/synthetic/test.src -o $(DEMO)/test.hyp
+	@echo "--- first translations (source / output / reference):"
+	@paste -d '\n' data/synthetic/test.src $(DEMO)/test.hyp data/synthetic/test.tgt | head -9
+	$(MT) evaluate --hyp $(DEMO)/test.hyp --ref data/synthetic/test.tgt --metrics bleu,chrf,ter
+
+bench: install
+	$(BIN)/python benchmarks/translate_speed.py
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs data/synthetic .pytest_cache
