@@ -19,7 +19,7 @@ Examples:
 def average(
     run: Path = typer.Argument(..., help="Run directory."),
     last: int = typer.Option(5, "--last", "-k", help="How many of the newest checkpoints to average."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: RUN/averaged.safetensors]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: RUN/averaged.safetensors]."),
 ) -> None:
     from safetensors.torch import save_file
 

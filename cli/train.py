@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,28 +24,59 @@ RESUMABLE = ("train.", "decode.")
 
 def train(
     recipe: Optional[Path] = typer.Argument(None, help="YAML recipe (see recipes/)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory [default: runs/NAME]."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Run directory \\[default: runs/NAME]."),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ) -> None:
     from mt.checkpoint import is_run_dir
     from mt.config import load_config, save_config
-    from mt.train import train as run_training
+    from mt.train import Trainer
 
     if resume is not None:
         if recipe is not None:
             raise MTError("give either a RECIPE or --resume RUN, not both")
+        if not resume.exists():
+            raise MTError(f"{resume}: no such run directory")
         if not is_run_dir(resume):
             raise MTError(f"{resume}: not a run directory (no config.yaml)")
-        bad = [o for o in overrides if not o.split("=", 1)[0].startswith(RESUMABLE)]
+        bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
         if bad:
             raise MTError(f"--set {bad[0]}: only train.* and decode.* can change when resuming")
         cfg = load_config(resume / "config.yaml", overrides)
+        trainer = Trainer(cfg, resume, resume=True)  # checks the device before config.yaml changes
         if overrides:
             save_config(cfg, resume / "config.yaml")
-        run_training(cfg, resume, resume=True)
+        trainer.train()
         return
     if recipe is None:
         raise MTError("missing RECIPE (a YAML file, e.g. recipes/demo.yaml) or --resume RUN")
     cfg = load_config(recipe, overrides)
-    run_training(cfg, run_dir or Path("runs") / cfg.name)
+    target = run_dir or Path("runs") / cfg.name
+    if target.exists() and not target.is_dir():
+        raise MTError(f"{target}: exists and is not a directory; choose another --run-dir")
+    created = not target.exists()
+    was_empty = target.is_dir() and not any(target.iterdir())
+    try:
+        Trainer(cfg, target).train()
+    except MTError:
+        if (created or was_empty) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 tidies up
+            _forget_failed_start(target, created)
+        raise
+
+
+def _forget_failed_start(run_dir: Path, created: bool) -> None:
+    """A run that failed on its input before training started (missing corpus, bad line counts...)
+    leaves nothing behind, so that the same command works once the input is fixed. A run that got
+    as far as logging or saving is kept: `mt train --resume` continues it."""
+    import shutil
+
+    if not run_dir.is_dir() or any((run_dir / n).exists() for n in ("checkpoints", "model.safetensors", "metrics.jsonl")):
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():  # the folder was empty before: empty it again
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

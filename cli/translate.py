@@ -65,27 +65,37 @@ class Output:
             self.tmp = None
 
 
+#: characters that a line-based reader (Python's str.splitlines included) takes as a line end: a
+#: translation never contains one, so that the output keeps exactly one line per input line
+_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_LINE_BREAKS)
+
+
 def _format(tr, index: int, n_best: int, scores: bool, as_json: bool) -> str:
+    text = _one_line(tr.text)
+    nbest = [(_one_line(t), s) for t, s in tr.nbest] or [("", 0.0)]
     if as_json:
-        obj = {"id": index, "translation": tr.text, "score": tr.nbest[0][1] if tr.nbest else 0.0}
+        obj = {"id": index, "translation": text, "score": nbest[0][1]}
         if n_best > 1:
-            obj["nbest"] = [{"translation": t, "score": s} for t, s in tr.nbest]
+            obj["nbest"] = [{"translation": t, "score": s} for t, s in nbest]
         if tr.pieces > 1:
             obj["pieces"] = tr.pieces
         return json.dumps(obj, ensure_ascii=False) + "\n"
     if n_best > 1:
-        rows = tr.nbest or [("", 0.0)]
-        return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in rows)
+        return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in nbest)
     if scores:
-        return f"{tr.text}\t{tr.nbest[0][1] if tr.nbest else 0.0:.4f}\n"
-    return tr.text + "\n"
+        return f"{text}\t{nbest[0][1]:.4f}\n"
+    return text + "\n"
 
 
 def translate(
     model: Path = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`."),
-    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input file (plain or .gz) [default: stdin]."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file [default: stdout]."),
-    beam: Optional[int] = typer.Option(None, "--beam", "-b", help="Beam size (beam search) [default: the run's decode.beam]."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input file (plain or .gz) \\[default: stdin]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: stdout]."),
+    beam: Optional[int] = typer.Option(None, "--beam", "-b", help="Beam size (beam search) \\[default: the run's decode.beam]."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy search."),
     sample: bool = typer.Option(False, "--sample", help="Sampling search (see --temperature, --topk, --topp)."),
     n_best: Optional[int] = typer.Option(None, "--n-best", help="Output the K best hypotheses per line (Moses format, or in --json)."),
@@ -104,8 +114,8 @@ def translate(
     topp: Optional[float] = typer.Option(None, "--topp", help="Nucleus sampling mass (1: all)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
     attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Write one attention heatmap PNG per sentence here."),
-    max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer lines are translated in pieces [default: 1024 or the model's limit]."),
-    buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating [default: 1000, 1 on a terminal]."),
+    max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer lines are translated in pieces \\[default: 1024 or the model's limit]."),
+    buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating \\[default: 1000, 1 on a terminal]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
 ) -> None:
     import torch
@@ -116,18 +126,36 @@ def translate(
 
     if greedy + sample + (beam is not None) > 1:
         raise MTError("choose one of --beam, --greedy and --sample")
-    for name, value in (("--n-best", n_best), ("--batch-tokens", batch_tokens), ("--buffer-lines", buffer_lines),
-                        ("--threads", threads), ("--max-input-tokens", max_input_tokens)):
+    for name, value in (("--beam", beam), ("--n-best", n_best), ("--batch-tokens", batch_tokens),
+                        ("--buffer-lines", buffer_lines), ("--threads", threads),
+                        ("--max-input-tokens", max_input_tokens)):
         if value is not None and value < 1:
             raise MTError(f"{name} must be >= 1, got {value}")
-    if beam is not None and beam < 1:
-        raise MTError(f"--beam must be >= 1, got {beam}")
+    for name, value in (("--max-len-a", max_len_a), ("--max-len-b", max_len_b), ("--min-len", min_len),
+                        ("--topk", topk), ("--alpha", alpha)):
+        if value is not None and value < 0:
+            raise MTError(f"{name} must not be negative, got {value}")
+    if temperature is not None and not temperature > 0:
+        raise MTError(f"--temperature must be > 0, got {temperature}")
+    if topp is not None and not 0 < topp <= 1:
+        raise MTError(f"--topp must be in (0, 1], got {topp}")
+    if len_penalty is not None and len_penalty not in ("gnmt", "d2l", "none"):
+        raise MTError(f"--len-penalty must be gnmt, d2l or none, got {len_penalty!r}")
+    if greedy and n_best is not None and n_best > 1:
+        raise MTError("--n-best > 1 needs beam search or sampling, not --greedy")
+    if beam is not None and n_best is not None and n_best > beam:
+        raise MTError(f"--n-best ({n_best}) cannot exceed --beam ({beam})")
     if input is not None and not input.exists():
         raise MTError(f"{input}: no such file")
+    if input is not None and input.is_dir():
+        raise MTError(f"{input}: is a directory, not a text file")
+    _check_output_path(output)
+    if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
+        raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
+    dev = resolve_device(device)  # before loading anything: `--device cuda` without a GPU fails at once
     if threads:
         torch.set_num_threads(threads)
 
-    dev = resolve_device(device)
     run = load_run(model, dev, checkpoint)
     changes = {k: v for k, v in dict(
         beam=beam, n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
@@ -139,9 +167,12 @@ def translate(
         changes["search"] = "greedy"
     if sample:
         changes["search"] = "sampling"
-    if len_penalty is not None and len_penalty not in ("gnmt", "d2l", "none"):
-        raise MTError(f"--len-penalty must be gnmt, d2l or none, got {len_penalty!r}")
-    decode = replace(run.config.decode, **changes)
+    base = run.config.decode
+    if n_best is not None and n_best > 1 and not (greedy or sample or beam is not None):
+        # --n-best K alone asks for K hypotheses: use beam search (wide enough) even if the run decodes greedily
+        changes["search"] = "beam"
+        changes["beam"] = max(base.beam, n_best)
+    decode = replace(base, **changes)
     if decode.search == "greedy" and decode.n_best > 1:
         raise MTError("--n-best > 1 needs beam search or sampling")
     from mt.search import build_search
@@ -150,22 +181,40 @@ def translate(
                             build_search(decode, return_attention=attention_plot is not None), dev,
                             decode.batch_tokens, max_input_tokens)
     if attention_plot is not None:
-        attention_plot.mkdir(parents=True, exist_ok=True)
+        try:
+            attention_plot.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MTError(f"--attention-plot {attention_plot}: cannot create the folder ({e.strerror})") from None
 
     source = open_binary(input) if input is not None else sys.stdin.buffer
-    name = str(input) if input is not None else "stdin"
-    interactive = input is None and sys.stdin.isatty()
-    buffer = buffer_lines or (1 if interactive else 1000)
-    out = Output(output)
     try:
-        for index, tr in enumerate(translator.stream(iter_lines(source, name), buffer)):
-            out.write(_format(tr, index, decode.n_best, scores, as_json))
-            if attention_plot is not None and tr.attention is not None:
-                save_attention_plot(attention_plot / f"{index + 1:06d}.png", tr.attention, tr.src_pieces, tr.tgt_pieces)
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
+        name = str(input) if input is not None else "stdin"
+        interactive = input is None and sys.stdin.isatty()
+        buffer = buffer_lines or (1 if interactive else 1000)
+        out = Output(output)
+        try:
+            for index, tr in enumerate(translator.stream(iter_lines(source, name), buffer)):
+                out.write(_format(tr, index, decode.n_best, scores, as_json))
+                if attention_plot is not None and tr.attention is not None:
+                    save_attention_plot(attention_plot / f"{index + 1:06d}.png", tr.attention, tr.src_pieces,
+                                        tr.tgt_pieces)
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
     finally:
         if input is not None:
             source.close()
+
+
+def _check_output_path(path: Optional[Path]) -> None:
+    """Fail before any work when the output file cannot be written (Output checks again when opening)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise MTError(f"{path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MTError(f"{parent}: no such directory for the output file")
+    if not os.access(parent, os.W_OK):
+        raise MTError(f"{path}: cannot write (permission denied on {parent})")

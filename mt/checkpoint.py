@@ -197,6 +197,24 @@ def write_checkpoint(
     return final
 
 
+def remove_stale_temp(run_dir: Path) -> list[Path]:
+    """Delete what a killed process left half-written: temp checkpoint folders, temp files of
+    atomic writes and SentencePiece temp folders. Call only while no other process writes the run."""
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
+    stale = list(root.glob(".step_*")) if root.is_dir() else []
+    for folder in (run_dir, root, *checkpoint_dirs(run_dir)):
+        if folder.is_dir():
+            stale += [p for p in folder.glob(".*.tmp") if p.is_file()]
+    stale += [p for p in run_dir.glob(".spm-*") if p.is_dir()]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
 def load_trainer_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

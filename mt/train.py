@@ -26,6 +26,7 @@ from mt.checkpoint import (
     load_trainer_state,
     load_weights,
     read_json,
+    remove_stale_temp,
     save_weights,
     unwrap,
     write_checkpoint,
@@ -66,17 +67,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
     t = cfg.train
     sched = torch.optim.lr_scheduler
     warmup = max(t.warmup, 0)
+    # Every schedule warms up the same way: update k (1-based) of the first `warmup` updates uses
+    # lr * k / warmup, so the full lr is reached at update `warmup`. The scheduler's counter is the
+    # number of updates already done, so update k sees last_epoch = k - 1.
     if t.schedule == "inverse_sqrt":
-        # Vaswani et al. / fairseq inverse_sqrt: linear warmup to lr, then lr * sqrt(warmup / step)
-        def factor(step: int) -> float:
-            step = max(step, 1)
-            if warmup and step < warmup:
-                return step / warmup
-            return math.sqrt(max(warmup, 1) / step)
+        # Vaswani et al. (Noam) / fairseq inverse_sqrt: lr * min(k / warmup, sqrt(warmup / k))
+        def factor(done: int) -> float:
+            k = done + 1
+            if warmup and k < warmup:
+                return k / warmup
+            return math.sqrt(max(warmup, 1) / k)
 
         return sched.LambdaLR(optimizer, factor), None
+    # LinearLR from 1/warmup at k = 1 to 1 at k = warmup (its counter k - 1 runs 0 .. warmup - 1)
     start = 1.0 / warmup if warmup else 1.0
-    warm = sched.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=max(warmup, 1))
+    warm = sched.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=max(warmup - 1, 0))
     if t.schedule == "cosine":
         cosine = sched.CosineAnnealingLR(optimizer, T_max=max(t.max_steps - warmup, 1), eta_min=t.min_lr)
         return sched.SequentialLR(optimizer, [warm, cosine], milestones=[max(warmup, 1)]), None
@@ -152,12 +157,17 @@ class Trainer:
     # -- preparation ----------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         if self.resume:
+            if self.is_main:
+                for p in remove_stale_temp(self.run_dir):
+                    self.log.info(f"removed {p.name}, left half-written by an interrupted process")
+            _barrier(self.world)
             return
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise MTError(
                 f"{self.run_dir} already holds files; resume with `mt train --resume {self.run_dir}` "
                 "or choose another --run-dir"
             )
+        _barrier(self.world)  # every rank looks before rank 0 writes config.yaml into it
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
@@ -189,11 +199,13 @@ class Trainer:
         from mt.config import load_config
 
         parent_cfg = load_config(parent_cfg_path)
-        if parent_cfg.vocab.joint != self.cfg.vocab.joint:
-            raise MTError(
-                f"train.init_from: the vocabulary differs ({parent_run} has vocab.joint={parent_cfg.vocab.joint}, "
-                f"this recipe {self.cfg.vocab.joint}); fine-tuning needs the same vocabulary"
-            )
+        for key in ("joint", "size", "model_type"):
+            theirs, ours = getattr(parent_cfg.vocab, key), getattr(self.cfg.vocab, key)
+            if theirs != ours:
+                raise MTError(
+                    f"train.init_from: the vocabulary differs ({parent_run} has vocab.{key}={theirs}, "
+                    f"this recipe {ours}); fine-tuning needs the same vocabulary"
+                )
         for src, dst in zip(vocab_files(parent_run, parent_cfg.vocab.joint), vocab_files(self.run_dir, self.cfg.vocab.joint)):
             shutil.copyfile(src, dst)
 
@@ -262,6 +274,7 @@ class Trainer:
                     stop_reason = "max_epochs"
                 continue
             group = batches[progress.position : progress.position + t.accum]
+            lr = optimizer.param_groups[0]["lr"]  # the rate this update uses (logged below)
             loss, ntok = self._update(train_model, optimizer, scaler, [batcher.collate(b) for b in group])
             scheduler.step()
             progress.position += len(group)
@@ -275,7 +288,7 @@ class Trainer:
                     "step": progress.step,
                     "epoch": progress.epoch,
                     "loss": loss_sum / max(loss_tokens, 1),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,
                     "tokens_per_s": window_tokens * self.world / max(elapsed, 1e-9),
                 }
                 self._metrics(record)

@@ -77,8 +77,12 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
     if meta_path.is_file():
         meta = read_json(meta_path)
         sizes = (meta.get("src_vocab_size"), meta.get("tgt_vocab_size"))
-        if sizes != (len(src_vocab), len(tgt_vocab)):
-            raise MTError(f"{run_dir}: the SentencePiece models do not match the checkpoint's vocabulary sizes {sizes}")
+        have = (len(src_vocab), len(tgt_vocab))
+        if None not in sizes and sizes != have:
+            raise MTError(
+                f"{run_dir}: vocabulary mismatch: the SentencePiece model{'s have' if src_file != tgt_file else ' has'} "
+                f"{have[0]}/{have[1]} pieces (source/target) but the model was trained with {sizes[0]}/{sizes[1]}"
+            )
     model = build_model(cfg.model, len(src_vocab), len(tgt_vocab))
     load_weights(model, checkpoint_file(run_dir, checkpoint))
     model.to(device).eval()
@@ -87,7 +91,10 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
 
 def checkpoint_file(run_dir: Path, which: str) -> Path:
     if which not in ("best", "last"):
-        return Path(which)
+        path = Path(which)
+        if path.is_dir() and (path / "model.safetensors").is_file():  # a checkpoint folder, e.g. checkpoints/step_N
+            return path / "model.safetensors"
+        return path
     best = run_dir / "model.safetensors"
     last = latest_checkpoint(run_dir)
     if which == "best" and best.is_file():

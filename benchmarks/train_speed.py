@@ -1,0 +1,148 @@
+"""Training speed: target tokens/s of mt's training step for a Transformer base and an attention
+GRU on Multi30k train en->de with token batches, after warm-up steps; peak memory; optional
+bf16 autocast and torch.compile variants.
+
+    python benchmarks/train_speed.py [--quick] [--device auto|cpu|cuda] [--amp none,bf16] [--compile off,on]
+
+Prints one JSON document on stdout (progress on stderr). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from mt.data import TokenBatcher  # noqa: E402
+
+
+def parse_args():
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch and side (default 4096)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 2; quick 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 10; quick 2)")
+    p.add_argument("--amp", default="none", help="comma list of none | bf16 | fp16 (fp16: CUDA only)")
+    p.add_argument("--compile", default="off", help="comma list of off | on (torch.compile of the model)")
+    args = p.parse_args()
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.quick else 2)
+    args.steps = args.steps or (2 if args.quick else 10)
+    args.amp = [a.strip() for a in args.amp.split(",") if a.strip()]
+    args.compile = [c.strip() for c in args.compile.split(",") if c.strip()]
+    for a in args.amp:
+        if a not in ("none", "bf16", "fp16"):
+            raise SystemExit(f"--amp: unknown {a!r} (none, bf16, fp16)")
+    for c in args.compile:
+        if c not in ("off", "on"):
+            raise SystemExit(f"--compile: unknown {c!r} (off, on)")
+    return args
+
+
+def pick_batches(batcher: TokenBatcher, n: int, seed: int) -> list[list[int]]:
+    """The first n batches of epoch 0 (shuffled, as the trainer visits them): a fixed, representative
+    mix of lengths, the same for every model and variant."""
+    return batcher.epoch_batches(0)[:n]
+
+
+def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled: bool) -> dict:
+    label = f"amp={amp} compile={'on' if compiled else 'off'}"
+    if amp == "fp16" and device.type != "cuda":
+        return {"variant": label, "skipped": "fp16 autocast needs CUDA"}
+    rss0 = common.rss_mib()
+    model = common.make_model(name, len(vocab), args.seed, device)
+    stepper = common.Stepper(name, model, device, batch_tokens=args.batch_tokens, amp=amp, compile=compiled,
+                             seed=args.seed)
+    warm, timed = batches[: args.warmup_steps], batches[args.warmup_steps :]
+    with common.Measure(device) as mw:
+        for b in warm:
+            stepper.step(batcher.collate(b))
+    common.log(f"{name} {label}: {len(warm)} warm-up steps {mw.seconds:.1f}s")
+    tgt_tokens = src_tokens = padded = 0
+    losses = []
+    step_seconds = []
+    with common.Measure(device) as m:
+        for b in timed:
+            t = time.perf_counter()
+            batch = batcher.collate(b)
+            loss, ntok = stepper.step(batch)
+            common.sync(device)
+            step_seconds.append(time.perf_counter() - t)
+            tgt_tokens += ntok
+            src_tokens += int(batch.src_lengths.sum())
+            padded += batch.src.numel() + batch.tgt_in.numel()
+            losses.append(loss / ntok)
+            common.log(f"{name} {label}: step {len(step_seconds)}/{len(timed)} {step_seconds[-1]:.2f}s "
+                       f"{ntok} target tokens  load {common.load_average()}")
+    rec = {
+        "variant": label,
+        "amp": amp,
+        "compile": compiled,
+        "warmup_steps": len(warm),
+        "warmup_seconds": round(mw.seconds, 2),  # includes compilation with compile=on
+        "steps": len(timed),
+        "target_tokens": tgt_tokens,
+        "source_tokens": src_tokens,
+        "padded_tokens_both_sides": padded,
+        "target_tokens_per_s": round(tgt_tokens / m.seconds, 1),
+        "source_plus_target_tokens_per_s": round((tgt_tokens + src_tokens) / m.seconds, 1),
+        "seconds_per_step": round(m.seconds / len(timed), 3),
+        "step_seconds_min_max": [round(min(step_seconds), 3), round(max(step_seconds), 3)],
+        "mean_loss_per_token": round(sum(losses) / len(losses), 4),
+        "rss_before_model_mib": rss0,
+        "peak_mib_warmup": round(mw.peak_mib, 1),
+        "peak_delta_mib_warmup": round(mw.peak_delta_mib, 1),
+        **{k: v for k, v in m.record().items()},
+    }
+    common.log(f"{name} {label}: {rec['target_tokens_per_s']} target tok/s, {rec['seconds_per_step']} s/step, "
+               f"peak {max(rec['peak_mib'], rec['peak_mib_warmup'])} MiB")
+    del stepper, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rec
+
+
+def main() -> None:
+    args = parse_args()
+    device = common.setup(args)
+    doc: dict = {"benchmark": "train_speed", "environment": common.environment(device)}
+    common.log(f"device {device}, {torch.get_num_threads()} threads, load {common.load_average()}")
+    common.warn_if_loaded(device)
+    vocab = common.joint_vocab(args)
+    src, tgt = common.train_pairs(args, vocab)
+    batcher = TokenBatcher(src, tgt, args.batch_tokens, args.seed)
+    batches = pick_batches(batcher, args.warmup_steps + args.steps, args.seed)
+    doc["setup"] = {
+        "data": {"train": str(common.data_file(args, "train.en.gz")), "pairs": len(src),
+                 "batches_per_epoch": len(batcher)},
+        "vocab": {"kind": "SentencePiece unigram, joint en+de, trained on Multi30k train", "size": len(vocab)},
+        "batch_tokens": args.batch_tokens,
+        "batches": f"the first {len(batches)} batches of epoch 0 (mt.data.TokenBatcher, seed {args.seed}), "
+                   f"the same for every model and variant",
+        "step": "mt.train.Trainer._update on one batch (autocast, label-smoothed loss 0.1, backward, clip 1.0, "
+                "Adam step) + inverse_sqrt scheduler step, accum 1; the timed loop includes collate",
+        "tokens": "target tokens = real target tokens + eos per sentence (the trainer's ntokens)",
+        "memory": "CPU: peak RSS (VmHWM after /proc/self/clear_refs) per phase, delta over the RSS at its start; "
+                  "CUDA: torch.cuda.max_memory_allocated",
+        "warmup_steps": args.warmup_steps,
+        "steps": args.steps,
+        "quick": args.quick,
+    }
+    doc["models"] = {}
+    for name in common.models_arg(args):
+        common.log(f"== {name}")
+        model = common.make_model(name, len(vocab), args.seed, torch.device("cpu"))
+        info = common.model_info(name, model)
+        del model
+        runs = [run_variant(name, vocab, batcher, batches, args, device, amp, c == "on")
+                for amp, c in itertools.product(args.amp, args.compile)]
+        doc["models"][name] = {**info, "runs": runs}
+    common.emit(doc, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Models learn: small runs on the built-in generated pair, with thresholds measured on this
+project's 2-core CI machine (figures in the comments; deterministic for a seed and 1 thread)."""
+
+import pytest
+import torch
+
+from mt import synthetic
+from mt.config import config_from_dict
+from mt.metrics import score
+from mt.search import GreedySearch
+from mt.train import Trainer
+from mt.translate import Translator
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _bleu(trainer: Trainer, pairs) -> float:
+    translator = Translator(trainer.model, trainer.src_vocab, trainer.tgt_vocab, GreedySearch(), "cpu")
+    hyps = [t.text for t in translator.translate([s for s, _ in pairs])]
+    return score(hyps, [r for _, r in pairs], metrics=("bleu",))["bleu"].score
+
+
+def test_small_transformer_learns_the_synthetic_pair(tmp_path):
+    cfg = config_from_dict({
+        "data": {"corpus": "synthetic", "synthetic_train": 4000, "synthetic_valid": 100, "synthetic_test": 0,
+                 "synthetic_max_clauses": 1, "max_len": 40},
+        "vocab": {"size": 400, "model_type": "word"},
+        "model": {"arch": "transformer", "d_model": 64, "heads": 4, "enc_layers": 2, "dec_layers": 2, "ff_dim": 128,
+                  "dropout": 0.0, "share_embeddings": True},
+        "train": {"batch_tokens": 1500, "max_steps": 300, "lr": 0.003, "warmup": 60, "valid_every": 300,
+                  "label_smoothing": 0.0},
+        "decode": {"search": "greedy"},
+    })
+    summary = Trainer(cfg, tmp_path / "run").train()
+    # measured: validation BLEU 37.6 after 300 steps (an untrained model scores ~0)
+    assert summary["best_score"] > 25.0
+
+
+def _rnn(attention: str, run_dir):
+    cfg = config_from_dict({
+        "data": {"corpus": "synthetic", "synthetic_train": 4000, "synthetic_valid": 50, "synthetic_test": 0,
+                 "synthetic_max_clauses": 3, "max_len": 80},
+        "vocab": {"size": 400, "model_type": "word"},
+        "model": {"arch": "rnn", "cell": "gru", "attention": attention, "emb_dim": 64, "hidden": 96,
+                  "enc_layers": 1, "dec_layers": 1, "bidirectional": True, "dropout": 0.0, "input_feeding": False},
+        "train": {"batch_tokens": 2000, "max_steps": 250, "lr": 0.005, "schedule": "constant", "warmup": 50,
+                  "valid_every": 10000, "label_smoothing": 0.0},
+        "decode": {"search": "greedy"},
+    })
+    trainer = Trainer(cfg, run_dir)
+    trainer.train()
+    return trainer
+
+
+def test_attention_beats_plain_seq2seq_on_long_sentences(tmp_path):
+    long = synthetic.generate(100, seed=99, max_clauses=4, min_clauses=3)  # 27-52 words
+    plain = _bleu(_rnn("none", tmp_path / "none"), long)
+    attention = _bleu(_rnn("bahdanau", tmp_path / "bahdanau"), long)
+    # measured: Bahdanau 8.2 BLEU, plain d2l Seq2Seq 0.9 BLEU, with the same data, sizes and steps
+    assert attention > plain + 4.0, (attention, plain)

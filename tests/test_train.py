@@ -1,0 +1,685 @@
+"""The trainer (mt/train.py): loss, optimisers, schedules, clipping, accumulation, seeds, validation,
+best / last-k checkpoints, early stopping, averaging, fine-tuning, exact resume after SIGKILL, DDP.
+
+Everything trains a tiny Transformer on a small slice of the built-in synthetic pair. Training runs
+in this process where it can; the exact-resume and DDP tests start `mt` in subprocesses (one torch
+thread each, so the bitwise comparisons do not depend on the machine's load).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import sacrebleu
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mt import MTError
+from mt.config import config_from_dict
+from mt.data import collate
+from mt.models import build_model
+from mt.models.base import PAD_ID
+from mt.train import Trainer, build_optimizer, build_scheduler, label_smoothed_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(**sections: dict) -> dict:
+    """The tiny recipe as a dict; keyword arguments update its sections."""
+    base = {
+        "name": "tiny",
+        "data": {"corpus": "synthetic", "synthetic_train": 120, "synthetic_valid": 12, "synthetic_test": 4,
+                 "synthetic_max_clauses": 1},
+        "vocab": {"size": 100},
+        "model": {"arch": "transformer", "d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1,
+                  "ff_dim": 64, "dropout": 0.1},
+        "train": {"batch_tokens": 250, "max_steps": 24, "save_every": 4, "valid_every": 8, "warmup": 4,
+                  "lr": 3e-3, "log_every": 4, "keep_last": 2},
+        "decode": {"search": "greedy", "max_len_b": 5},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return base
+
+
+def train_here(run_dir: Path, resume: bool = False, **sections: dict) -> dict:
+    return Trainer(config_from_dict(recipe(**sections)), run_dir, resume=resume).train()
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{a} and {b} differ in {different[:5]}"
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: fast on a loaded 2-core machine, and the same arithmetic every time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished run with real validation: 24 steps, checkpoints every 4, validation every 8, keep 2."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("finished") / "run"
+    summary = train_here(run)
+    torch.set_num_threads(threads)
+    assert summary["step"] == 24 and summary["stop"] == "max_steps"
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# loss, optimiser, schedules
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothed_loss_matches_manual_and_ignores_padding(smoothing: float) -> None:
+    torch.manual_seed(0)
+    V = 7
+    logits = torch.randn(3, 5, V)
+    target = torch.tensor([[4, 5, 6, 3, PAD_ID], [5, 3, PAD_ID, PAD_ID, PAD_ID], [6, 6, 4, 5, 3]])
+    logp = logits.log_softmax(-1)
+    manual = 0.0
+    for b in range(3):
+        for t in range(5):
+            y = int(target[b, t])
+            if y == PAD_ID:
+                continue
+            nll = -logp[b, t, y]
+            uniform = -logp[b, t].mean()  # cross-entropy against the uniform distribution
+            manual += (1 - smoothing) * nll + smoothing * uniform
+    got = label_smoothed_loss(logits, target, smoothing)
+    torch.testing.assert_close(got, torch.as_tensor(manual, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    # what the model predicts at padded positions does not matter
+    noisy = logits.clone()
+    noisy[target == PAD_ID] = torch.randn(int((target == PAD_ID).sum()), V) * 100
+    torch.testing.assert_close(label_smoothed_loss(noisy, target, smoothing), got)
+    # the loss of one sentence alone equals its share of the batch
+    alone = label_smoothed_loss(logits[1:2, :2], target[1:2, :2], smoothing)
+    parts = [label_smoothed_loss(logits[i : i + 1], target[i : i + 1], smoothing) for i in range(3)]
+    torch.testing.assert_close(parts[1], alone)
+    torch.testing.assert_close(sum(parts), got)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_build_optimizer(name: str, cls: type) -> None:
+    cfg = config_from_dict(recipe(train={"optimizer": name, "lr": 2e-3, "betas": [0.8, 0.9], "eps": 1e-7,
+                                         "weight_decay": 0.01}))
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (2e-3, (0.8, 0.9), 1e-7, 0.01)
+    assert len(group["params"]) == 2
+
+
+def lrs_per_update(schedule: str, steps: int, **train) -> list[float]:
+    """The learning rate that update k = 1..steps uses, driving build_scheduler like the trainer."""
+    cfg = config_from_dict(recipe(train={"schedule": schedule, "lr": 1.0, "max_steps": steps, **train}))
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=cfg.train.lr)
+    scheduler, plateau = build_scheduler(opt, cfg)
+    assert plateau is None
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return out
+
+
+def test_inverse_sqrt_schedule() -> None:
+    w = 4
+    got = lrs_per_update("inverse_sqrt", 40, warmup=w)
+    expected = [min(k / w, math.sqrt(w / k)) for k in range(1, 41)]  # Vaswani et al.: linear, then 1/sqrt
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got[w - 1] == pytest.approx(1.0)  # the peak is reached at update `warmup`
+    assert got[35] == pytest.approx(math.sqrt(w / 36))
+    no_warmup = lrs_per_update("inverse_sqrt", 9, warmup=0)
+    assert no_warmup == pytest.approx([1 / math.sqrt(k) for k in range(1, 10)])
+
+
+def test_constant_schedule() -> None:
+    assert lrs_per_update("constant", 10, warmup=4) == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 7)
+    assert lrs_per_update("constant", 5, warmup=0) == pytest.approx([1.0] * 5)
+    assert lrs_per_update("constant", 4, warmup=1) == pytest.approx([1.0] * 4)
+
+
+def test_cosine_schedule() -> None:
+    w, n, low = 4, 24, 0.1
+    got = lrs_per_update("cosine", n, warmup=w, min_lr=low)
+    assert got[:w] == pytest.approx([k / w for k in range(1, w + 1)])
+    T = n - w
+    cosine = [low + (1 - low) * (1 + math.cos(math.pi * (k - 1 - w) / T)) / 2 for k in range(w + 1, n + 1)]
+    assert got[w:] == pytest.approx(cosine, rel=1e-9)
+    assert all(a >= b for a, b in zip(got[w:], got[w + 1 :]))  # decays monotonically ...
+    assert low < got[-1] < 0.15  # ... towards min_lr
+
+
+def test_plateau_schedule_drops_after_patience_bad_validations() -> None:
+    cfg = config_from_dict(recipe(train={"schedule": "plateau", "lr": 1.0, "warmup": 2, "metric": "bleu",
+                                         "plateau_patience": 2, "plateau_factor": 0.5, "min_lr": 0.2}))
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=1.0)
+    scheduler, plateau = build_scheduler(opt, cfg)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    lrs = []
+    for _ in range(3):  # warmup, then constant
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0])
+    # torch semantics: `patience` bad validations are tolerated, the next one lowers the rate
+    after = []
+    for score in [10, 20, 19, 20, 18, 25, 1, 1, 1, 1, 1, 1, 1, 1, 1]:
+        plateau.step(score)
+        scheduler.step()  # a later update must not undo the reduction
+        after.append(opt.param_groups[0]["lr"])
+    assert after == pytest.approx([1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.2, 0.2, 0.2, 0.2])
+    # metric=loss: lower is better
+    cfg = config_from_dict(recipe(train={"schedule": "plateau", "lr": 1.0, "warmup": 0, "metric": "loss",
+                                         "plateau_patience": 0}))
+    opt = torch.optim.Adam([param], lr=1.0)
+    _, plateau = build_scheduler(opt, cfg)
+    plateau.step(5.0)
+    plateau.step(4.0)
+    assert opt.param_groups[0]["lr"] == 1.0
+    plateau.step(4.5)
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# one update: clipping and gradient accumulation
+
+
+def _update_setup(tmp_path: Path, **train):
+    cfg = config_from_dict(recipe(model={"dropout": 0.0}, train=train))
+    trainer = Trainer(cfg, tmp_path / "unused")
+    torch.manual_seed(3)
+    model = build_model(cfg.model, 30, 30)
+    g = torch.Generator().manual_seed(5)
+    lengths = [(5, 7), (3, 2), (9, 6), (4, 4), (2, 8)]
+    src = [torch.randint(4, 30, (s,), generator=g).tolist() for s, _ in lengths]
+    tgt = [torch.randint(4, 30, (t,), generator=g).tolist() for _, t in lengths]
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return trainer, model, src, tgt, scaler
+
+
+def _params(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_gradient_accumulation_equals_one_update_on_the_union(tmp_path: Path) -> None:
+    # Adam's eps is raised so that parameters whose true gradient is zero (attention key biases: the
+    # softmax ignores them) do not turn float noise into full-size steps of random sign
+    trainer, model, src, tgt, scaler = _update_setup(tmp_path, clip_norm=0.0, eps=1e-4)
+    first, second, union = collate(src[:2], tgt[:2]), collate(src[2:], tgt[2:]), collate(src, tgt)
+    start = _params(model)
+    for make_opt, atol in [(lambda m: torch.optim.SGD(m.parameters(), lr=0.5), 1e-6),
+                           (lambda m: build_optimizer(m, trainer.cfg, torch.device("cpu")), 1e-6)]:
+        accum, whole = copy.deepcopy(model), copy.deepcopy(model)
+        loss_a, tok_a = trainer._update(accum, make_opt(accum), scaler, [first, second])
+        loss_w, tok_w = trainer._update(whole, make_opt(whole), scaler, [union])
+        assert tok_a == tok_w == union.ntokens
+        assert loss_a == pytest.approx(loss_w, rel=1e-5)
+        moved = False
+        for p0, pa, pw in zip(start, accum.parameters(), whole.parameters()):
+            torch.testing.assert_close(pa.detach(), pw.detach(), rtol=0, atol=atol)
+            moved |= not torch.equal(p0, pa.detach())
+            assert pa.grad is None  # gradients are cleared after the update
+        assert moved
+
+
+def test_gradient_clipping(tmp_path: Path) -> None:
+    batch_args = None
+    changes = {}
+    for clip in (0.0, 1e-3):
+        trainer, model, src, tgt, scaler = _update_setup(tmp_path / str(clip), clip_norm=clip)
+        batch_args = collate(src, tgt)
+        if clip == 0.0:  # the true gradient norm, for comparison
+            probe = copy.deepcopy(model)
+            loss = label_smoothed_loss(probe(batch_args.src, batch_args.src_lengths, batch_args.tgt_in),
+                                       batch_args.tgt_out, trainer.cfg.train.label_smoothing)
+            (loss / batch_args.ntokens).backward()
+            grad_norm = torch.norm(torch.stack([p.grad.norm() for p in probe.parameters() if p.grad is not None]))
+        start = _params(model)
+        trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [batch_args])
+        changes[clip] = torch.norm(torch.stack([(p.detach() - p0).norm() for p0, p in zip(start, model.parameters())]))
+    assert grad_norm > 1e-2
+    assert float(changes[0.0]) == pytest.approx(float(grad_norm), rel=1e-4)  # SGD lr 1: change == gradient
+    assert float(changes[1e-3]) == pytest.approx(1e-3, rel=1e-3)  # clipped to clip_norm
+
+
+# ----------------------------------------------------------------------------------------------
+# seeds
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None:
+    short = {"max_steps": 6, "save_every": 6, "log_every": 6}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        train_here(tmp_path / name, data={"synthetic_valid": 0}, train={**short, "seed": seed})
+    final = "checkpoints/step_00000006/model.safetensors"
+    assert_same_weights(tmp_path / "a" / final, tmp_path / "b" / final)
+    wa, wc = weights(tmp_path / "a" / final), weights(tmp_path / "c" / final)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+    # no validation set: model.safetensors holds the latest weights
+    assert_same_weights(tmp_path / "a" / "model.safetensors", tmp_path / "a" / final)
+
+
+# ----------------------------------------------------------------------------------------------
+# a finished run: layout, metrics, best and last-k, averaging
+
+
+def test_run_directory_layout(finished_run: Path) -> None:
+    names = sorted(p.name for p in finished_run.iterdir())
+    assert names == ["checkpoints", "config.yaml", "meta.json", "metrics.jsonl", "model.safetensors", "spm.model"]
+    assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["latest", "step_00000020",
+                                                                                 "step_00000024"]
+    assert (finished_run / "checkpoints" / "latest").read_text().strip() == "step_00000024"
+    for ckpt in (finished_run / "checkpoints").glob("step_*"):
+        assert sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "model.safetensors", "trainer_state.pt"]
+    cfg = yaml.safe_load((finished_run / "config.yaml").read_text())
+    assert cfg["train"]["max_steps"] == 24 and cfg["model"]["d_model"] == 32
+    assert cfg["train"]["label_smoothing"] == 0.1  # defaults are written out
+    state = torch.load(finished_run / "checkpoints" / "step_00000024" / "trainer_state.pt", weights_only=True)
+    assert set(state) >= {"progress", "optimizer", "scheduler", "rng", "scaler"}
+    assert state["progress"]["step"] == 24
+    assert leftovers(finished_run) == []
+
+
+def test_metrics_have_training_and_validation_records(finished_run: Path) -> None:
+    recs = records(finished_run)
+    train = [r for r in recs if "loss" in r and "valid" not in r]
+    valid = [r for r in recs if "valid" in r]
+    assert [r["step"] for r in train] == [4, 8, 12, 16, 20, 24]
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["tokens_per_s"] > 0 for r in train)
+    assert train[0]["lr"] == pytest.approx(3e-3)  # update 4 = end of warmup
+    assert train[-1]["lr"] == pytest.approx(3e-3 * math.sqrt(4 / 24))
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert [r["step"] for r in valid] == [8, 16, 24]
+    signatures = []
+    for metric in (sacrebleu.BLEU(), sacrebleu.CHRF()):  # what sacrebleu itself reports, defaults throughout
+        metric.corpus_score(["a b c"], [["a b c"]])
+        signatures.append(metric.get_signature().format())
+    bleu_sig, chrf_sig = signatures
+    for r in valid:
+        v = r["valid"]
+        assert v["ppl"] == pytest.approx(math.exp(v["loss"]))
+        assert 0 <= v["bleu"] <= 100 and 0 <= v["chrf"] <= 100
+        assert v["bleu_signature"] == bleu_sig and v["chrf_signature"] == chrf_sig
+        assert v["sentences"] == 12 and v["search"] == "greedy"
+    assert valid[-1]["valid"]["loss"] < valid[0]["valid"]["loss"]
+
+
+def test_best_checkpoint_is_model_safetensors(finished_run: Path) -> None:
+    valid = [r for r in records(finished_run) if "valid" in r]
+    assert valid[0]["best"] is True
+    best = [r for r in valid if r["best"]][-1]
+    meta = json.loads((finished_run / "meta.json").read_text())
+    assert meta["best_step"] == best["step"] and meta["step"] == 24
+    assert meta["best_score"] == best["valid"]["bleu"] and meta["metric"] == "bleu"
+    assert meta["best_valid"]["bleu_signature"].startswith("nrefs:1|")
+    with safe_open(str(finished_run / "model.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == str(best["step"])
+    if best["step"] == 24:
+        assert_same_weights(finished_run / "model.safetensors",
+                            finished_run / "checkpoints" / "step_00000024" / "model.safetensors")
+
+
+def test_mt_average_is_the_elementwise_mean(finished_run: Path, tmp_path: Path) -> None:
+    from mt.cli.average import average
+
+    out = tmp_path / "avg.safetensors"
+    average(finished_run, last=2, output=out)
+    a = weights(finished_run / "checkpoints" / "step_00000020" / "model.safetensors")
+    b = weights(finished_run / "checkpoints" / "step_00000024" / "model.safetensors")
+    avg = weights(out)
+    assert avg.keys() == a.keys()
+    for k in a:
+        assert torch.equal(avg[k], ((a[k].double() + b[k].double()) / 2).to(a[k].dtype))
+        torch.testing.assert_close(avg[k], (a[k] + b[k]) / 2)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["averaged"] == "step_00000020,step_00000024"
+    assert not any(torch.equal(avg[k], b[k]) for k in a if a[k].dtype.is_floating_point and not torch.equal(a[k], b[k]))
+
+
+# ----------------------------------------------------------------------------------------------
+# early stopping and plateau with scripted validation scores
+
+
+def _scripted(monkeypatch, metric: str, scores: list[float]) -> None:
+    it = iter(scores)
+
+    def validate(self) -> dict:
+        s = float(next(it))
+        return {"loss": s if metric == "loss" else 3.0, "ppl": 1.0, "bleu": s if metric == "bleu" else 1.0,
+                "chrf": 1.0, "bleu_signature": "x", "chrf_signature": "x", "sentences": 1, "search": "greedy"}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+
+
+@pytest.mark.parametrize("metric, scores", [("bleu", [10, 20, 15, 15, 15, 15]), ("loss", [5, 4, 4.5, 4.5, 4.5, 4.5])])
+def test_early_stopping_plateau_and_best(tmp_path: Path, monkeypatch, metric: str, scores: list[float]) -> None:
+    _scripted(monkeypatch, metric, scores)
+    run = tmp_path / "run"
+    summary = train_here(run, train={"metric": metric, "patience": 3, "schedule": "plateau", "warmup": 0,
+                                     "plateau_patience": 1, "plateau_factor": 0.5, "valid_every": 2,
+                                     "save_every": 2, "keep_last": 10, "log_every": 1, "max_steps": 30})
+    # validations at 2 (best), 4 (best), 6, 8, 10 (three without improvement: stop)
+    assert summary["stop"] == "early_stop" and summary["step"] == 10
+    assert summary["best_step"] == 4 and summary["best_score"] == scores[1]
+    valid = [r for r in records(run) if "valid" in r]
+    assert [(r["step"], r["best"]) for r in valid] == [(2, True), (4, True), (6, False), (8, False), (10, False)]
+    lrs = {r["step"]: r["lr"] for r in records(run) if "lr" in r}
+    # plateau_patience 1: the second bad validation (step 8) halves the rate from update 9 on
+    assert [lrs[k] for k in range(1, 11)] == pytest.approx([3e-3] * 8 + [1.5e-3] * 2)
+    assert_same_weights(run / "model.safetensors", run / "checkpoints" / "step_00000004" / "model.safetensors")
+    meta = json.loads((run / "meta.json").read_text())
+    assert (meta["best_step"], meta["best_score"], meta["step"]) == (4, scores[1], 10)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000010"
+
+
+# ----------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def test_init_from_starts_from_the_parent_weights(finished_run: Path, tmp_path: Path) -> None:
+    one = {"max_steps": 1, "log_every": 1, "save_every": 1}
+    fresh = train_here(tmp_path / "fresh", data={"synthetic_valid": 0}, train=one)
+    child = train_here(tmp_path / "child", data={"synthetic_valid": 0}, train={**one, "init_from": str(finished_run)})
+    assert fresh["step"] == child["step"] == 1
+    fresh_loss = records(tmp_path / "fresh")[0]["loss"]
+    child_loss = records(tmp_path / "child")[0]["loss"]
+    parent_loss = [r for r in records(finished_run) if "lr" in r][-1]["loss"]
+    assert child_loss < fresh_loss - 0.3
+    assert child_loss == pytest.approx(parent_loss, abs=0.5)
+    assert (tmp_path / "child" / "spm.model").read_bytes() == (finished_run / "spm.model").read_bytes()
+    # a model.safetensors file inside a run works too
+    train_here(tmp_path / "child2", data={"synthetic_valid": 0},
+               train={**one, "init_from": str(finished_run / "model.safetensors")})
+    assert records(tmp_path / "child2")[0]["loss"] == pytest.approx(child_loss)
+
+
+@pytest.mark.parametrize("vocab", [{"size": 120}, {"joint": False}, {"model_type": "bpe"}])
+def test_init_from_with_another_vocabulary_is_a_clear_error(finished_run: Path, tmp_path: Path, vocab: dict) -> None:
+    with pytest.raises(MTError, match="vocabulary differs"):
+        train_here(tmp_path / "child", vocab=vocab, train={"init_from": str(finished_run), "max_steps": 1})
+
+
+def test_init_from_errors(finished_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MTError, match="not a run directory"):
+        train_here(tmp_path / "a", train={"init_from": str(tmp_path / "empty"), "max_steps": 1})
+    with pytest.raises(MTError, match="does not fit"):
+        train_here(tmp_path / "b", model={"d_model": 16}, train={"init_from": str(finished_run), "max_steps": 1})
+
+
+# ----------------------------------------------------------------------------------------------
+# resume in this process: leftovers of a killed process, malicious trainer state
+
+
+def test_resume_cleans_half_written_temp_checkpoint(finished_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    half = run / "checkpoints" / ".step_00000028.k1ll3d"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\x00" * 100)
+    (run / ".metrics.jsonl.x7.tmp").write_text('{"step": 2')
+    (run / "checkpoints" / ".latest.q9.tmp").write_text("step_000")
+    # nothing left to train: the resume only tidies up
+    assert train_here(run, resume=True)["step"] == 24
+    assert leftovers(run) == []
+    half.mkdir()
+    summary = train_here(run, resume=True, train={"max_steps": 28})
+    assert summary["step"] == 28
+    assert leftovers(run) == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000024", "step_00000028"]
+    assert [r["step"] for r in records(run) if "lr" in r] == [4, 8, 12, 16, 20, 24, 28]
+
+
+class _Evil:
+    """Unpickling this would create a file (and could do anything else)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_malicious_trainer_state(finished_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    marker = tmp_path / "pwned"
+    evil = _Evil(marker)
+    torch.save({"progress": evil, "rng": evil}, run / "checkpoints" / "step_00000024" / "trainer_state.pt")
+    with pytest.raises(MTError, match="trainer_state.pt: not a readable trainer state"):
+        train_here(run, resume=True, train={"max_steps": 28})
+    assert not marker.exists()
+
+
+def test_fresh_run_refuses_a_used_run_directory(finished_run: Path) -> None:
+    with pytest.raises(MTError, match="already holds files"):
+        train_here(finished_run)
+
+
+# ----------------------------------------------------------------------------------------------
+# subprocesses: exact resume after SIGKILL, DDP
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MT_", "OMP_", "MKL_"))}
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MT_DEBUG": "1", **extra})
+    return env
+
+
+def _start(args: list[str], log: Path, cmd: list[str] | None = None, **env: str) -> subprocess.Popen:
+    out = open(log, "ab")
+    cmd = cmd or [sys.executable, "-m", "mt.cli.main", "train"]
+    proc = subprocess.Popen(cmd + args, stdout=out, stderr=subprocess.STDOUT, env=_env(**env), cwd=log.parent)
+    out.close()
+    return proc
+
+
+def _wait_for(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 240) -> bool:
+    """Poll until condition() (True) or the process exits (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return condition()
+        time.sleep(0.001)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+def _latest_step(run: Path) -> int:
+    try:
+        return int((run / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return -1
+
+
+def _valid_steps(run: Path) -> list[int]:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "valid" in r:
+            out.append(r["step"])
+    return out
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    rc = proc.wait(timeout=timeout)
+    assert rc == 0, f"exit {rc}:\n{log.read_text()[-3000:]}"
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path: Path) -> None:
+    """SIGKILL at three different moments, resume each time; the result equals an uninterrupted run."""
+    rec = recipe(train={"accum": 2, "max_steps": 24})  # 48 batches of ~10 per epoch: crosses epochs
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(rec))
+    a_run, b_run = tmp_path / "A", tmp_path / "B"
+    a = _start(["recipe.yaml", "--run-dir", str(a_run)], tmp_path / "A.log")  # both start together
+    b = _start(["recipe.yaml", "--run-dir", str(b_run)], tmp_path / "B.log")
+    kills = []
+
+    # 1. right after the first checkpoint appears
+    assert _wait_for(b, lambda: _latest_step(b_run) > 0), (tmp_path / "B.log").read_text()
+    b.send_signal(signal.SIGKILL)
+    b.wait()
+    kills.append(("after first checkpoint", _latest_step(b_run)))
+
+    # 2. once past step 12: while the next checkpoint folder is being written (or, failing to catch
+    #    that, just after it landed)
+    b = _start(["--resume", str(b_run)], tmp_path / "B.log")
+    ckpts = b_run / "checkpoints"
+    if _wait_for(b, lambda: _latest_step(b_run) >= 12 and (any(ckpts.glob(".step_*")) or _latest_step(b_run) > 12)):
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        kills.append(("during checkpoint write", _latest_step(b_run)))
+
+    # 3. right after the next validation was logged (best model written, its checkpoint not yet)
+    if b.returncode is not None and b.returncode < 0:
+        resumed_at = _latest_step(b_run)
+        b = _start(["--resume", str(b_run)], tmp_path / "B.log")
+        if _wait_for(b, lambda: any(s > resumed_at for s in _valid_steps(b_run))):
+            b.send_signal(signal.SIGKILL)
+            b.wait()
+            kills.append(("after validation", _latest_step(b_run)))
+
+    if b.returncode is not None and b.returncode < 0:
+        b = _start(["--resume", str(b_run)], tmp_path / "B.log")
+    _finish(b, tmp_path / "B.log")
+    _finish(a, tmp_path / "A.log")
+    print("kills (moment, latest checkpoint):", kills)
+    assert len(kills) >= 2, kills
+    assert all(0 < step < 24 for _, step in kills), kills
+
+    assert _latest_step(a_run) == _latest_step(b_run) == 24
+    for name in ("checkpoints/step_00000024/model.safetensors", "checkpoints/step_00000020/model.safetensors",
+                 "model.safetensors"):
+        assert_same_weights(a_run / name, b_run / name)
+    state_a = torch.load(a_run / "checkpoints/step_00000024/trainer_state.pt", weights_only=True)
+    state_b = torch.load(b_run / "checkpoints/step_00000024/trainer_state.pt", weights_only=True)
+    assert state_a["progress"] == state_b["progress"]
+    assert state_a["progress"]["epoch"] >= 2
+    assert torch.equal(state_a["rng"]["torch"], state_b["rng"]["torch"])
+    exp_a, exp_b = state_a["optimizer"]["state"], state_b["optimizer"]["state"]
+    assert all(torch.equal(exp_a[i]["exp_avg_sq"], exp_b[i]["exp_avg_sq"]) for i in exp_a)
+    # the same validations, once each, with the same results
+    valid_a = [r for r in records(a_run) if "valid" in r]
+    valid_b = [r for r in records(b_run) if "valid" in r]
+    assert [r["step"] for r in valid_b] == [8, 16, 24]
+    assert valid_a == valid_b
+    assert [r["step"] for r in records(b_run) if "lr" in r] == [4, 8, 12, 16, 20, 24]
+    assert json.loads((a_run / "meta.json").read_text())["best_step"] == json.loads((b_run / "meta.json").read_text())["best_step"]
+    assert leftovers(b_run) == []
+
+
+AUDIT_LAUNCHER = '''
+import json, os, sys
+rank = int(os.environ["RANK"])
+run_dir = os.path.abspath(sys.argv[sys.argv.index("--run-dir") + 1]) + os.sep
+writes = []
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+def hook(event, args):
+    if event == "open":
+        path, mode, flags = args
+        if isinstance(mode, str):
+            if not any(c in mode for c in "wax+"):
+                return
+        elif not (flags or 0) & WRITE_FLAGS:
+            return
+    elif event not in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.truncate", "shutil.rmtree",
+                       "os.symlink", "os.link", "os.chmod"):
+        return
+    path = args[0]
+    if isinstance(path, (str, bytes, os.PathLike)):
+        path = os.fsdecode(path)
+        if os.path.abspath(path).startswith(run_dir) or os.path.abspath(path) + os.sep == run_dir:
+            writes.append([event, path])
+
+sys.addaudithook(hook)
+sys.argv = ["mt"] + sys.argv[1:]
+try:
+    from mt.cli.main import main
+    main()
+finally:
+    with open(os.path.join(os.environ["AUDIT_DIR"], f"rank{rank}.json"), "w") as f:
+        json.dump(writes, f)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
+    rec = recipe(train={"accum": 2, "max_steps": 8, "valid_every": 4, "save_every": 4, "log_every": 2})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(rec))
+    (tmp_path / "launch.py").write_text(AUDIT_LAUNCHER)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(tmp_path / "launch.py"), "train"]
+    log = tmp_path / "ddp.log"
+    proc = _start(["recipe.yaml", "--run-dir", str(run)], log, cmd=cmd, MT_DIST_BACKEND="gloo",
+                  AUDIT_DIR=str(tmp_path), GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
+    _finish(proc, log)
+    text = log.read_text()
+    assert text.count("done at step 8") == 1, text[-3000:]  # only rank 0 speaks
+    recs = records(run)
+    final = recs[-1]
+    assert final["replicas"] == 2 and final["replicas_identical"] is True
+    assert final["checksums"][0] == final["checksums"][1]
+    assert [r["step"] for r in recs if "valid" in r] == [4, 8]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "meta.json", "metrics.jsonl",
+                                                      "model.safetensors", "spm.model"]
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0, "the audit hook saw no writes on rank 0: the check itself is broken"
+    assert rank1 == [], f"rank 1 wrote into the run directory: {rank1[:5]}"
