@@ -148,7 +148,7 @@ class _RowSearch(Search):
                 state = state.select(keep)
             prev = tok
             step += 1
-        return [h[: self.n_best] for h in done]
+        return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
 
 
 class GreedySearch(_RowSearch):

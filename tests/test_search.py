@@ -183,7 +183,9 @@ LIMITS = [(0.5, 1, 0), (0.5, 1, 1), (0.0, 3, 2), (0.6, 0, 0)]
 @pytest.mark.parametrize("kind,alpha", PENALTIES)
 @pytest.mark.parametrize("early_stop", [True, False])
 @pytest.mark.parametrize("a,b,min_len", LIMITS)
-def test_large_beam_equals_brute_force(kind: str, alpha: float, early_stop: bool, a: float, b: int, min_len: int) -> None:
+def test_large_beam_equals_brute_force(
+    kind: str, alpha: float, early_stop: bool, a: float, b: int, min_len: int
+) -> None:
     model = Scripted(random_table(seed=7), vocab=7)  # 4 generable tokens: unk, 4, 5, 6
     pen = LengthPenalty(kind, alpha)
     src, lengths = batch(SOURCES)
@@ -236,9 +238,10 @@ def test_beam_finds_what_greedy_misses() -> None:
 
 
 def test_beam_search_is_not_always_better_than_greedy() -> None:
-    """Beam search is not exact: here beam 2 prunes the greedy path. Greedy: 4 (0.5), 6 (0.3), eos (1):
-    0.15. Beam 2 keeps 5-5 and 5-6 (0.4 * 0.5 = 0.2 > 0.5 * 0.3), whose endings are poor (0.2 * 0.1).
-    Pinned so that nobody writes a test that beam >= greedy always holds (see the report)."""
+    """Beam search is not exact, and not even never-worse-than-greedy: greedy takes 4 (0.5), 6 (0.35),
+    eos (1), about 0.17 in all. Beam 2 prefers 5-5 and 5-6 (0.2 and 0.19 > 0.5 * 0.35), prunes the
+    greedy path and can only reach 5-5-4 + eos, about 0.16. Pinned so that nobody asserts that
+    beam >= greedy always holds."""
     table = hand_table(
         {
             (): {4: 0.5, 5: 0.4, EOS_ID: 0.05},
@@ -308,7 +311,8 @@ def test_exact_stop_uses_the_longest_possible_length_penalty() -> None:
 def test_finished_sentences_leave_the_batch() -> None:
     model = Scripted(_never_stop_table(), vocab=6)
     src, lengths = batch([[4], [4, 5, 6, 4, 5, 6]])  # max lengths 1 and 6 (a=1, b=0)
-    for search, per_sentence in ((GreedySearch(max_len_a=1, max_len_b=0), 1), (BeamSearch(3, max_len_a=1, max_len_b=0), 3)):
+    searches = [(GreedySearch(max_len_a=1, max_len_b=0), 1), (BeamSearch(3, max_len_a=1, max_len_b=0), 3)]
+    for search, per_sentence in searches:
         model.rows_per_step.clear()
         search(model, src, lengths)
         rows = model.rows_per_step
@@ -589,10 +593,20 @@ def test_sampling_distribution(temperature: float, topk: int, topp: float, expec
 # configuration, builder, length penalty
 
 
-@pytest.mark.parametrize(
-    "kwargs", [dict(temperature=0.0), dict(temperature=-1.0), dict(topp=0.0), dict(topp=1.5), dict(beam=0),
-               dict(beam=2, n_best=3), dict(n_best=0), dict(topk=-1), dict(min_len=-1)]
-)
+BAD_DECODE = [
+    dict(temperature=0.0),
+    dict(temperature=-1.0),
+    dict(topp=0.0),
+    dict(topp=1.5),
+    dict(beam=0),
+    dict(beam=2, n_best=3),
+    dict(n_best=0),
+    dict(topk=-1),
+    dict(min_len=-1),
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_DECODE)
 def test_decode_config_rejects(kwargs: dict) -> None:
     with pytest.raises(MTError):
         DecodeConfig(**kwargs)
@@ -601,7 +615,8 @@ def test_decode_config_rejects(kwargs: dict) -> None:
 def test_build_search() -> None:
     beam = build_search(DecodeConfig(beam=3, n_best=2, len_penalty="d2l", alpha=0.8, early_stop=False, min_len=1))
     assert isinstance(beam, BeamSearch)
-    assert (beam.beam, beam.n_best, beam.lp.kind, beam.lp.alpha, beam.early_stop, beam.min_len) == (3, 2, "d2l", 0.8, False, 1)
+    settings = (beam.beam, beam.n_best, beam.lp.kind, beam.lp.alpha, beam.early_stop, beam.min_len)
+    assert settings == (3, 2, "d2l", 0.8, False, 1)
     assert isinstance(build_search(DecodeConfig(search="greedy")), GreedySearch)
     sampling = build_search(DecodeConfig(search="sampling", n_best=8, topk=5, topp=0.9, temperature=0.7, seed=3))
     assert isinstance(sampling, SamplingSearch)

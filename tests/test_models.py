@@ -1,0 +1,217 @@
+"""Every architecture through build_model: step-by-step decoding == teacher forcing, padding
+invariance, DecoderState.select, Transformer position limits and shared embeddings."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor
+
+from mt import MTError
+from mt.config import RNNConfig, TransformerConfig
+from mt.models import build_model
+from mt.models.base import BOS_ID, PAD_ID, DecoderState, Seq2Seq
+
+SRC_V, TGT_V, JOINT_V = 17, 13, 15
+
+TRANSFORMERS = {
+    f"{norm}-{pos}-{emb}": TransformerConfig(
+        d_model=16,
+        heads=2,
+        enc_layers=2,
+        dec_layers=2,
+        ff_dim=24,
+        dropout=0.1,
+        attn_dropout=0.1,
+        norm=norm,
+        positions=pos,
+        max_positions=32,
+        share_embeddings=emb == "shared",
+        tie_output=emb in ("shared", "tied"),
+    )
+    for norm, pos, emb in itertools.product(["pre", "post"], ["sinusoidal", "learned"], ["shared", "tied", "untied"])
+}
+RNNS = {
+    f"{cell}-{attention}": RNNConfig(
+        cell=cell, attention=attention, emb_dim=8, hidden=12, enc_layers=2, dec_layers=2, dropout=0.1
+    )
+    for cell, attention in itertools.product(["gru", "lstm"], ["none", "bahdanau", "luong_dot", "luong_general"])
+}
+CONFIGS = {**TRANSFORMERS, **RNNS}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(name: str) -> tuple[Seq2Seq, int, int]:
+    cfg = CONFIGS[name]
+    shared = getattr(cfg, "share_embeddings", False)
+    src_v, tgt_v = (JOINT_V, JOINT_V) if shared else (SRC_V, TGT_V)
+    torch.manual_seed(0)
+    return build_model(cfg, src_v, tgt_v).eval(), src_v, tgt_v
+
+
+def padded(lengths: list[int], vocab: int, seed: int, first: int | None = None) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((len(lengths), max(lengths)), PAD_ID, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        x[i, :n] = torch.randint(4, vocab, (n,), generator=g)
+        if first is not None:
+            x[i, 0] = first
+    return x, torch.tensor(lengths)
+
+
+SRC_LENGTHS = [5, 2, 7, 3]
+TGT_LENGTHS = [6, 3, 4, 2]
+
+
+def data(src_v: int, tgt_v: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    src, src_len = padded(SRC_LENGTHS, src_v, seed=1)
+    tgt, tgt_len = padded(TGT_LENGTHS, tgt_v, seed=2, first=BOS_ID)  # bos-prefixed inputs, padded
+    return src, src_len, tgt, tgt_len
+
+
+def incremental(model: Seq2Seq, src: Tensor, src_len: Tensor, tgt: Tensor, need_attention: bool = False) -> Tensor:
+    state = model.init_state(model.encode(src, src_len), tgt.size(1), need_attention=need_attention)
+    out = []
+    for t in range(tgt.size(1)):
+        lp, attn = model.decode_step(tgt[:, t], state)
+        assert lp.dtype == torch.float32 and lp.shape == (src.size(0), model_vocab(model))
+        if need_attention and attn is not None:
+            assert attn.shape == src.shape
+        out.append(lp)
+    assert state.step == tgt.size(1)
+    return torch.stack(out, dim=1)
+
+
+def model_vocab(model: Seq2Seq) -> int:
+    return (model.output if hasattr(model, "output") else model.out).out_features
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@torch.no_grad()
+def test_incremental_equals_teacher_forced(name: str) -> None:
+    model, src_v, tgt_v = make(name)
+    src, src_len, tgt, _ = data(src_v, tgt_v)
+    forced = model(src, src_len, tgt).log_softmax(-1)
+    assert forced.shape == (4, tgt.size(1), tgt_v)
+    for need_attention in (False, True):  # the Transformer's explicit-softmax path as well as SDPA
+        torch.testing.assert_close(incremental(model, src, src_len, tgt, need_attention), forced, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@torch.no_grad()
+def test_alone_equals_in_padded_batch(name: str) -> None:
+    model, src_v, tgt_v = make(name)
+    src, src_len, tgt, tgt_len = data(src_v, tgt_v)
+    forced = model(src, src_len, tgt).log_softmax(-1)
+    steps = incremental(model, src, src_len, tgt)
+    for i, (n, m) in enumerate(zip(SRC_LENGTHS, TGT_LENGTHS)):
+        one_src, one_tgt = src[i : i + 1, :n], tgt[i : i + 1, :m]
+        alone = model(one_src, src_len[i : i + 1], one_tgt).log_softmax(-1)[0]
+        torch.testing.assert_close(forced[i, :m], alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(steps[i, :m], alone, atol=1e-5, rtol=0)
+        alone_steps = incremental(model, one_src, src_len[i : i + 1], one_tgt)[0]
+        torch.testing.assert_close(alone_steps, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@torch.no_grad()
+def test_select_same_sources(name: str) -> None:
+    """Expand to batch x beam, run two steps, reorder beams within each sentence: same_sources=True
+    (static tensors kept) gives what a full copy does, and each row follows the row it came from."""
+    model, src_v, tgt_v = make(name)
+    src, src_len, tgt, _ = data(src_v, tgt_v)
+    b, k = src.size(0), 3
+    state = model.init_state(model.encode(src, src_len), 6, need_attention=True)
+    state = state.select(torch.arange(b).repeat_interleave(k))
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(4, tgt_v, (b * k, 4), generator=g)
+    for t in range(2):
+        model.decode_step(tokens[:, t], state)
+    # a beam-style reorder: row i*k+j takes beam perm[i, j] of sentence i (with repeats)
+    perm = torch.tensor([[2, 0, 0], [1, 1, 2], [0, 1, 2], [2, 2, 1]])
+    index = (torch.arange(b)[:, None] * k + perm).view(-1)
+    kept, copied = state.select(index, same_sources=True), state.select(index)
+    assert kept.static is state.static and kept.step == copied.step == 2
+    history = tokens[index]  # what each row has consumed, after the reorder
+    for t in range(2, 4):
+        lp_kept, attn_kept = model.decode_step(history[:, t], kept)
+        lp_copied, attn_copied = model.decode_step(history[:, t], copied)
+        torch.testing.assert_close(lp_kept, lp_copied, atol=0, rtol=0)
+        if attn_kept is not None:
+            torch.testing.assert_close(attn_kept, attn_copied, atol=0, rtol=0)
+    # each row equals decoding its full history from scratch
+    fresh = model.init_state(model.encode(src, src_len), 6).select(torch.arange(b).repeat_interleave(k))
+    for t in range(4):
+        lp_fresh, _ = model.decode_step(history[:, t], fresh)
+    torch.testing.assert_close(lp_kept, lp_fresh, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@torch.no_grad()
+def test_dropping_rows(name: str) -> None:
+    """select with fewer rows (finished sentences leave the batch) keeps the others' results."""
+    model, src_v, tgt_v = make(name)
+    src, src_len, tgt, _ = data(src_v, tgt_v)
+    full = incremental(model, src, src_len, tgt)
+    state = model.init_state(model.encode(src, src_len), tgt.size(1))
+    model.decode_step(tgt[:, 0], state)
+    keep = torch.tensor([3, 0])
+    state = state.select(keep)
+    for t in range(1, tgt.size(1)):
+        lp, _ = model.decode_step(tgt[keep, t], state)
+    torch.testing.assert_close(lp, full[keep, -1], atol=1e-5, rtol=0)
+
+
+def test_transformer_init_state_checks_max_positions() -> None:
+    model, src_v, tgt_v = make("pre-sinusoidal-untied")
+    src, src_len, _, _ = data(src_v, tgt_v)
+    enc = model.encode(src, src_len)
+    assert model.max_tgt_positions == 32
+    model.init_state(enc, 32)  # exactly max_positions is fine
+    with pytest.raises(MTError, match="32"):
+        model.init_state(enc, 33)
+
+
+def test_transformer_share_embeddings_and_tie_output() -> None:
+    model, _, _ = make("pre-sinusoidal-shared")
+    weight = model.src_embed.tokens.weight
+    assert isinstance(weight, torch.nn.Parameter)
+    assert model.tgt_embed.tokens.weight is weight
+    assert model.output.weight is weight
+    names = [n for n, p in model.named_parameters() if p is weight]
+    assert len(names) == 1  # one Parameter, counted once by the optimizer
+    assert bool((weight[PAD_ID] == 0).all())
+    tied, _, _ = make("post-learned-tied")
+    assert tied.output.weight is tied.tgt_embed.tokens.weight
+    assert tied.src_embed.tokens.weight is not tied.tgt_embed.tokens.weight
+    untied, _, _ = make("post-learned-untied")
+    assert untied.output.weight is not untied.tgt_embed.tokens.weight
+    with pytest.raises(MTError):
+        build_model(TRANSFORMERS["pre-sinusoidal-shared"], SRC_V, TGT_V)  # different vocabularies
+
+
+def test_build_model_rejects_unknown_config() -> None:
+    with pytest.raises(TypeError):
+        build_model(object(), SRC_V, TGT_V)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["pre-learned-untied", "gru-bahdanau"])
+def test_decoder_state_is_batch_first(name: str) -> None:
+    model, src_v, tgt_v = make(name)
+    src, src_len, _, _ = data(src_v, tgt_v)
+    state: DecoderState = model.init_state(model.encode(src, src_len), 5)
+    assert state.batch_size == 4
+    for value in list(state.static.values()) + list(state.dynamic.values()):
+        for tensor in value if isinstance(value, tuple) else [value]:
+            first = tensor.k if hasattr(tensor, "k") else tensor
+            assert first.size(0) == 4
