@@ -21,14 +21,19 @@ def average(
     last: int = typer.Option(5, "--last", "-k", help="How many of the newest checkpoints to average."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: RUN/averaged.safetensors]."),
 ) -> None:
-    from safetensors.torch import save_file
-
-    from mt.checkpoint import atomic_write, average_weights, checkpoint_dirs, is_run_dir
-
     if last < 1:
         raise MTError(f"--last must be >= 1, got {last}")
-    if not is_run_dir(run):
+    if not run.exists():
+        raise MTError(f"{run}: no such run directory")
+    if not (run / "config.yaml").is_file():
         raise MTError(f"{run}: not a run directory (no config.yaml)")
+    if output is not None and output.is_dir():
+        raise MTError(f"{output}: is a directory")
+
+    from safetensors.torch import save_file
+
+    from mt.checkpoint import atomic_write, average_weights, checkpoint_dirs
+
     dirs = checkpoint_dirs(run)
     if not dirs:
         raise MTError(f"{run}: no checkpoints to average")

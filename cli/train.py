@@ -28,21 +28,21 @@ def train(
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ) -> None:
-    from mt.checkpoint import is_run_dir
-    from mt.config import load_config, save_config
-    from mt.train import Trainer
+    from mt.config import load_config, save_config  # light: the recipe is checked before `import torch`
 
     if resume is not None:
         if recipe is not None:
             raise MTError("give either a RECIPE or --resume RUN, not both")
         if not resume.exists():
             raise MTError(f"{resume}: no such run directory")
-        if not is_run_dir(resume):
+        if not (resume / "config.yaml").is_file():
             raise MTError(f"{resume}: not a run directory (no config.yaml)")
         bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
         if bad:
             raise MTError(f"--set {bad[0]}: only train.* and decode.* can change when resuming")
         cfg = load_config(resume / "config.yaml", overrides)
+        from mt.train import Trainer
+
         trainer = Trainer(cfg, resume, resume=True)  # checks the device before config.yaml changes
         if overrides:
             save_config(cfg, resume / "config.yaml")
@@ -56,10 +56,15 @@ def train(
         raise MTError(f"{target}: exists and is not a directory; choose another --run-dir")
     created = not target.exists()
     was_empty = target.is_dir() and not any(target.iterdir())
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 creates the folder
+    if not (created or was_empty) and rank0:  # the trainer checks again; here the answer comes before `import torch`
+        raise MTError(f"{target} already holds files; resume with `mt train --resume {target}` or choose another --run-dir")
+    from mt.train import Trainer
+
     try:
         Trainer(cfg, target).train()
     except MTError:
-        if (created or was_empty) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 tidies up
+        if (created or was_empty) and rank0:
             _forget_failed_start(target, created)
         raise
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import replace
@@ -118,12 +119,7 @@ def translate(
     buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating \\[default: 1000, 1 on a terminal]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
 ) -> None:
-    import torch
-
-    from mt.data import iter_lines, open_binary
-    from mt.plot import save_attention_plot
-    from mt.translate import Translator, load_run, resolve_device
-
+    # every check that needs no model comes first, before `import torch` (seconds)
     if greedy + sample + (beam is not None) > 1:
         raise MTError("choose one of --beam, --greedy and --sample")
     for name, value in (("--beam", beam), ("--n-best", n_best), ("--batch-tokens", batch_tokens),
@@ -152,6 +148,21 @@ def translate(
     _check_output_path(output)
     if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
+    if not model.exists():
+        raise MTError(f"{model}: no such run directory")
+    if not (model / "config.yaml").is_file():
+        raise MTError(f"{model}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise MTError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    if checkpoint not in ("best", "last") and not Path(checkpoint).exists():
+        raise MTError(f"{checkpoint}: no such checkpoint (use best, last, or a .safetensors file)")
+
+    import torch
+
+    from mt.data import iter_lines, open_binary
+    from mt.plot import save_attention_plot
+    from mt.translate import Translator, load_run, resolve_device
+
     dev = resolve_device(device)  # before loading anything: `--device cuda` without a GPU fails at once
     if threads:
         torch.set_num_threads(threads)

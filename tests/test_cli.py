@@ -2,13 +2,14 @@
 
 Every failure must be clean: exit 1, one `mt: error:` line on stderr naming the problem, no traceback
 (unless MT_DEBUG=1), and nothing lost or half-written. The happy path: train -> translate (-i/-o and
-stdin/stdout, gz, --json, --n-best, --scores, --batch-tokens, --device, --attention-plot, streaming)
--> evaluate; average; resume.
+stdin/stdout, --json, --n-best, --scores, --batch-tokens, --device, --attention-plot, streaming, 100k
+lines) -> evaluate; average; resume.
 
-Each subprocess pays for `import torch` (seconds), so all commands are started at once by the `jobs`
-fixture, on a few worker threads, and each test asserts on the result of its own command. The
-commands that need no trained model run while the tiny run trains. Selecting one test (-k) still
-runs every command; the whole file takes about a minute and a half on 2 CPU cores.
+Each subprocess pays for its imports (`import torch`: seconds), so all commands are started at once
+by the `jobs` fixture, on a few worker threads, and each test asserts on the result of its own
+command; the commands that need no trained model run while the tiny run trains. Selecting one test
+(-k) still runs every command. About 95 processes: some 4 CPU-minutes while every `mt` process
+imports torch at start, well under half that once only the commands that load a model do.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ FAILURES: dict[str, Failure] = {
                                   ("foreign.safetensors", "does not fit the model", "embed.weight")),
     "checkpoint-architecture": Failure("translate -m {run_rnn}", ("model.safetensors", "does not fit the model")),
     "checkpoint-size": Failure("translate -m {run_wide}", ("does not fit the model", "size mismatch")),
-    "checkpoint-vocab-meta": Failure("translate -m {run_vocab_meta}", ("vocabulary mismatch", "200/200", "300/300")),
+    "checkpoint-vocab-meta": Failure("translate -m {run_vocab_meta}", ("vocabulary mismatch", "trained with 999/999")),
     "checkpoint-vocab-spm": Failure("translate -m {run_vocab_spm}", ("does not fit the model", "size mismatch")),
     "spm-garbage": Failure("translate -m {run_spm_garbage}", ("spm.model", "not a SentencePiece model")),
     "run-config-unknown-key": Failure("translate -m {run_bad_config}", ("unknown recipe key 'model.colour'",)),
@@ -243,7 +244,8 @@ USAGE_ERRORS = {
 
 HELP = ["", "train", "translate", "evaluate", "average", "data", "data get", "data list", "data synthetic"]
 HELP_WITHOUT_EXAMPLES = {"": "cli/main.py: the top-level help has no examples",
-                         "data list": "cli/data.py: `mt data list --help` has no examples"}
+                         "data list": "cli/data.py: `mt data list --help` has no examples",
+                         "data synthetic": "cli/data.py: `mt data synthetic --help` has no examples"}
 
 
 def _write_workspace(ws: Path) -> dict[str, Path]:
@@ -256,8 +258,6 @@ def _write_workspace(ws: Path) -> dict[str, Path]:
         return path
 
     put("input.txt", INPUT_BYTES)
-    put("input.txt.gz", gzip.compress(INPUT_BYTES))
-    paths["input_gz"] = ws / "input.txt.gz"
     put("ref.txt", "".join(r + "\n" for r in REFERENCES))
     put("short.txt", SHORT_BYTES)
     put("bad_utf8.txt", b"the big apple.\nthree men.\nthe \xff\xfe dog\nlast line\n")
@@ -344,8 +344,7 @@ def _make_run_copies(run: Path, ws: Path, paths: dict[str, Path]) -> None:
     _edit_config(copy("run_bad_config"), lambda c: c["model"].update(colour="blue"))
     meta_path = copy("run_vocab_meta") / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    assert (meta["src_vocab_size"], meta["tgt_vocab_size"]) == (200, 200), meta
-    meta.update(src_vocab_size=300, tgt_vocab_size=300)
+    meta.update(src_vocab_size=999, tgt_vocab_size=999)
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     other = copy("run_vocab_spm")
     (other / "meta.json").unlink()  # without meta.json the weights themselves must refuse the vocabulary
@@ -380,7 +379,11 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         j.mt("usage:" + name, command)
     j.mt("debug", "translate -m {ws}/nowhere", env=mt_env(MT_DEBUG="1"))
 
-    run = request.getfixturevalue("tiny_run")
+    try:
+        run = request.getfixturevalue("tiny_run")
+    except BaseException:
+        j.pool.shutdown(wait=False, cancel_futures=True)
+        raise
     _make_run_copies(run, ws, j.paths)
     j.paths["resumed"] = copy_run(run, ws / "resumed")
     j.paths["averaged"] = copy_run(run, ws / "averaged")
@@ -392,14 +395,13 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     (ws / "out.txt").write_text("an older file that a good run replaces\n", encoding="utf-8")
     j.mt("file", "translate -m {run} -i {input} -o {ws}/out.txt")
     j.mt("stdin", "translate -m {run}", stdin=INPUT_BYTES)
-    j.mt("gz", "translate -m {run} -i {input_gz}")
     j.mt("json", "translate -m {run} -i {input} --json --device cpu")
     j.mt("batch-tokens", "translate -m {run} -i {input} --batch-tokens 12")
     j.mt("n-best", "translate -m {run} -i {short} --beam 3 --n-best 3 --device auto")
     j.mt("n-best-json", "translate -m {run} -i {short} --n-best 2 --json")
     j.mt("scores", "translate -m {run} -i {short} --scores")
-    j.mt("plot", "translate -m {run} -i {short} --attention-plot {ws}/plots --greedy")
-    j.mt("checkpoint-dir", "translate -m {run} -i {short} --checkpoint {run}/checkpoints/step_00000015")
+    j.mt("plot", "translate -m {run} -i {short} --attention-plot {ws}/plots --greedy "
+         "--checkpoint {run}/checkpoints/step_00000015")
     j.submit("pipe-closed", _reader_goes_away, run)
     for name, f in FAILURES.items():
         if f.needs_run:
@@ -439,7 +441,7 @@ def _stream_first_lines(run: Path) -> dict:
     threading.Thread(target=lambda: [lines.put(line) for line in iter(p.stdout.readline, b"")] + [lines.put(b"")],
                      daemon=True).start()
     err: list[bytes] = []
-    _drain(p.stderr, err)
+    err_thread = _drain(p.stderr, err)
     got = []
     try:
         for text in (b"the big apple helps a blue door.\n", b"\n", b"three quiet men.\n"):
@@ -448,23 +450,16 @@ def _stream_first_lines(run: Path) -> dict:
             got.append(lines.get(timeout=180))  # stdin is still open
         p.stdin.close()
         tail = lines.get(timeout=60)
-        code = p.wait(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    return {"lines": got, "tail": tail, "code": code, "stderr": b"".join(err).decode("utf-8", "replace")}
+    except BaseException:
+        p.kill()
+        raise
+    code, rss = _wait_rusage(p)
+    err_thread.join(timeout=60)
+    return {"lines": got, "tail": tail, "code": code, "rss_kib": rss, "stderr": b"".join(err).decode("utf-8", "replace")}
 
 
 def _translate_100k(run: Path) -> dict:
     """100k lines through a pipe: output starts long before the input ends; memory stays flat."""
-    small = _popen(run, "--greedy", "--max-len-a", "0", "--max-len-b", "2")
-    small_out: list[bytes] = []
-    _drain(small.stdout, small_out)
-    _drain(small.stderr, [])
-    small.stdin.write(SHORT_BYTES * 10)
-    small.stdin.close()
-    _, small_rss = _wait_rusage(small)
-
     n = 100_000
     pattern = SHORT_LINES + [SHORT_LINES[0]]  # every 5th line is empty (index 1 of 5)
     p = _popen(run, "--greedy", "--max-len-a", "0", "--max-len-b", "2")
@@ -481,7 +476,7 @@ def _translate_100k(run: Path) -> dict:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     err: list[bytes] = []
-    _drain(p.stderr, err)
+    err_thread = _drain(p.stderr, err)
     chunk = 100
     block = "".join(pattern[i % len(pattern)] + "\n" for i in range(chunk)).encode("utf-8")
     try:
@@ -493,9 +488,10 @@ def _translate_100k(run: Path) -> dict:
         pass
     code, rss = _wait_rusage(p)
     reader.join(timeout=60)
+    err_thread.join(timeout=60)
     expected_empty = [i for i in range(n) if pattern[i % len(pattern)] == ""]
     return {"code": code, "count": state["count"], "n": n, "first": state["written_at_first_output"],
-            "rss_kib": rss, "small_rss_kib": small_rss, "empty_ok": state["empty_at"] == expected_empty,
+            "rss_kib": rss, "empty_ok": state["empty_at"] == expected_empty,
             "stderr": b"".join(err).decode("utf-8", "replace")}
 
 
@@ -503,12 +499,13 @@ def _reader_goes_away(run: Path) -> dict:
     """`mt translate ... | head -1`: when the reader closes the pipe, mt stops quietly."""
     p = _popen(run, "--buffer-lines", "1", "--greedy")
     err: list[bytes] = []
-    _drain(p.stderr, err)
+    err_thread = _drain(p.stderr, err)
     p.stdin.write(SHORT_BYTES * 50)
     p.stdin.close()
     first = p.stdout.readline()
     p.stdout.close()
     code = p.wait(timeout=180)
+    err_thread.join(timeout=60)
     return {"first": first, "code": code, "stderr": b"".join(err).decode("utf-8", "replace")}
 
 
@@ -625,10 +622,6 @@ def test_translate_stdin_to_stdout(jobs: Jobs) -> None:
     assert _lines(jobs.result("stdin")) == _file_output(jobs)
 
 
-def test_translate_gzip_input(jobs: Jobs) -> None:
-    assert _lines(jobs.result("gz")) == _file_output(jobs)
-
-
 def test_translate_json(jobs: Jobs) -> None:
     rows = [json.loads(line) for line in _lines(jobs.result("json"))]
     assert [row["id"] for row in rows] == list(range(N_INPUT))
@@ -684,16 +677,13 @@ def test_translate_scores(jobs: Jobs) -> None:
 
 
 def test_attention_plots(jobs: Jobs) -> None:
+    """--attention-plot, with --checkpoint naming a checkpoint folder."""
     assert len(_lines(jobs.result("plot"))) == len(SHORT_LINES)
     plots = sorted((jobs.paths["ws"] / "plots").iterdir())
     expected = [f"{i + 1:06d}.png" for i, line in enumerate(SHORT_LINES) if line]
     assert [p.name for p in plots] == expected, "one PNG per (non-empty) sentence, named by its line"
     for p in plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_translate_checkpoint_folder(jobs: Jobs) -> None:
-    assert len(_lines(jobs.result("checkpoint-dir"))) == len(SHORT_LINES)
 
 
 def test_streams_while_stdin_is_open(jobs: Jobs) -> None:
@@ -708,15 +698,17 @@ def test_100k_lines_stream_with_bounded_memory(jobs: Jobs) -> None:
     assert s["code"] == 0, s["stderr"]
     assert s["count"] == s["n"] and s["empty_ok"], "one output line per input line, in order"
     assert s["first"] is not None and s["first"] < s["n"] // 2, f"no output until {s['first']} lines were written"
-    grown_mib = (s["rss_kib"] - s["small_rss_kib"]) / 1024
-    assert grown_mib < 100, f"100k lines took {grown_mib:.0f} MiB more than 40 lines"
+    small = jobs.result("stream")  # the same command on 3 lines
+    grown_mib = (s["rss_kib"] - small["rss_kib"]) / 1024
+    assert grown_mib < 100, f"100k lines took {grown_mib:.0f} MiB more than 3 lines"
 
 
 def test_reader_going_away_is_quiet(jobs: Jobs) -> None:
     s = jobs.result("pipe-closed")
     assert s["first"].endswith(b"\n")
-    assert s["code"] in (0, 141, -13), s
-    assert "Traceback" not in s["stderr"] and "Exception ignored" not in s["stderr"], s["stderr"]
+    # click turns EPIPE into a silent exit 1 before cli/main.py sees it; 141 is the shell's SIGPIPE code
+    assert s["code"] in (0, 1, 141, -13), s
+    assert s["stderr"] == "", s["stderr"]
 
 
 def test_average_then_translate_then_evaluate(jobs: Jobs) -> None:
