@@ -90,7 +90,7 @@ def get(
         typer.echo(str(path))
 
 
-@app.command("list")
+@app.command("list", epilog="Examples:\n\n  mt data list")
 def list_corpora() -> None:
     """List the known corpora: name, languages, files and terms of use."""
     for spec in KNOWN_CORPORA.values():
@@ -99,7 +99,7 @@ def list_corpora() -> None:
         typer.echo(f"\tupstream: {spec.base_url} (override with --url or ${url_env_var(spec)})")
 
 
-@app.command("synthetic", epilog="Example:\n\n  mt data synthetic --dest data/synthetic --test 300")
+@app.command("synthetic", epilog="Examples:\n\n  mt data synthetic --dest data/synthetic --test 300")
 def synthetic(
     dest: Path = typer.Option(Path("data/synthetic"), "--dest", "-d", help="Folder for train/valid/test .src/.tgt files."),
     train: int = typer.Option(20000, "--train", help="Training pairs."),

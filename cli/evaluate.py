@@ -16,7 +16,6 @@ from dataclasses import asdict
 import typer
 
 from mt import MTError
-from mt.data import iter_lines, read_lines
 from mt.metrics import (
     METRICS,
     MetricResult,
@@ -102,6 +101,8 @@ def _display(path: str) -> str:
 
 
 def _read_nonempty(path: str) -> list[str]:
+    from mt.data import iter_lines, read_lines  # imports torch: only when a file is read
+
     lines = list(iter_lines(sys.stdin.buffer, "<stdin>")) if path == "-" else read_lines(path)
     if not lines:
         raise MTError(f"{_display(path)}: empty file")

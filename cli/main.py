@@ -7,6 +7,11 @@ import sys
 
 import typer
 
+try:  # typer >= 0.20 vendors click; older releases raise click's own classes
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException, UsageError
+
 from mt import MTError, __version__
 
 app = typer.Typer(
@@ -16,6 +21,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
+    epilog="""[bold]Examples[/bold]
+
+  mt data synthetic --dest data/synthetic
+
+  mt train recipes/demo.yaml --run-dir runs/demo
+
+  mt translate -m runs/demo --beam 5 < data/synthetic/test.src > test.hyp
+
+  mt evaluate --hyp test.hyp --ref data/synthetic/test.tgt
+""",
 )
 
 
@@ -53,7 +68,19 @@ def main() -> None:
     _register()
     debug = os.environ.get("MT_DEBUG") == "1"
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
+    except UsageError as e:
+        # bad command-line syntax: one line, and where to look
+        if not e.format_message().strip():  # no arguments at all: the help was printed
+            raise SystemExit(e.exit_code)
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        fail(f"{e.format_message()}{where}", 2)
+    except typer.Abort:
+        fail("aborted", 130)
+    except ClickException as e:
+        fail(e.format_message(), e.exit_code)
     except MTError as e:
         if debug:
             raise
