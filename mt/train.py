@@ -219,9 +219,12 @@ class Trainer:
         src_vocab, tgt_vocab = self._vocabs(corpus)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         src, tgt = corpus["train"]
-        train_src, train_tgt, dropped = filter_pairs(src_vocab.encode_batch(src), tgt_vocab.encode_batch(tgt), cfg.data.max_len)
+        # a Transformer has max_positions positions per side: the sentence plus eos (bos) must fit
+        positions = getattr(cfg.model, "max_positions", None)
+        max_len = min(cfg.data.max_len, positions - 1) if positions else cfg.data.max_len
+        train_src, train_tgt, dropped = filter_pairs(src_vocab.encode_batch(src), tgt_vocab.encode_batch(tgt), max_len)
         if not train_src:
-            raise MTError(f"no training pairs left after filtering to data.max_len={cfg.data.max_len} tokens")
+            raise MTError(f"no training pairs left after filtering to {max_len} tokens (data.max_len, model.max_positions)")
         self.log.info(f"{len(train_src)} training pairs ({dropped} filtered), vocab {len(src_vocab)}/{len(tgt_vocab)}")
         batcher = TokenBatcher(train_src, train_tgt, t.batch_tokens, t.seed)
         if len(batcher) < self.world:
@@ -232,7 +235,13 @@ class Trainer:
             if t.valid_max_sentences:
                 vs, vt = vs[: t.valid_max_sentences], vt[: t.valid_max_sentences]
             self.valid = (vs, vt)
-            self.valid_batcher = TokenBatcher(src_vocab.encode_batch(vs), tgt_vocab.encode_batch(vt), t.batch_tokens, 0)
+            # the validation loss needs a teacher-forced pass, so it skips pairs the model has no
+            # positions for; BLEU / chrF cover every sentence (the translator cuts long inputs)
+            ids = [(a, b) for a, b in zip(src_vocab.encode_batch(vs), tgt_vocab.encode_batch(vt))
+                   if not positions or max(len(a), len(b)) < positions]
+            if len(ids) < len(vs):
+                self.log.info(f"validation loss over {len(ids)} of {len(vs)} pairs (the others exceed model.max_positions)")
+            self.valid_batcher = TokenBatcher([a for a, _ in ids], [b for _, b in ids], t.batch_tokens, 0)
 
         model = build_model(cfg.model, len(src_vocab), len(tgt_vocab)).to(self.device)
         if t.init_from and not self.resume:
@@ -262,6 +271,7 @@ class Trainer:
 
         self.log.start(t.max_steps, progress.step, self.run_dir)
         self.last_saved = progress.step if self.resume else -1
+        self.last_validated = progress.step if self.resume else -1
         stop_reason: str | None = None
         window_tokens, window_start, loss_sum, loss_tokens = 0, time.monotonic(), 0.0, 0
         epoch, batches = -1, []
@@ -352,7 +362,12 @@ class Trainer:
     def _validate_and_save(self, progress, optimizer, scheduler, plateau, scaler, force_save=False) -> str | None:
         t = self.cfg.train
         stop = None
-        if self.is_main and self.valid is not None and (progress.step % t.valid_every == 0 or force_save):
+        # (the final save after a validation step must not validate, and count a bad validation, twice)
+        validate_now = (self.valid is not None and self.last_validated != progress.step
+                        and (progress.step % t.valid_every == 0 or force_save))
+        if validate_now:
+            self.last_validated = progress.step
+        if self.is_main and validate_now:
             result = self.validate()
             record = {"step": progress.step, "valid": result}
             score = result[t.metric]

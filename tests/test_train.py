@@ -24,7 +24,6 @@ from typing import Callable
 import pytest
 import sacrebleu
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -35,8 +34,6 @@ from mt.data import collate
 from mt.models import build_model
 from mt.models.base import PAD_ID
 from mt.train import Trainer, build_optimizer, build_scheduler, label_smoothed_loss
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def recipe(**sections: dict) -> dict:
@@ -412,6 +409,25 @@ def test_early_stopping_plateau_and_best(tmp_path: Path, monkeypatch, metric: st
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000010"
 
 
+def test_last_step_is_validated_once(tmp_path: Path, monkeypatch) -> None:
+    """max_steps on a validation step that is no save step: the final save must not validate again."""
+    _scripted(monkeypatch, "bleu", [5, 5])  # a third call would raise StopIteration
+    run = tmp_path / "run"
+    summary = train_here(run, train={"valid_every": 4, "save_every": 3, "max_steps": 8, "patience": 2})
+    assert summary["stop"] == "max_steps" and summary["step"] == 8
+    assert [(r["step"], r["best"]) for r in records(run) if "valid" in r] == [(4, True), (8, False)]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+
+
+def test_sentences_longer_than_the_model_positions(tmp_path: Path) -> None:
+    """Training pairs the Transformer has no positions for are skipped; validation still scores all."""
+    run = tmp_path / "run"
+    summary = train_here(run, model={"max_positions": 24}, train={"max_steps": 2, "valid_every": 2})
+    assert summary["step"] == 2
+    [valid] = [r["valid"] for r in records(run) if "valid" in r]
+    assert valid["sentences"] == 12 and valid["loss"] > 0
+
+
 # ----------------------------------------------------------------------------------------------
 # fine-tuning
 
@@ -423,9 +439,9 @@ def test_init_from_starts_from_the_parent_weights(finished_run: Path, tmp_path: 
     assert fresh["step"] == child["step"] == 1
     fresh_loss = records(tmp_path / "fresh")[0]["loss"]
     child_loss = records(tmp_path / "child")[0]["loss"]
-    parent_loss = [r for r in records(finished_run) if "lr" in r][-1]["loss"]
-    assert child_loss < fresh_loss - 0.3
-    assert child_loss == pytest.approx(parent_loss, abs=0.5)
+    parent_losses = [r["loss"] for r in records(finished_run) if "lr" in r]
+    assert child_loss < fresh_loss - 0.3  # deterministic: about 4.5 against 5.2
+    assert parent_losses[-1] - 0.1 < child_loss < parent_losses[0]  # it goes on where the parent stopped
     assert (tmp_path / "child" / "spm.model").read_bytes() == (finished_run / "spm.model").read_bytes()
     # a model.safetensors file inside a run works too
     train_here(tmp_path / "child2", data={"synthetic_valid": 0},
@@ -552,7 +568,7 @@ def _valid_steps(run: Path) -> list[int]:
 
 def _finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     rc = proc.wait(timeout=timeout)
-    assert rc == 0, f"exit {rc}:\n{log.read_text()[-3000:]}"
+    assert rc == 0, f"exit {rc}:\n{log.read_text()[-8000:]}"
 
 
 def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path: Path) -> None:
