@@ -43,7 +43,7 @@ def parse_args():
     return args
 
 
-def pick_batches(batcher: TokenBatcher, n: int, seed: int) -> list[list[int]]:
+def pick_batches(batcher: TokenBatcher, n: int) -> list[list[int]]:
     """The first n batches of epoch 0 (shuffled, as the trainer visits them): a fixed, representative
     mix of lengths, the same for every model and variant."""
     return batcher.epoch_batches(0)[:n]
@@ -90,6 +90,8 @@ def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled:
         "padded_tokens_both_sides": padded,
         "target_tokens_per_s": round(tgt_tokens / m.seconds, 1),
         "source_plus_target_tokens_per_s": round((tgt_tokens + src_tokens) / m.seconds, 1),
+        # per second of process CPU time (all threads): steadier than wall time on a shared machine
+        "target_tokens_per_cpu_s": round(tgt_tokens / max(m.cpu_seconds, 1e-9), 1),
         "seconds_per_step": round(m.seconds / len(timed), 3),
         "step_seconds_min_max": [round(min(step_seconds), 3), round(max(step_seconds), 3)],
         "mean_loss_per_token": round(sum(losses) / len(losses), 4),
@@ -115,7 +117,7 @@ def main() -> None:
     vocab = common.joint_vocab(args)
     src, tgt = common.train_pairs(args, vocab)
     batcher = TokenBatcher(src, tgt, args.batch_tokens, args.seed)
-    batches = pick_batches(batcher, args.warmup_steps + args.steps, args.seed)
+    batches = pick_batches(batcher, args.warmup_steps + args.steps)
     doc["setup"] = {
         "data": {"train": str(common.data_file(args, "train.en.gz")), "pairs": len(src),
                  "batches_per_epoch": len(batcher)},
