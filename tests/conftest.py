@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if r.returncode != 0:
         pytest.fail(f"training the tiny run failed\n{r.explain()}")
     return run_dir
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tests use tiny tensors: one intra-op thread is faster, immune to a busy CPU, and gives the
+    same arithmetic every time (the learning thresholds and bitwise resume checks rely on it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

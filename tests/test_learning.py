@@ -12,14 +12,6 @@ from mt.train import Trainer
 from mt.translate import Translator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _bleu(trainer: Trainer, pairs) -> float:
     translator = Translator(trainer.model, trainer.src_vocab, trainer.tgt_vocab, GreedySearch(), "cpu")
     hyps = [t.text for t in translator.translate([s for s, _ in pairs])]

@@ -43,14 +43,6 @@ RNNS = {
 CONFIGS = {**TRANSFORMERS, **RNNS}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name: str) -> tuple[Seq2Seq, int, int]:
     cfg = CONFIGS[name]
     shared = getattr(cfg, "share_embeddings", False)

@@ -24,15 +24,6 @@ VARIANTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: a single intra-op thread is several times faster (and immune to a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(cell: str, attention: str, bidirectional: bool, dec_layers: int, **kw) -> RNNSeq2Seq:
     torch.manual_seed(0)
     cfg = RNNConfig(

@@ -22,15 +22,6 @@ NEG_INF = float("-inf")
 PENALTIES = [("none", 1.0), ("gnmt", 0.6), ("gnmt", 1.0), ("d2l", 1.0)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------
 # a scripted model: log-probabilities are a function of (source sentence, target prefix)
 
