@@ -1,0 +1,38 @@
+"""CUDA == CPU for every search and architecture (skipped where no GPU is present)."""
+
+import pytest
+import torch
+
+from mt.config import RNNConfig, TransformerConfig
+from mt.models import build_model
+from mt.search import BeamSearch, GreedySearch, LengthPenalty
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CONFIGS = {
+    "transformer": TransformerConfig(d_model=32, heads=4, enc_layers=2, dec_layers=2, ff_dim=64, max_positions=64),
+    "bahdanau-gru": RNNConfig(cell="gru", attention="bahdanau", emb_dim=16, hidden=32, enc_layers=2, dec_layers=2),
+    "luong-lstm": RNNConfig(cell="lstm", attention="luong_general", emb_dim=16, hidden=32, enc_layers=1, dec_layers=2),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_cuda_equals_cpu(name, search):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name], 40, 30).eval()
+    src = torch.randint(4, 40, (5, 9))
+    lengths = torch.tensor([9, 7, 5, 3, 1])
+    for i, n in enumerate(lengths.tolist()):
+        src[i, n:] = 0
+    make = (lambda: GreedySearch(max_len_a=1.0, max_len_b=4, return_attention=True)) if search == "greedy" else (
+        lambda: BeamSearch(beam=4, n_best=2, len_penalty=LengthPenalty("gnmt", 0.6), max_len_a=1.0, max_len_b=4,
+                           return_attention=True))
+    cpu = make()(model, src, lengths)
+    gpu = make()(model.cuda(), src.cuda(), lengths.cuda())
+    for a, b in zip(cpu, gpu):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        for x, y in zip(a, b):
+            assert x.score == pytest.approx(y.score, abs=1e-4)
+            if x.attention is not None:
+                assert torch.allclose(x.attention, y.attention, atol=1e-4)
