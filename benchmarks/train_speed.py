@@ -29,6 +29,8 @@ def parse_args():
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 10; quick 2)")
     p.add_argument("--amp", default="none", help="comma list of none | bf16 | fp16 (fp16: CUDA only)")
     p.add_argument("--compile", default="off", help="comma list of off | on (torch.compile of the model)")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="run bf16 on a CPU without native bf16 matmul (skipped otherwise: it can be 100x slower)")
     args = p.parse_args()
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.quick else 2)
     args.steps = args.steps or (2 if args.quick else 10)
@@ -49,10 +51,30 @@ def pick_batches(batcher: TokenBatcher, n: int) -> list[list[int]]:
     return batcher.epoch_batches(0)[:n]
 
 
+def bf16_matmul_check() -> dict:
+    """fp32 vs bf16 time of one 1024x512 @ 512x2048 matmul on this CPU (bf16 is emulated, and
+    very slow, on CPUs without AVX512-BF16 / AMX)."""
+    a, b = torch.randn(1024, 512), torch.randn(512, 2048)
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        x, y = a.to(dt), b.to(dt)
+        x @ y
+        t = time.perf_counter()
+        x @ y
+        out[str(dt).replace("torch.", "")] = time.perf_counter() - t
+    return {"fp32_ms": round(1000 * out["float32"], 2), "bf16_ms": round(1000 * out["bfloat16"], 2),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled: bool) -> dict:
     label = f"amp={amp} compile={'on' if compiled else 'off'}"
     if amp == "fp16" and device.type != "cuda":
         return {"variant": label, "skipped": "fp16 autocast needs CUDA"}
+    if amp == "bf16" and device.type == "cpu" and not args.force_bf16:
+        check = bf16_matmul_check()
+        if check["bf16_ms"] > 5 * check["fp32_ms"]:
+            return {"variant": label, "skipped": "no native bf16 matmul on this CPU (--force-bf16 runs it anyway)",
+                    "matmul_check": check}
     rss0 = common.rss_mib()
     model = common.make_model(name, len(vocab), args.seed, device)
     stepper = common.Stepper(name, model, device, batch_tokens=args.batch_tokens, amp=amp, compile=compiled,

@@ -278,8 +278,9 @@ def main() -> None:
     src_ids = vocab.encode_batch(en)
     by_len = sorted(range(len(src_ids)), key=lambda i: (len(src_ids[i]), i))
     ids = sorted(spread(by_len, args.sentences))
-    small_ids = sorted(spread(by_len, min(args.small_batch_sentences, len(ids))))
-    ref_ids = sorted(spread(by_len, min(args.ref_sentences, len(ids)))) if args.ref_sentences else []
+    ids_by_len = sorted(ids, key=lambda i: (len(src_ids[i]), i))  # the smaller sets are subsets of ids
+    small_ids = sorted(spread(ids_by_len, min(args.small_batch_sentences, len(ids))))
+    ref_ids = sorted(spread(ids_by_len, min(args.ref_sentences, len(ids)))) if args.ref_sentences else []
     ref_de_tokens = sum(len(t) + 1 for t in vocab.encode_batch([de[i] for i in ids])) / len(ids)
 
     trained = args.train_steps > 0
@@ -367,7 +368,7 @@ def main() -> None:
 
         res["beam_breakdown"] = []
         for bs in args.breakdown:
-            sub = sorted(spread(by_len, min(16 if bs < 8 else 128, len(ids))))
+            sub = sorted(spread(ids_by_len, min(16 if bs < 8 else 128, len(ids))))
             bd = breakdown(model, args, src_ids, sub, bs, device)
             res["beam_breakdown"].append(bd)
             common.log(f"{name}: beam breakdown at batch {bs}: "
