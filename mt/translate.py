@@ -11,11 +11,11 @@ import torch
 
 from mt import MTError
 from mt.checkpoint import is_run_dir, latest_checkpoint, load_weights, read_json
-from mt.config import Config, DecodeConfig, load_config
+from mt.config import Config, load_config
 from mt.data import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq
-from mt.search import Hypothesis, Search, build_search
+from mt.search import Hypothesis, Search
 from mt.vocab import Vocab, vocab_files
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
@@ -126,22 +126,6 @@ class Translator:
             limit = min(limit, model.max_src_positions - 1)  # one position for eos
         self.max_input_tokens = limit
         self.warn = warn or (lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
-
-    @classmethod
-    def from_run(
-        cls,
-        run_dir: str | Path,
-        device: str = "auto",
-        decode: DecodeConfig | None = None,
-        checkpoint: str = "best",
-        return_attention: bool = False,
-        **kwargs,
-    ) -> "Translator":
-        dev = resolve_device(device)
-        run = load_run(run_dir, dev, checkpoint)
-        decode = decode or run.config.decode
-        search = build_search(decode, return_attention=return_attention)
-        return cls(run.model, run.src_vocab, run.tgt_vocab, search, dev, decode.batch_tokens, **kwargs)
 
     # -- ids ----------------------------------------------------------------------------------
     def search_ids(self, src_ids: Sequence[Sequence[int]]) -> list[list[Hypothesis]]:
