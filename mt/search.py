@@ -55,10 +55,14 @@ class Search:
         min_len: int = 0,
         n_best: int = 1,
         return_attention: bool = False,
+        drop_finished: bool = True,
     ) -> None:
         self.max_len_a, self.max_len_b, self.min_len = max_len_a, max_len_b, min_len
         self.n_best = n_best
         self.return_attention = return_attention
+        # False keeps finished sentences in the batch until the last one ends (same results; only
+        # there so benchmarks/decode_ablations.py can measure what dropping them saves)
+        self.drop_finished = drop_finished
 
     @torch.inference_mode()
     def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor) -> list[list[Hypothesis]]:
@@ -112,7 +116,7 @@ class _RowSearch(Search):
         b, n, eos = src_lengths.size(0), self.num_rows, model.eos_id
         device = src_lengths.device
         if n > 1:
-            state = state.select(torch.arange(b, device=device).repeat_interleave(n))
+            state = state.expand(n)
         rows = torch.arange(b * n, device=device)  # original row id of each active row
         row_max = max_lens.repeat_interleave(n)
         prev = torch.full((b * n,), model.bos_id, dtype=torch.long, device=device)
@@ -120,6 +124,7 @@ class _RowSearch(Search):
         scores = torch.zeros(b * n, device=device)
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
+        alive = torch.ones(b * n, dtype=torch.bool, device=device)  # only with drop_finished=False
         step = 0
         while rows.numel():
             lp, attn = model.decode_step(prev, state)
@@ -130,6 +135,9 @@ class _RowSearch(Search):
             if attn is not None and self.return_attention:
                 attn_rows = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
             finished = tok == eos
+            if not self.drop_finished:
+                finished &= alive
+                alive &= ~finished
             if bool(finished.any()):
                 for i in finished.nonzero()[:, 0].tolist():
                     sent = int(rows[i]) // n
@@ -142,10 +150,13 @@ class _RowSearch(Search):
                             self._attention(attn_rows[i] if attn_rows is not None else None, int(src_lengths[sent])),
                         )
                     )
+            if bool(finished.any()) and self.drop_finished:
                 keep = (~finished).nonzero()[:, 0]
                 rows, row_max, tok, seqs, scores = rows[keep], row_max[keep], tok[keep], seqs[keep], scores[keep]
                 attn_rows = attn_rows[keep] if attn_rows is not None else None
-                state = state.select(keep)
+                state.select_(keep)
+            elif not self.drop_finished and not bool(alive.any()):
+                break
             prev = tok
             step += 1
         return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
@@ -209,7 +220,7 @@ class BeamSearch(Search):
     def _search(self, model, state, max_lens, src_lengths):
         b, k, eos = src_lengths.size(0), self.beam, model.eos_id
         device = src_lengths.device
-        state = state.select(torch.arange(b, device=device).repeat_interleave(k))
+        state = state.expand(k)  # batch x beam rows; the model may share static tensors among beams
         sent_ids = torch.arange(b, device=device)  # original sentence of each active sentence
         sent_max = max_lens.clone()
         n_done = torch.zeros(b, dtype=torch.long, device=device)  # finished hypotheses per sentence
@@ -230,7 +241,7 @@ class BeamSearch(Search):
             else:
                 attn_all = None
             cand = (scores.view(-1, 1) + lp).view(nb, k * vocab)
-            top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # [nb, 2k], sorted
+            top_scores, top_idx = self._top_candidates(cand, min(2 * k, k * vocab))  # [nb, 2k], sorted
             top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
             top_tok = top_idx % vocab
             is_eos = top_tok == eos
@@ -250,18 +261,27 @@ class BeamSearch(Search):
             rows = (torch.arange(nb, device=device)[:, None] * k + beam_src).view(-1)
             seqs = torch.cat([seqs[rows], prev[:, None]], dim=1)
             attn_rows = attn_all[rows] if attn_all is not None else None
-            state = state.select(rows, same_sources=True)
+            state.select_(rows, same_sources=True)
 
             finished = self._finished(scores, n_done, sent_ids, sent_max, done, k)
-            if bool(finished.any()):
+            if not self.drop_finished:  # finished sentences ride along without new hypotheses
+                scores = scores.masked_fill(finished[:, None], NEG_INF)
+                if bool(finished.all()):
+                    break
+            elif bool(finished.any()):
                 keep = (~finished).nonzero()[:, 0]
                 keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
                 sent_ids, sent_max, scores, n_done = sent_ids[keep], sent_max[keep], scores[keep], n_done[keep]
                 prev, seqs = prev[keep_rows], seqs[keep_rows]
                 attn_rows = attn_rows[keep_rows] if attn_rows is not None else None
-                state = state.select(keep_rows)
+                state.keep_sentences_(keep, k)
             step += 1
         return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
+
+    @staticmethod
+    def _top_candidates(cand: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The n best of each sentence's beam x vocab candidates, one topk on the flat tensor."""
+        return cand.topk(n, dim=1)
 
     def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, k, done) -> None:
         length_norm = float(self.lp(float(step + 1)))

@@ -164,6 +164,89 @@ def test_dropping_rows(name: str) -> None:
     torch.testing.assert_close(lp, full[keep, -1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["pre-sinusoidal-shared", "post-learned-untied", "gru-bahdanau", "lstm-luong_dot"])
+@torch.no_grad()
+def test_expand_and_in_place_selects_equal_copies(name: str) -> None:
+    """What the searches call (expand, select_ in place, keep_sentences_) gives exactly what the
+    functional, copying select gives: beams sharing their sentence's static tensors (Transformer:
+    DecoderState.group) and KV caches reordered into a spare buffer change no number."""
+    model, src_v, tgt_v = make(name)
+    src, src_len, _, _ = data(src_v, tgt_v)
+    b, k = src.size(0), 3
+    enc = model.encode(src, src_len)
+    fast = model.init_state(enc, 8, need_attention=True).expand(k)
+    slow = model.init_state(enc, 8, need_attention=True).select(torch.arange(b).repeat_interleave(k))
+    transformer = "-" in name and name.split("-")[0] in ("pre", "post")
+    assert fast.group == (k if transformer else 1) and slow.group == 1
+    assert fast.batch_size == slow.batch_size == b * k
+    if transformer:
+        assert fast.static["k0"].size(0) == b  # not copied per beam
+    g = torch.Generator().manual_seed(5)
+    sents = b
+    for t in range(6):
+        rows = sents * k
+        tokens = torch.randint(4, tgt_v, (rows,), generator=g)
+        lp_fast, attn_fast = model.decode_step(tokens, fast)
+        lp_slow, attn_slow = model.decode_step(tokens, slow)
+        torch.testing.assert_close(lp_fast, lp_slow, atol=1e-5, rtol=0)
+        if attn_slow is not None:
+            torch.testing.assert_close(attn_fast, attn_slow, atol=1e-6, rtol=0)
+        if t == 2:  # sentences 0 and 2 finish and leave the batch
+            keep = torch.tensor([1, 3])
+            fast.keep_sentences_(keep, k)
+            slow = slow.select((keep[:, None] * k + torch.arange(k)).view(-1))
+            sents = 2
+        else:  # a beam reorder within each sentence, with repeats
+            perm = torch.randint(0, k, (sents, k), generator=g)
+            index = (torch.arange(sents)[:, None] * k + perm).view(-1)
+            fast.select_(index, same_sources=True)
+            slow = slow.select(index, same_sources=True)
+
+
+@torch.no_grad()
+def test_kv_cache_reorders_into_two_buffers() -> None:
+    """index_select_ alternates between two buffers (no allocation per step) and keeps the data;
+    the functional index_select leaves the original usable."""
+    from mt.models.transformer import KVCache
+
+    cache = KVCache.empty(4, 2, 5, 3, torch.zeros(1))
+    ks = torch.randn(3, 4, 2, 1, 3)
+    for t in range(3):
+        cache.append(ks[t], ks[t] * 2)
+    before = cache.k[:, :, :3].clone()
+    copy = cache.index_select(0, torch.tensor([3, 3, 0]))
+    torch.testing.assert_close(copy.k[:, :, :3], before[[3, 3, 0]], atol=0, rtol=0)
+    torch.testing.assert_close(cache.k[:, :, :3], before, atol=0, rtol=0)  # unchanged
+    ptrs = []
+    for index in ([1, 0, 3, 2], [0, 0, 1, 1], [2, 3, 0, 1], [1, 2]):
+        expected = cache.k[:, :, :3][index].clone(), cache.v[:, :, :3][index].clone()
+        cache.index_select_(0, torch.tensor(index))
+        torch.testing.assert_close(cache.k[:, :, :3], expected[0], atol=0, rtol=0)
+        torch.testing.assert_close(cache.v[:, :, :3], expected[1], atol=0, rtol=0)
+        ptrs.append(cache.k.data_ptr())
+    assert len(set(ptrs)) == 2 and ptrs[0] == ptrs[2] and ptrs[1] != ptrs[0]
+    assert cache.k.shape == (2, 2, 5, 3)
+    cache.append(ks[0][:2], ks[0][:2])
+    assert cache.length == 4
+
+
+@pytest.mark.parametrize("group", [1, 3])
+@torch.no_grad()
+def test_single_query_matmul_equals_sdpa(group: int, monkeypatch) -> None:
+    """The CPU single-query attention (matmul + softmax) equals scaled_dot_product_attention."""
+    from mt.models.transformer import MultiHeadAttention
+
+    model, src_v, tgt_v = make("pre-sinusoidal-untied")
+    src, src_len, tgt, _ = data(src_v, tgt_v)
+    results = []
+    for matmul in (True, False):
+        monkeypatch.setattr(MultiHeadAttention, "cpu_single_query_matmul", matmul)
+        state = model.init_state(model.encode(src, src_len), tgt.size(1)).expand(group)
+        steps = [model.decode_step(tgt[:, t].repeat_interleave(group), state)[0] for t in range(tgt.size(1))]
+        results.append(torch.stack(steps, 1))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+
+
 def test_transformer_init_state_checks_max_positions() -> None:
     model, src_v, tgt_v = make("pre-sinusoidal-untied")
     src, src_len, _, _ = data(src_v, tgt_v)

@@ -312,6 +312,26 @@ def test_finished_sentences_leave_the_batch() -> None:
         assert rows == [2 * per_sentence] * 2 + [per_sentence] * 5  # the short sentence left after 2 steps
 
 
+def test_keeping_finished_sentences_changes_nothing_but_the_rows() -> None:
+    """drop_finished=False (the benchmarks' baseline) decodes the same hypotheses with a full batch."""
+    model = Scripted(random_table(11), vocab=7)
+    sentences = [[4, 5], [6], [4, 4, 5, 6, 5], [5, 6, 4]]
+    src, lengths = batch(sentences)
+    for make in (
+        lambda drop: GreedySearch(max_len_a=1.5, max_len_b=2, drop_finished=drop),
+        lambda drop: BeamSearch(3, LengthPenalty("gnmt", 0.6), max_len_a=1.5, max_len_b=2, n_best=3, drop_finished=drop),
+        lambda drop: BeamSearch(3, early_stop=False, max_len_a=1.5, max_len_b=2, drop_finished=drop),
+    ):
+        results = []
+        for drop in (True, False):
+            model.rows_per_step.clear()
+            results.append(make(drop)(model, src, lengths))
+        rows = list(model.rows_per_step)
+        assert len(set(rows)) == 1  # with drop_finished=False the batch never shrinks
+        for a, b in zip(*results):
+            assert [(h.tokens, round(h.score, 5)) for h in a] == [(h.tokens, round(h.score, 5)) for h in b]
+
+
 # ----------------------------------------------------------------------------------------------
 # tiny random Transformer and RNN models
 

@@ -2,8 +2,9 @@
 
 A model encodes a padded source batch once, builds a DecoderState from it, and then
 advances one target position per `decode_step`. Every tensor in a DecoderState keeps
-the batch on dim 0, so a single `state.select(index)` reorders beams, expands the batch
-to batch x beam, and drops finished sentences, whatever the architecture.
+the batch on dim 0, so `state.expand(beam)` (batch -> batch x beam), `state.select_(index)`
+(reorder beams, drop rows) and `state.keep_sentences_(keep)` (drop finished sentences) work
+whatever the architecture.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from torch import Tensor, nn
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
-def _index(value: Any, index: Tensor) -> Any:
+def _index(value: Any, index: Tensor, inplace: bool = False) -> Any:
     if value is None:
         return None
+    if inplace and hasattr(value, "index_select_"):  # caches that reorder into a spare buffer
+        return value.index_select_(0, index)
     if hasattr(value, "index_select"):  # tensors, and caches that copy only what they hold
         return value.index_select(0, index)
     if isinstance(value, tuple):
-        return tuple(_index(v, index) for v in value)
+        return tuple(_index(v, index, inplace) for v in value)
     if isinstance(value, list):
-        return [_index(v, index) for v in value]
+        return [_index(v, index, inplace) for v in value]
     raise TypeError(f"DecoderState cannot index a {type(value).__name__}")
 
 
@@ -43,6 +46,10 @@ class DecoderState:
     static:  depends only on the source sentence (encoder memory, mask, cross-attention K/V).
     dynamic: changes every step (RNN hidden state, self-attention KV cache, input feeding).
     step:    number of target tokens consumed so far (the same for every row).
+    group:   rows per source sentence. With group g > 1 the static tensors hold one row per
+             sentence and decoder row r reads static row r // g (the rows of a sentence are
+             adjacent): beams share their sentence's encoder output instead of copying it.
+             Only models that set extras["grouped_static"] in init_state get g > 1.
     """
 
     static: dict[str, Any]
@@ -50,21 +57,57 @@ class DecoderState:
     step: int = 0
     need_attention: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # non-tensor settings (e.g. cache length)
+    group: int = 1
 
     @property
     def batch_size(self) -> int:
-        return self.static["src_mask"].size(0)
+        """Decoder rows (sentences x group)."""
+        return self.static["src_mask"].size(0) * self.group
+
+    def _static_rows(self, index: Tensor) -> dict[str, Any]:
+        rows = index if self.group == 1 else torch.div(index, self.group, rounding_mode="floor")
+        return {k: _index(v, rows) for k, v in self.static.items()}
 
     def select(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
-        """Rows `index` of every tensor.
+        """A new state with rows `index` of every tensor; this one stays usable.
 
         same_sources=True promises that row i of the result comes from a row with the same
         source sentence as row i had before (a reorder of beams within each sentence), so the
         static tensors need no copy.
         """
-        static = self.static if same_sources else {k: _index(v, index) for k, v in self.static.items()}
+        static, group = (self.static, self.group) if same_sources else (self._static_rows(index), 1)
         dynamic = {k: _index(v, index) for k, v in self.dynamic.items()}
-        return DecoderState(static, dynamic, self.step, self.need_attention, dict(self.extras))
+        return DecoderState(static, dynamic, self.step, self.need_attention, dict(self.extras), group)
+
+    def select_(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
+        """`select` in place: caches that can reorder themselves into a spare buffer do so
+        (no allocation per step); this state is updated and returned, older views of its
+        caches are invalid afterwards. What the searches call every step."""
+        if not same_sources:
+            self.static, self.group = self._static_rows(index), 1
+        self.dynamic = {k: _index(v, index, inplace=True) for k, v in self.dynamic.items()}
+        return self
+
+    def expand(self, n: int) -> "DecoderState":
+        """Each row repeated n times, copies adjacent (batch -> batch x beam). Models with
+        grouped static tensors share them among the copies; others get them copied."""
+        index = torch.arange(self.batch_size, device=self.static["src_mask"].device).repeat_interleave(n)
+        if not self.extras.get("grouped_static"):
+            return self.select(index)
+        dynamic = {k: _index(v, index) for k, v in self.dynamic.items()}
+        return DecoderState(self.static, dynamic, self.step, self.need_attention, dict(self.extras), self.group * n)
+
+    def keep_sentences_(self, keep: Tensor, rows_per_sentence: int) -> "DecoderState":
+        """In place: keep sentences `keep` (indices among the current sentences, each with
+        `rows_per_sentence` adjacent rows, e.g. its beams), as when finished sentences leave the batch."""
+        r = rows_per_sentence
+        rows = keep if r == 1 else (keep[:, None] * r + torch.arange(r, device=keep.device)).view(-1)
+        if self.group == r:
+            self.static = {k: _index(v, keep) for k, v in self.static.items()}
+        else:
+            self.static, self.group = self._static_rows(rows), 1
+        self.dynamic = {k: _index(v, rows, inplace=True) for k, v in self.dynamic.items()}
+        return self
 
 
 class Seq2Seq(nn.Module):

@@ -2,7 +2,7 @@
 
 Attention runs through torch's scaled_dot_product_attention. Incremental decoding keeps a
 preallocated self-attention KV cache per layer and the cross-attention keys/values of the
-source, computed once per sentence.
+source, computed once per sentence and shared by its beams.
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
 
 
 class KVCache:
-    """Self-attention keys/values of one layer: [B, H, capacity, Dh], first `length` positions valid."""
+    """Self-attention keys/values of one layer: [B, H, capacity, Dh], first `length` positions valid.
+
+    `index_select` (functional) copies the valid prefix into a new buffer. `index_select_`, what the
+    searches call every step, writes the reordered prefix into a spare buffer kept from the previous
+    reorder and swaps the two: one copy of what the cache holds, no allocation.
+    """
 
     def __init__(self, k: Tensor, v: Tensor, length: int = 0) -> None:
         self.k, self.v, self.length = k, v, length
+        self._full = (k, v)  # the buffers k and v are the first rows of
+        self._spare: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> "KVCache":
@@ -38,15 +45,31 @@ class KVCache:
         self.length += 1
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
-    def index_select(self, dim: int, index: Tensor) -> "KVCache":
-        # copy only the valid prefix into a fresh buffer of the same capacity
-        assert dim == 0
-        k = self.k.new_empty((index.numel(),) + self.k.shape[1:])
-        v = self.v.new_empty((index.numel(),) + self.v.shape[1:])
+    def _copy_prefix(self, index: Tensor, k: Tensor, v: Tensor) -> None:
         n = self.length
-        k[:, :, :n] = self.k[:, :, :n].index_select(0, index)
-        v[:, :, :n] = self.v[:, :, :n].index_select(0, index)
-        return KVCache(k, v, n)
+        if n:
+            torch.index_select(self.k[:, :, :n], 0, index, out=k[:, :, :n])
+            torch.index_select(self.v[:, :, :n], 0, index, out=v[:, :, :n])
+
+    def index_select(self, dim: int, index: Tensor) -> "KVCache":
+        assert dim == 0
+        shape = (index.numel(),) + self.k.shape[1:]
+        out = KVCache(self.k.new_empty(shape), self.v.new_empty(shape), self.length)
+        self._copy_prefix(index, out.k, out.v)
+        return out
+
+    def index_select_(self, dim: int, index: Tensor) -> "KVCache":
+        assert dim == 0
+        rows = index.numel()
+        spare = self._spare
+        if spare is None or spare[0].size(0) < rows:
+            shape = (rows,) + self.k.shape[1:]
+            spare = (self.k.new_empty(shape), self.v.new_empty(shape))
+        k, v = spare[0][:rows], spare[1][:rows]
+        self._copy_prefix(index, k, v)
+        self._spare, self._full = self._full, spare
+        self.k, self.v = k, v
+        return self
 
 
 class MultiHeadAttention(nn.Module):
@@ -75,35 +98,50 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv(memory).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
+    #: single-query attention (incremental decoding) on CPU as matmul + softmax + matmul instead of
+    #: scaled_dot_product_attention: ~2.5x faster per call for one query over 10-30 keys
+    #: (benchmarks/translate_speed.py --ablations measures the effect on whole searches)
+    cpu_single_query_matmul = True
+
     def forward(
         self,
         x: Tensor,  # [B, T, D] queries
-        key_mask: Tensor | None = None,  # [B, S] True at real keys
+        key_mask: Tensor | None = None,  # [B / group, S] True at real keys
         causal: bool = False,
-        memory_kv: tuple[Tensor, Tensor] | None = None,  # cross-attention K/V
+        memory_kv: tuple[Tensor, Tensor] | None = None,  # cross-attention K/V [B / group, H, S, Dh]
         cache: KVCache | None = None,  # self-attention cache (incremental decoding)
         need_weights: bool = False,
+        group: int = 1,  # cross-attention, T == 1: `group` adjacent query rows share one K/V row
     ) -> tuple[Tensor, Tensor | None]:
+        b, t, _ = x.shape
         if self.self_attention:
-            q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
+            q, k, v = (self._split(y) for y in self.qkv(x).chunk(3, dim=-1))
             if cache is not None:
                 k, v = cache.append(k, v)
                 causal = False  # one query attends to every cached position
         else:
             q = self._split(self.q(x))
             k, v = memory_kv
+            if group > 1:  # [B, H, 1, Dh] -> [B / g, H, g, Dh]: a sentence's beams query its source together
+                q = q.transpose(1, 2).reshape(b // group, group, self.heads, self.head_dim).transpose(1, 2)
         mask = key_mask[:, None, None, :] if key_mask is not None else None
         dropout = self.dropout if self.training else 0.0
-        if need_weights:
-            # explicit softmax so the weights can be returned (one query row at decode time)
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        single = q.size(2) == 1 or (group > 1 and t == 1)
+        weights = None
+        if need_weights or (single and not causal and self.cpu_single_query_matmul and q.device.type == "cpu"):
+            scores = (q @ k.transpose(-1, -2)) * (self.head_dim**-0.5)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.float().softmax(-1).to(q.dtype)
-            ctx = weights @ v
-            return self.out(self._merge(ctx)), weights.mean(dim=1)  # [B, T, S]
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
-        return self.out(self._merge(ctx)), None
+            attn = scores.float().softmax(-1).to(q.dtype)
+            ctx = attn @ v
+            if need_weights:
+                weights = attn.mean(dim=1)  # [B / g, T or g, S]
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        if group > 1:  # back to one row per query: [B / g, H, g, Dh] -> [B, 1, D]
+            out = self.out(ctx.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
+            return out, (weights.reshape(b, 1, -1) if weights is not None else None)
+        return self.out(self._merge(ctx)), weights
 
 
 class FeedForward(nn.Module):
@@ -165,10 +203,14 @@ class DecoderLayer(nn.Module):
         src_mask: Tensor,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        group: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
         x, _ = self.sub_self(x, lambda h: self.self_attn(h, causal=cache is None, cache=cache))
         x, weights = self.sub_cross(
-            x, lambda h: self.cross_attn(h, key_mask=src_mask, memory_kv=memory_kv, need_weights=need_weights)
+            x,
+            lambda h: self.cross_attn(
+                h, key_mask=src_mask, memory_kv=memory_kv, need_weights=need_weights, group=group
+            ),
         )
         x, _ = self.sub_ff(x, lambda h: (self.ff(h), None))
         return x, weights
@@ -263,7 +305,8 @@ class Transformer(Seq2Seq):
         for i, layer in enumerate(self.decoder):
             static[f"k{i}"], static[f"v{i}"] = layer.cross_attn.project_kv(enc.memory)
             dynamic[f"cache{i}"] = KVCache.empty(b, self.cfg.heads, max_len, self.cfg.d_model // self.cfg.heads, enc.memory)
-        return DecoderState(static=static, dynamic=dynamic, need_attention=need_attention)
+        # beams share their sentence's cross-attention K/V (DecoderState.group)
+        return DecoderState(static, dynamic, need_attention=need_attention, extras={"grouped_static": True})
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
         x = self.tgt_embed(prev_tokens[:, None], start=state.step)  # [B, 1, D]
@@ -276,6 +319,7 @@ class Transformer(Seq2Seq):
                 state.static["src_mask"],
                 cache=state.dynamic[f"cache{i}"],
                 need_weights=state.need_attention and i == last,
+                group=state.group,
             )
             if w is not None:
                 weights = w[:, 0]
