@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mt.data import TokenBatcher  # noqa: E402
+from mt.data import TokenBatcher, token_batches  # noqa: E402
 
 
 def parse_args():
@@ -29,6 +29,9 @@ def parse_args():
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 10; quick 2)")
     p.add_argument("--amp", default="none", help="comma list of none | bf16 | fp16 (fp16: CUDA only)")
     p.add_argument("--compile", default="off", help="comma list of off | on (torch.compile of the model)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also measure length bucketing (vs batches of randomly ordered sentences) and the Adam "
+                        "implementations (fused / foreach / per-tensor loop)")
     p.add_argument("--force-bf16", action="store_true",
                    help="run bf16 on a CPU without native bf16 matmul (skipped otherwise: it can be 100x slower)")
     args = p.parse_args()
@@ -66,8 +69,8 @@ def bf16_matmul_check() -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled: bool) -> dict:
-    label = f"amp={amp} compile={'on' if compiled else 'off'}"
+def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled: bool, label_extra: str = "") -> dict:
+    label = f"amp={amp} compile={'on' if compiled else 'off'}{label_extra}"
     if amp == "fp16" and device.type != "cuda":
         return {"variant": label, "skipped": "fp16 autocast needs CUDA"}
     if amp == "bf16" and device.type == "cpu" and not args.force_bf16:
@@ -110,6 +113,7 @@ def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled:
         "target_tokens": tgt_tokens,
         "source_tokens": src_tokens,
         "padded_tokens_both_sides": padded,
+        "padding_share": round(1 - (tgt_tokens + src_tokens) / padded, 3),
         "target_tokens_per_s": round(tgt_tokens / m.seconds, 1),
         "source_plus_target_tokens_per_s": round((tgt_tokens + src_tokens) / m.seconds, 1),
         # per second of process CPU time (all threads): steadier than wall time on a shared machine
@@ -128,6 +132,54 @@ def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rec
+
+
+def unbucketed_batches(src, tgt, args, n: int) -> list[list[int]]:
+    """Token batches with the same budget over sentences in random order (no length bucketing)."""
+    import random
+
+    order = list(range(len(src)))
+    random.Random(args.seed).shuffle(order)
+    lengths = [max(len(s), len(t)) + 1 for s, t in zip(src, tgt)]
+    return token_batches(lengths, args.batch_tokens, order)[:n]
+
+
+def optimizer_steps(name, vocab, device, repeats: int) -> dict:
+    """Seconds per Adam step over the model's parameters (random gradients) for each implementation."""
+    model = common.make_model(name, len(vocab), 1, device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    res = {}
+    for impl, kw in (("fused", {"fused": True}), ("foreach", {"foreach": True}), ("for_loop", {"foreach": False})):
+        try:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
+            opt.step()  # state allocation, not timed
+        except (RuntimeError, TypeError) as e:
+            res[impl] = {"skipped": str(e).splitlines()[0]}
+            continue
+        with common.Measure(device) as m:
+            for _ in range(repeats):
+                opt.step()
+        res[impl] = {"ms_per_step": round(1000 * m.seconds / repeats, 2), **m.record()}
+        common.log(f"{name}: Adam {impl} {res[impl]['ms_per_step']} ms/step")
+    return res
+
+
+def ablations(name, vocab, batcher, src, tgt, args, device) -> dict:
+    n = args.warmup_steps + args.steps
+    bucketed = run_variant(name, vocab, batcher, pick_batches(batcher, n), args, device, "none", False,
+                           " batches=length-bucketed")
+    plain = run_variant(name, vocab, batcher, unbucketed_batches(src, tgt, args, n), args, device, "none", False,
+                        " batches=random order")
+    return {
+        "bucketing": {
+            "what": "mt.data.TokenBatcher (sentences sorted by length, then cut into token batches) vs the same "
+                    "token budget over randomly ordered sentences",
+            "length_bucketed": bucketed, "random_order": plain,
+            "target_tokens_per_s_ratio": round(bucketed["target_tokens_per_s"] / plain["target_tokens_per_s"], 2),
+        },
+        "adam": optimizer_steps(name, vocab, device, repeats=3 if args.quick else 10),
+    }
 
 
 def main() -> None:
@@ -165,6 +217,8 @@ def main() -> None:
         runs = [run_variant(name, vocab, batcher, batches, args, device, amp, c == "on")
                 for amp, c in itertools.product(args.amp, args.compile)]
         doc["models"][name] = {**info, "runs": runs}
+        if args.ablations:
+            doc["models"][name]["ablations"] = ablations(name, vocab, batcher, src, tgt, args, device)
     common.emit(doc, args)
 
 

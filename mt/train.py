@@ -58,8 +58,15 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
     t = cfg.train
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    fused = device.type == "cuda"  # fused kernels exist for CUDA; on CPU the foreach path is used
-    return cls(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=fused)
+    kwargs = dict(lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+    # fused kernels (CUDA, and CPU since torch 2.4): one kernel over all parameters; on CPU the
+    # fused Adam step measured 2.5x faster than foreach (benchmarks/train_speed.py --ablations)
+    if device.type in ("cuda", "cpu"):
+        try:
+            return cls(model.parameters(), fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # a dtype or build without fused support
+            pass
+    return cls(model.parameters(), **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):

@@ -230,6 +230,19 @@ def test_kv_cache_reorders_into_two_buffers() -> None:
     assert cache.length == 4
 
 
+def test_decoding_with_autograd_reorders_and_backpropagates() -> None:
+    """Outside inference mode (e.g. a training objective over decoded steps) the in-place reorder
+    falls back to an autograd-friendly copy and gradients reach the weights."""
+    model, src_v, tgt_v = make("pre-sinusoidal-untied")
+    src, src_len, tgt, _ = data(src_v, tgt_v)
+    state = model.init_state(model.encode(src, src_len), 4).expand(2)
+    lp, _ = model.decode_step(tgt[:, 0].repeat_interleave(2), state)
+    state.select_(torch.tensor([1, 1, 2, 3, 4, 4, 7, 6]), same_sources=True)
+    lp2, _ = model.decode_step(tgt[:, 1].repeat_interleave(2), state)
+    (lp.sum() + lp2.sum()).backward()
+    assert model.decoder[0].self_attn.qkv.weight.grad is not None
+
+
 @pytest.mark.parametrize("group", [1, 3])
 @torch.no_grad()
 def test_single_query_matmul_equals_sdpa(group: int, monkeypatch) -> None:

@@ -47,7 +47,13 @@ class KVCache:
 
     def _copy_prefix(self, index: Tensor, k: Tensor, v: Tensor) -> None:
         n = self.length
-        if n:
+        if not n:
+            return
+        if torch.is_grad_enabled() and (self.k.requires_grad or self.v.requires_grad):
+            # out= cannot record autograd: one more copy (only when decoding with gradients)
+            k[:, :, :n] = self.k[:, :, :n].index_select(0, index)
+            v[:, :, :n] = self.v[:, :, :n].index_select(0, index)
+        else:
             torch.index_select(self.k[:, :, :n], 0, index, out=k[:, :, :n])
             torch.index_select(self.v[:, :, :n], 0, index, out=v[:, :, :n])
 

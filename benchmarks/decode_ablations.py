@@ -1,0 +1,297 @@
+"""Decoding speed work, one technique at a time: each is switched off (or replaced by the plain
+alternative) while everything else stays as mt ships it, on the same model, sentences and batch
+size, so the JSON shows what each one buys and that none changes the output.
+
+    python benchmarks/decode_ablations.py [--quick] [--models transformer,rnn] [--batch-size 64]
+
+Prints one JSON document on stdout (progress on stderr). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from translate_speed import make_search, run_search, spread  # noqa: E402
+
+from mt.config import DecodeConfig  # noqa: E402
+from mt.data import read_lines, source_tensor, token_batches  # noqa: E402
+from mt.models.transformer import KVCache, MultiHeadAttention, Transformer  # noqa: E402
+from mt.search import BeamSearch, Search  # noqa: E402
+
+
+def parse_args():
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default 64; quick 8)")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--sentences", type=int, default=None, help="test sentences (default 128; quick 16)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="token budget of the sorted/unsorted comparison (default: the decode default)")
+    args = p.parse_args()
+    args.batch_size = args.batch_size or (8 if args.quick else 64)
+    args.sentences = args.sentences or (16 if args.quick else 128)
+    args.batch_tokens = args.batch_tokens or DecodeConfig.batch_tokens
+    args.max_len_a, args.max_len_b = 1.0, 0  # random weights: outputs capped at the source length
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# the plain alternatives
+
+
+class ConcatKVCache:
+    """The textbook cache: torch.cat one position per step (a new [B, H, t, Dh] tensor each step)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
+
+    @property
+    def length(self) -> int:
+        return self.k.size(2)
+
+    def append(self, k, v):
+        self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def index_select(self, dim, index):
+        return ConcatKVCache(self.k.index_select(0, index), self.v.index_select(0, index))
+
+
+class LoopTopk(BeamSearch):
+    """Top-k per sentence in a Python loop instead of one topk over the [sentences, beam x vocab] tensor."""
+
+    @staticmethod
+    def _top_candidates(cand, n):
+        values, indices = zip(*(row.topk(n) for row in cand))
+        return torch.stack(values), torch.stack(indices)
+
+
+@contextlib.contextmanager
+def patched(obj, name, value) -> Iterator[None]:
+    had = name in vars(obj)
+    old = vars(obj).get(name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)
+
+
+def no_grouped_static(model):
+    """Static tensors copied per beam (state.expand falls back to select)."""
+    orig = type(model).init_state
+
+    def init_state(self, enc, max_len, need_attention=False):
+        state = orig(self, enc, max_len, need_attention)
+        state.extras.pop("grouped_static", None)
+        return state
+
+    return patched(type(model), "init_state", init_state)
+
+
+def concat_cache(model):
+    orig = type(model).init_state
+
+    def init_state(self, enc, max_len, need_attention=False):
+        state = orig(self, enc, max_len, need_attention)
+        for key, cache in state.dynamic.items():
+            empty = cache.k[:, :, :0].clone()
+            state.dynamic[key] = ConcatKVCache(empty, empty.clone())
+        return state
+
+    return patched(type(model), "init_state", init_state)
+
+
+def copying_reorder(model):
+    """KV cache reorders allocate a new buffer every step (functional index_select)."""
+    return patched(KVCache, "index_select_", lambda self, dim, index: self.index_select(dim, index))
+
+
+def sdpa_single_query(model):
+    return patched(MultiHeadAttention, "cpu_single_query_matmul", False)
+
+
+class EncodePerBeam(BeamSearch):
+    """The source repeated beam times and encoded beam times (no encoder reuse across beams)."""
+
+    def __call__(self, model, src, src_lengths):
+        with torch.inference_mode():
+            k = self.beam
+            enc = model.encode(src.repeat_interleave(k, 0), src_lengths.repeat_interleave(k))
+            max_lens = self.max_lengths(model, src_lengths)
+            state = model.init_state(enc, int(max_lens.max()) + 1)
+            state.expand = lambda n: state  # already batch x beam
+            return self._search(model, state, max_lens, src_lengths)
+
+
+def grad_mode(mode: str) -> Callable[[Search], Search]:
+    """Search run under torch.no_grad() or with autograd on, instead of torch.inference_mode()."""
+
+    def wrap(search: Search) -> Search:
+        inner = type(search).__call__.__wrapped__  # the undecorated Search.__call__
+
+        class Wrapped(type(search)):
+            def __call__(self, model, src, src_lengths):
+                ctx = torch.no_grad() if mode == "no_grad" else torch.enable_grad()
+                with ctx:
+                    return inner(self, model, src, src_lengths)
+
+        search.__class__ = Wrapped
+        return search
+
+    return wrap
+
+
+def search_with(kind: str, args, **kw) -> Search:
+    s = make_search(kind, args)
+    for key, value in kw.items():
+        setattr(s, key, value)
+    return s
+
+
+def as_class(cls, search: Search) -> Search:
+    search.__class__ = cls
+    return search
+
+
+# name -> (applies to, what it replaces, model patch or None, search factory)
+VARIANTS: dict[str, tuple[str, str, Callable | None, Callable]] = {
+    "shared_cross_attention_kv": (
+        "transformer", "beams share their sentence's cross-attention K/V (off: copied per beam)",
+        no_grouped_static, lambda a: make_search("beam", a)),
+    "cache_reorder_in_place": (
+        "transformer", "KV cache reordered into a spare buffer (off: a new buffer per step)",
+        copying_reorder, lambda a: make_search("beam", a)),
+    "preallocated_kv_cache": (
+        "transformer", "preallocated KV cache (off: torch.cat one position per step)",
+        concat_cache, lambda a: make_search("beam", a)),
+    "single_query_matmul_attention": (
+        "transformer", "one-query attention as matmul+softmax on CPU (off: scaled_dot_product_attention)",
+        sdpa_single_query, lambda a: make_search("beam", a)),
+    "encoder_once": (
+        "all", "source encoded once and expanded to beams (off: source repeated and encoded per beam)",
+        None, lambda a: as_class(EncodePerBeam, make_search("beam", a))),
+    "drop_finished_sentences": (
+        "all", "finished sentences leave the batch (off: they ride along to the end)",
+        None, lambda a: search_with("beam", a, drop_finished=False)),
+    "flat_topk": (
+        "all", "one topk over [sentences, beam x vocab] (off: a Python loop of topk per sentence)",
+        None, lambda a: as_class(LoopTopk, make_search("beam", a))),
+    "inference_mode": (
+        "all", "torch.inference_mode (off: torch.no_grad)",
+        None, lambda a: grad_mode("no_grad")(make_search("beam", a))),
+    "no_autograd": (
+        "all", "no autograd recording (off: grad enabled, weights requiring grad)",
+        None, lambda a: grad_mode("enable_grad")(make_search("beam", a))),
+}
+
+
+def measure(model, search, src_ids, ids, batch_size, device) -> tuple[dict, dict]:
+    with common.Measure(device) as m:
+        out, _ = run_search(model, search, src_ids, ids, batch_size, device)
+    n = len(ids)
+    return {
+        "sentences_per_s": round(n / m.seconds, 3),
+        "ms_per_sentence": round(1000 * m.seconds / n, 2),
+        "cpu_ms_per_sentence": round(1000 * m.cpu_seconds / n, 2),
+        **m.record(),
+    }, out
+
+
+def length_sorting(model, args, src_ids, ids, device) -> dict:
+    """Token batches (the translator's budget) over length-sorted vs input-order sentences."""
+    lengths = [len(s) + 1 for s in src_ids]
+    res = {}
+    for name, order in (("sorted_by_length", sorted(ids, key=lambda i: -lengths[i])), ("input_order", list(ids))):
+        batches = token_batches(lengths, args.batch_tokens, order)
+        search = make_search("beam", args)
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        with common.Measure(device) as m:
+            for b in batches:
+                src, src_len = source_tensor([src_ids[i] for i in b])
+                search(model, src.to(device), src_len.to(device))
+        res[name] = {"batches": len(batches), "padding_share": round(1 - sum(lengths[i] for i in ids) / padded, 3),
+                     "sentences_per_s": round(len(ids) / m.seconds, 3), **m.record()}
+    res["speedup"] = round(res["input_order"]["seconds"] / res["sorted_by_length"]["seconds"], 2)
+    return res
+
+
+def threads(model, args, src_ids, ids, device) -> dict:
+    res = {}
+    default = torch.get_num_threads()
+    small = ids[: max(4, len(ids) // 8)]
+    try:
+        for n in sorted({1, default}):
+            torch.set_num_threads(n)
+            for kind in ("greedy", "beam"):
+                for bs, sel in ((1, small), (args.batch_size, ids)):
+                    rec, _ = measure(model, make_search(kind, args), src_ids, sel, bs, device)
+                    res[f"{kind} batch {bs}, {n} thread{'s' if n > 1 else ''}"] = rec
+    finally:
+        torch.set_num_threads(default)
+    return res
+
+
+def main() -> None:
+    args = parse_args()
+    device = common.setup(args)
+    doc: dict = {"benchmark": "decode_ablations", "environment": common.environment(device)}
+    common.warn_if_loaded(device)
+    vocab = common.joint_vocab(args)
+    en = read_lines(common.data_file(args, "test_2016_flickr.en.gz"))
+    src_ids = vocab.encode_batch(en)
+    by_len = sorted(range(len(src_ids)), key=lambda i: (len(src_ids[i]), i))
+    ids = sorted(spread(by_len, args.sentences))
+    doc["setup"] = {
+        "sentences": len(ids), "batch_size": args.batch_size, "beam": args.beam,
+        "data": "Multi30k test_2016_flickr en, evenly spaced over the length-sorted set",
+        "length_control": "random seeded weights, output capped at 1.0 x source length (as translate_speed.py)",
+        "method": "each variant turns one technique off; baseline = mt as shipped; every run on the same "
+                  "sentences; speedup = variant seconds / baseline seconds (> 1: the technique helps); "
+                  "baseline measured before and after the variants, the faster kept",
+    }
+    doc["models"] = {}
+    for name in common.models_arg(args):
+        model = common.make_model(name, len(vocab), args.seed, device).eval()
+        is_transformer = isinstance(model, Transformer)
+        run_search(model, make_search("beam", args), src_ids, ids[:8], 8, device)  # warm-up
+        res: dict = {**common.model_info(name, model), "variants": {}}
+        base, base_out = measure(model, make_search("beam", args), src_ids, ids, args.batch_size, device)
+        greedy, _ = measure(model, make_search("greedy", args), src_ids, ids, args.batch_size, device)
+        common.log(f"{name}: baseline beam {base['sentences_per_s']} sent/s, greedy {greedy['sentences_per_s']}")
+        for vname, (applies, what, patch, factory) in VARIANTS.items():
+            if applies == "transformer" and not is_transformer:
+                continue
+            ctx = patch(model) if patch else contextlib.nullcontext()
+            with ctx:
+                rec, out = measure(model, factory(args), src_ids, ids, args.batch_size, device)
+            same = sum(out[i] == base_out[i] for i in ids)
+            res["variants"][vname] = {"technique": what, "off": rec, "same_output": f"{same}/{len(ids)}"}
+            common.log(f"{name}: {vname} off: {rec['sentences_per_s']} sent/s, same {same}/{len(ids)}")
+        again, _ = measure(model, make_search("beam", args), src_ids, ids, args.batch_size, device)
+        if again["seconds"] < base["seconds"]:
+            base = again
+        for v in res["variants"].values():
+            v["speedup"] = round(v["off"]["seconds"] / base["seconds"], 2)
+            v["speedup_cpu_time"] = round(v["off"]["cpu_seconds"] / base["cpu_seconds"], 2)
+        res["baseline_beam"] = base
+        res["baseline_greedy"] = greedy
+        res["beam_over_greedy_per_sentence"] = round(base["ms_per_sentence"] / greedy["ms_per_sentence"], 2)
+        res["length_sorting"] = length_sorting(model, args, src_ids, ids, device)
+        common.log(f"{name}: length sorting speed-up {res['length_sorting']['speedup']}")
+        res["threads"] = threads(model, args, src_ids, ids, device)
+        doc["models"][name] = res
+    common.emit(doc, args)
+
+
+if __name__ == "__main__":
+    main()
