@@ -31,7 +31,8 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/translate_speed.py
-	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/decode_ablations.py
+	$(BIN)/python benchmarks/train_speed.py --ablations
 
 clean:
 	rm -rf $(VENV) runs data/synthetic .pytest_cache

@@ -225,6 +225,22 @@ def length_sorting(model, args, src_ids, ids, device) -> dict:
     return res
 
 
+def translator_budgets(model, vocab, args, lines, device) -> dict:
+    """mt.translate.Translator end to end (beam) at several source-token budgets per batch:
+    speed against peak memory (decoder rows = sentences x beam)."""
+    from mt.translate import Translator
+
+    res = {}
+    for budget in (args.batch_tokens // args.beam, args.batch_tokens // 2, args.batch_tokens, 2 * args.batch_tokens):
+        tr = Translator(model, vocab, vocab, make_search("beam", args), device, batch_tokens=budget, warn=lambda m: None)
+        with common.Measure(device) as m:
+            tr.translate(lines)
+        res[str(budget)] = {"sentences_per_s": round(len(lines) / m.seconds, 3), **m.record()}
+        common.log(f"translator batch_tokens {budget}: {res[str(budget)]['sentences_per_s']} sent/s, "
+                   f"peak +{res[str(budget)]['peak_delta_mib']} MiB")
+    return res
+
+
 def threads(model, args, src_ids, ids, device) -> dict:
     res = {}
     default = torch.get_num_threads()
@@ -288,6 +304,7 @@ def main() -> None:
         res["beam_over_greedy_per_sentence"] = round(base["ms_per_sentence"] / greedy["ms_per_sentence"], 2)
         res["length_sorting"] = length_sorting(model, args, src_ids, ids, device)
         common.log(f"{name}: length sorting speed-up {res['length_sorting']['speedup']}")
+        res["translator_batch_tokens"] = translator_budgets(model, vocab, args, [en[i] for i in ids], device)
         res["threads"] = threads(model, args, src_ids, ids, device)
         doc["models"][name] = res
     common.emit(doc, args)

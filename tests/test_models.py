@@ -164,7 +164,7 @@ def test_dropping_rows(name: str) -> None:
     torch.testing.assert_close(lp, full[keep, -1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["pre-sinusoidal-shared", "post-learned-untied", "gru-bahdanau", "lstm-luong_dot"])
+@pytest.mark.parametrize("name", ["pre-sinusoidal-shared", "post-learned-untied", *RNNS])
 @torch.no_grad()
 def test_expand_and_in_place_selects_equal_copies(name: str) -> None:
     """What the searches call (expand, select_ in place, keep_sentences_) gives exactly what the
@@ -176,11 +176,9 @@ def test_expand_and_in_place_selects_equal_copies(name: str) -> None:
     enc = model.encode(src, src_len)
     fast = model.init_state(enc, 8, need_attention=True).expand(k)
     slow = model.init_state(enc, 8, need_attention=True).select(torch.arange(b).repeat_interleave(k))
-    transformer = "-" in name and name.split("-")[0] in ("pre", "post")
-    assert fast.group == (k if transformer else 1) and slow.group == 1
+    assert fast.group == k and slow.group == 1
     assert fast.batch_size == slow.batch_size == b * k
-    if transformer:
-        assert fast.static["k0"].size(0) == b  # not copied per beam
+    assert all(v.size(0) == b for v in fast.static.values())  # not copied per beam
     g = torch.Generator().manual_seed(5)
     sents = b
     for t in range(6):

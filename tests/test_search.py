@@ -313,7 +313,7 @@ def test_finished_sentences_leave_the_batch() -> None:
 
 
 def test_keeping_finished_sentences_changes_nothing_but_the_rows() -> None:
-    """drop_finished=False (the benchmarks' baseline) decodes the same hypotheses with a full batch."""
+    """drop_finished=False (what benchmarks/decode_ablations.py compares against) decodes the same hypotheses with a full batch."""
     model = Scripted(random_table(11), vocab=7)
     sentences = [[4, 5], [6], [4, 4, 5, 6, 5], [5, 6, 4]]
     src, lengths = batch(sentences)

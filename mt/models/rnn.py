@@ -153,12 +153,17 @@ class AdditiveAttention(nn.Module):
     def project_keys(self, memory: Tensor) -> Tensor:
         return self.W_k(memory)  # [B, S, D] -> [B, S, H]
 
-    def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # query [B, H], keys [B, S, H], memory [B, S, D], mask [B, S] -> context [B, D], attn [B, S]
-        scores = self.v(torch.tanh(self.W_q(query)[:, None, :] + keys)).squeeze(-1)  # [B, S]
-        attn = masked_softmax(scores, mask)
-        context = torch.bmm(attn[:, None, :], memory).squeeze(1)  # [B, D]
-        return context, attn
+    def forward(
+        self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor, group: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        # query [B, H], keys [B/g, S, H], memory [B/g, S, D], mask [B/g, S] -> context [B, D], attn [B, S]
+        # (the g adjacent query rows of a sentence, e.g. its beams, share its keys and memory)
+        b = query.size(0)
+        q = self.W_q(query).view(b // group, group, 1, -1)  # [B/g, g, 1, H]
+        scores = self.v(torch.tanh(q + keys[:, None])).squeeze(-1)  # [B/g, g, S]
+        attn = masked_softmax(scores, mask[:, None, :])
+        context = torch.bmm(attn, memory)  # [B/g, g, D]
+        return context.view(b, -1), attn.view(b, -1)
 
 
 class LuongAttention(nn.Module):
@@ -197,8 +202,9 @@ class DecoderBase(nn.Module):
         """-> (static entries besides src_mask, dynamic entries), all batch on dim 0."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def step(self, emb: Tensor, static: dict, dynamic: dict) -> tuple[Tensor, Tensor | None]:
-        """emb [B, E] -> (output [B, out_dim], attention [B, S] or None); updates dynamic."""
+    def step(self, emb: Tensor, static: dict, dynamic: dict, group: int = 1) -> tuple[Tensor, Tensor | None]:
+        """emb [B, E] -> (output [B, out_dim], attention [B, S] or None); updates dynamic.
+        group g: static entries hold one row per g adjacent rows (DecoderState.group)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def run(self, emb: Tensor, static: dict, dynamic: dict) -> Tensor:
@@ -224,8 +230,11 @@ class PlainDecoder(DecoderBase):
     def prepare(self, enc: EncoderOut, hidden: Hidden) -> tuple[dict, dict]:
         return {"context": top_layer(enc.final)}, {"hidden": hidden}  # context [B, D]
 
-    def step(self, emb: Tensor, static: dict, dynamic: dict) -> tuple[Tensor, None]:
-        return self._rnn_step(torch.cat([emb, static["context"]], dim=-1), dynamic), None
+    def step(self, emb: Tensor, static: dict, dynamic: dict, group: int = 1) -> tuple[Tensor, None]:
+        context = static["context"]
+        if group > 1:
+            context = context.repeat_interleave(group, dim=0)
+        return self._rnn_step(torch.cat([emb, context], dim=-1), dynamic), None
 
     def run(self, emb: Tensor, static: dict, dynamic: dict) -> Tensor:
         # the recurrence does not depend on outputs: one RNN call over the whole sequence
@@ -248,9 +257,9 @@ class BahdanauDecoder(DecoderBase):
         static = {"memory": enc.memory, "keys": self.attention.project_keys(enc.memory)}
         return static, {"hidden": hidden}
 
-    def step(self, emb: Tensor, static: dict, dynamic: dict) -> tuple[Tensor, Tensor]:
+    def step(self, emb: Tensor, static: dict, dynamic: dict, group: int = 1) -> tuple[Tensor, Tensor]:
         query = top_layer(dynamic["hidden"])  # [B, H]
-        context, attn = self.attention(query, static["keys"], static["memory"], static["src_mask"])
+        context, attn = self.attention(query, static["keys"], static["memory"], static["src_mask"], group)
         return self._rnn_step(torch.cat([emb, context], dim=-1), dynamic), attn
 
 
@@ -273,11 +282,13 @@ class LuongDecoder(DecoderBase):
             dynamic["feed"] = h.new_zeros(h.shape)  # h~_{t-1} [B, H]; zeros before the first step
         return static, dynamic
 
-    def step(self, emb: Tensor, static: dict, dynamic: dict) -> tuple[Tensor, Tensor]:
+    def step(self, emb: Tensor, static: dict, dynamic: dict, group: int = 1) -> tuple[Tensor, Tensor]:
         x = torch.cat([emb, dynamic["feed"]], dim=-1) if self.input_feeding else emb
         h = self._rnn_step(x, dynamic)  # [B, H]
-        out, attn = self.attention(h[:, None, :], static["keys"], static["memory"], static["src_mask"])
-        out, attn = out[:, 0], attn[:, 0]  # [B, H], [B, S]
+        b = h.size(0)
+        # a sentence's g rows (beams) attend together as g query positions: [B/g, g, H]
+        out, attn = self.attention(h.view(b // group, group, -1), static["keys"], static["memory"], static["src_mask"])
+        out, attn = out.reshape(b, -1), attn.reshape(b, -1)  # [B, H], [B, S]
         if self.input_feeding:
             dynamic["feed"] = out
         return out, attn
@@ -340,14 +351,15 @@ class RNNSeq2Seq(Seq2Seq):
     def init_state(self, enc: EncoderOut, max_len: int, need_attention: bool = False) -> DecoderState:
         static, dynamic = self.decoder.prepare(enc, self.bridge(enc.final))
         static["src_mask"] = enc.src_mask
-        return DecoderState(static=static, dynamic=dynamic, step=0, need_attention=need_attention)
+        # beams share their sentence's memory and keys (DecoderState.group)
+        return DecoderState(static, dynamic, step=0, need_attention=need_attention, extras={"grouped_static": True})
 
     def _logits(self, out: Tensor) -> Tensor:
         return self.out(self.out_proj(self.dropout(out)))  # [..., out_dim] -> [..., V]
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
         emb = self.dropout(self.tgt_embed(prev_tokens))  # [B, E]
-        out, attn = self.decoder.step(emb, state.static, state.dynamic)  # [B, out_dim], [B, S] | None
+        out, attn = self.decoder.step(emb, state.static, state.dynamic, state.group)  # [B, out_dim], [B, S] | None
         state.step += 1
         return F.log_softmax(self._logits(out).float(), dim=-1), attn
 
