@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -217,10 +219,17 @@ def remove_stale_temp(run_dir: Path) -> list[Path]:
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings here advise weights_only=False: not for us
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MTError(f"{path}: no such trainer state") from None
-    except Exception as e:  # noqa: BLE001 - pickle / zip errors of a corrupt or foreign file
+    except pickle.UnpicklingError:
+        raise MTError(
+            f"{path}: not a readable trainer state (it holds objects that only load by running pickled "
+            "code, which mt refuses)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - zip errors of a corrupt or foreign file
         raise MTError(f"{path}: not a readable trainer state ({_first_line(e)})") from None
 
 
