@@ -121,7 +121,13 @@ def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
     if name is None:
         return None
     p = Path(name)
-    return p if p.is_absolute() or p.exists() else Path(cfg.data_dir) / p
+    if p.is_absolute() or p.exists():
+        return p
+    under = Path(cfg.data_dir) / p
+    if not under.exists():
+        raise MTError(f"{name}: no such file (looked for it from the current directory and under "
+                      f"data.data_dir {cfg.data_dir})")
+    return under
 
 
 def load_corpus(cfg: DataConfig, seed: int = 1) -> dict[str, Split]:

@@ -121,3 +121,16 @@ def test_multi30k_and_tatoeba_through_the_mirror(tmp_path):
     c = load_corpus(cfg)
     assert sum(len(c[k][0]) for k in c) == 167130
     assert len(c["test"][0]) >= 1000
+
+
+def test_corpus_files_resolve_from_cwd_then_data_dir(tmp_path: Path, monkeypatch) -> None:
+    from mt.data import load_corpus
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.src").write_text("x y\n", encoding="utf-8")
+    (tmp_path / "d" / "a.tgt").write_text("u v\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(corpus="files", data_dir="d", train_src="a.src", train_tgt="a.tgt")
+    assert load_corpus(cfg)["train"] == (["x y"], ["u v"])
+    with pytest.raises(MTError, match=r"nope\.src: no such file .*data_dir d"):
+        load_corpus(DataConfig(corpus="files", data_dir="d", train_src="nope.src", train_tgt="a.tgt"))
