@@ -200,9 +200,11 @@ def measure_reference(model, args, src_ids, ids, device) -> tuple[dict, dict[int
 
 
 def breakdown(model, args, src_ids, ids, batch_size, device) -> dict:
-    """Beam search at `batch_size` with decode_step, DecoderState.select, encode and init_state timed
-    (wrapped for this run only; with a device sync around each call on CUDA)."""
-    timers = {"encode": 0.0, "init_state": 0.0, "decode_step": 0.0, "state.select": 0.0}
+    """Beam search at `batch_size` with encode, init_state, decode_step and the DecoderState methods
+    the search calls (expand, select_, keep_sentences_) timed (wrapped for this run only; with a
+    device sync around each call on CUDA)."""
+    methods = ("expand", "select_", "keep_sentences_")
+    timers = {"encode": 0.0, "init_state": 0.0, "decode_step": 0.0, **{f"state.{m}": 0.0 for m in methods}}
     calls = {k: 0 for k in timers}
 
     def timed(name, fn):
@@ -216,15 +218,17 @@ def breakdown(model, args, src_ids, ids, batch_size, device) -> dict:
             return r
         return wrapper
 
-    orig_select = DecoderState.select
+    originals = {m: getattr(DecoderState, m) for m in methods}
     model.encode = timed("encode", model.encode)
     model.init_state = timed("init_state", model.init_state)
     model.decode_step = timed("decode_step", model.decode_step)
-    DecoderState.select = timed("state.select", orig_select)
+    for m, fn in originals.items():
+        setattr(DecoderState, m, timed(f"state.{m}", fn))
     try:
         rec, _ = measure_search(model, "beam", args, src_ids, ids, batch_size, device)
     finally:
-        DecoderState.select = orig_select
+        for m, fn in originals.items():
+            setattr(DecoderState, m, fn)
         for name in ("encode", "init_state", "decode_step"):
             del model.__dict__[name]
     total = rec["seconds"]

@@ -102,7 +102,7 @@ def translate(
     n_best: Optional[int] = typer.Option(None, "--n-best", help="Output the K best hypotheses per line (Moses format, or in --json)."),
     scores: bool = typer.Option(False, "--scores", help="Append a TAB and the hypothesis score to each line."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input line."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Source tokens per batch."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded source tokens x beam size per batch (default: the run's decode.batch_tokens, 4096)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`)."),
     len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none."),

@@ -64,6 +64,9 @@ class Search:
         # there so benchmarks/decode_ablations.py can measure what dropping them saves)
         self.drop_finished = drop_finished
 
+    #: decoder rows per source sentence (beam size, samples): what a batch budget is divided by
+    rows_per_sentence = 1
+
     @torch.inference_mode()
     def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor) -> list[list[Hypothesis]]:
         enc = model.encode(src, src_lengths)
@@ -174,7 +177,7 @@ class SamplingSearch(_RowSearch):
     def __init__(self, temperature: float = 1.0, topk: int = 0, topp: float = 1.0, seed: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.temperature, self.topk, self.topp = temperature, topk, topp
-        self.num_rows = self.n_best
+        self.num_rows = self.rows_per_sentence = self.n_best
         self.seed = seed
 
     def __call__(self, model, src, src_lengths):
@@ -213,35 +216,40 @@ class BeamSearch(Search):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.beam = beam
+        self.beam = self.rows_per_sentence = beam
         self.lp = len_penalty or LengthPenalty("none")
         self.early_stop = early_stop
 
     def _search(self, model, state, max_lens, src_lengths):
         b, k, eos = src_lengths.size(0), self.beam, model.eos_id
         device = src_lengths.device
-        state = state.expand(k)  # batch x beam rows; the model may share static tensors among beams
+        # the first step runs once per sentence (its beams would all be the same); the state is
+        # expanded to batch x beam rows after it
+        width = 1  # rows per sentence in the state
         sent_ids = torch.arange(b, device=device)  # original sentence of each active sentence
         sent_max = max_lens.clone()
         n_done = torch.zeros(b, dtype=torch.long, device=device)  # finished hypotheses per sentence
-        scores = torch.full((b, k), NEG_INF, device=device)
-        scores[:, 0] = 0.0
-        prev = torch.full((b * k,), model.bos_id, dtype=torch.long, device=device)
-        seqs = torch.empty((b * k, 0), dtype=torch.long, device=device)
+        scores = torch.zeros((b, 1), device=device)
+        prev = torch.full((b,), model.bos_id, dtype=torch.long, device=device)
+        seqs = torch.empty((b, 0), dtype=torch.long, device=device)
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
         step = 0
         while sent_ids.numel():
             nb = sent_ids.numel()
-            lp, attn = model.decode_step(prev, state)  # [nb*k, V]
+            lp, attn = model.decode_step(prev, state)  # [nb * width, V]
             vocab = lp.size(-1)
-            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(k), model)
+            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(width), model)
             if attn is not None and self.return_attention:
                 attn_all = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
             else:
                 attn_all = None
-            cand = (scores.view(-1, 1) + lp).view(nb, k * vocab)
-            top_scores, top_idx = self._top_candidates(cand, min(2 * k, k * vocab))  # [nb, 2k], sorted
+            cand = (scores.view(-1, 1) + lp).view(nb, width * vocab)
+            top_scores, top_idx = self._top_candidates(cand, min(2 * k, width * vocab))  # [nb, 2k], sorted
+            if top_scores.size(1) < 2 * k:  # fewer candidates than 2k (a vocabulary smaller than 2k)
+                short = 2 * k - top_scores.size(1)
+                top_scores = torch.cat([top_scores, top_scores.new_full((nb, short), NEG_INF)], dim=1)
+                top_idx = torch.cat([top_idx, top_idx.new_zeros((nb, short))], dim=1)
             top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
             top_tok = top_idx % vocab
             is_eos = top_tok == eos
@@ -250,7 +258,7 @@ class BeamSearch(Search):
             ends = is_eos & torch.isfinite(top_scores)
             ends[:, k:] = False
             if bool(ends.any()):
-                self._collect(ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, k, done)
+                self._collect(ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, width, done)
                 n_done = n_done + ends.sum(dim=1)
 
             # the best k candidates that do not end continue
@@ -258,10 +266,14 @@ class BeamSearch(Search):
             scores, pick = open_scores.topk(k, dim=1)  # [nb, k]
             beam_src = top_beam.gather(1, pick)
             prev = top_tok.gather(1, pick).view(-1)
-            rows = (torch.arange(nb, device=device)[:, None] * k + beam_src).view(-1)
+            rows = (torch.arange(nb, device=device)[:, None] * width + beam_src).view(-1)
             seqs = torch.cat([seqs[rows], prev[:, None]], dim=1)
             attn_rows = attn_all[rows] if attn_all is not None else None
-            state.select_(rows, same_sources=True)
+            if width == 1:  # after the first step: each sentence's row becomes its k beams
+                state = state.expand(k)  # the model may share static tensors among beams
+                width = k
+            else:
+                state.select_(rows, same_sources=True)
 
             finished = self._finished(scores, n_done, sent_ids, sent_max, done, k)
             if not self.drop_finished:  # finished sentences ride along without new hypotheses
@@ -283,10 +295,10 @@ class BeamSearch(Search):
         """The n best of each sentence's beam x vocab candidates, one topk on the flat tensor."""
         return cand.topk(n, dim=1)
 
-    def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, k, done) -> None:
+    def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, width, done) -> None:
         length_norm = float(self.lp(float(step + 1)))
         for i, j in ends.nonzero().tolist():
-            row = i * k + int(top_beam[i, j])
+            row = i * width + int(top_beam[i, j])
             sent = int(sent_ids[i])
             raw = float(top_scores[i, j])
             attention = self._attention(attn_all[row] if attn_all is not None else None, int(src_lengths[sent]))

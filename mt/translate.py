@@ -130,11 +130,13 @@ class Translator:
     # -- ids ----------------------------------------------------------------------------------
     def search_ids(self, src_ids: Sequence[Sequence[int]]) -> list[list[Hypothesis]]:
         """Run the search over token-id sequences (each at most max_input_tokens long); results in
-        input order. Sentences are sorted by length and grouped into token batches."""
+        input order. Sentences are sorted by length and grouped into batches of at most
+        batch_tokens padded source tokens x decoder rows per sentence (beam size)."""
         order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]), reverse=True)
         lengths = [len(s) + 1 for s in src_ids]
         results: list[list[Hypothesis]] = [[] for _ in src_ids]
-        for batch in token_batches(lengths, self.batch_tokens, order):
+        budget = max(self.batch_tokens // max(self.search.rows_per_sentence, 1), 1)
+        for batch in token_batches(lengths, budget, order):
             src, src_lengths = source_tensor([src_ids[i] for i in batch])
             hyps = self.search(self.model, src.to(self.device), src_lengths.to(self.device))
             for i, h in zip(batch, hyps):

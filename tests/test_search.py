@@ -16,7 +16,7 @@ from mt import MTError
 from mt.config import DecodeConfig, RNNConfig, TransformerConfig
 from mt.models import build_model
 from mt.models.base import BOS_ID, EOS_ID, PAD_ID, DecoderState, EncoderOut, Seq2Seq, padding_mask
-from mt.search import BeamSearch, GreedySearch, Hypothesis, LengthPenalty, SamplingSearch, build_search
+from mt.search import BeamSearch, GreedySearch, Hypothesis, LengthPenalty, SamplingSearch, Search, build_search
 
 NEG_INF = float("-inf")
 PENALTIES = [("none", 1.0), ("gnmt", 0.6), ("gnmt", 1.0), ("d2l", 1.0)]
@@ -307,9 +307,9 @@ def test_finished_sentences_leave_the_batch() -> None:
         model.rows_per_step.clear()
         search(model, src, lengths)
         rows = model.rows_per_step
-        assert rows[0] == 2 * per_sentence
-        assert rows == sorted(rows, reverse=True)
-        assert rows == [2 * per_sentence] * 2 + [per_sentence] * 5  # the short sentence left after 2 steps
+        # the first step runs one row per sentence (a sentence's beams are all the same before it);
+        # the short sentence leaves after 2 steps
+        assert rows == [2] + [2 * per_sentence] + [per_sentence] * 5
 
 
 def test_keeping_finished_sentences_changes_nothing_but_the_rows() -> None:
@@ -327,7 +327,7 @@ def test_keeping_finished_sentences_changes_nothing_but_the_rows() -> None:
             model.rows_per_step.clear()
             results.append(make(drop)(model, src, lengths))
         rows = list(model.rows_per_step)
-        assert len(set(rows)) == 1  # with drop_finished=False the batch never shrinks
+        assert len(set(rows[1:])) == 1  # with drop_finished=False the batch never shrinks (after step 1)
         for a, b in zip(*results):
             assert [(h.tokens, round(h.score, 5)) for h in a] == [(h.tokens, round(h.score, 5)) for h in b]
 
@@ -647,3 +647,37 @@ def test_length_penalty_values() -> None:
     torch.testing.assert_close(LengthPenalty("gnmt", 1.0)(lengths), torch.tensor([1.0, 2.0, 4.0]))
     torch.testing.assert_close(LengthPenalty("d2l", 2.0)(lengths), lengths**2)
     torch.testing.assert_close(LengthPenalty("none")(lengths), torch.ones(3))
+
+
+# ----------------------------------------------------------------------------------------------
+# the translator's batches
+
+
+class _Recorder(Search):
+    """Records the batches it is given; returns one empty hypothesis per sentence."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.rows_per_sentence = rows
+        self.batches: list[list[int]] = []
+
+    def __call__(self, model, src, src_lengths):
+        self.batches.append(src_lengths.tolist())
+        return [[Hypothesis([int(n)], 0.0, 0.0)] for n in src_lengths]
+
+
+@pytest.mark.parametrize("rows, per_batch", [(1, 4), (2, 2), (5, 2)])  # beam 5: only the two short ones pair up
+def test_translator_budget_counts_decoder_rows(rows: int, per_batch: int) -> None:
+    """batch_tokens bounds padded source tokens x rows per sentence (beam): beam 5 gets a fifth of
+    the sentences greedy gets; results come back in input order."""
+    from mt.translate import Translator
+
+    model = random_model("transformer")
+    search = _Recorder(rows)
+    tr = Translator(model, None, None, search, batch_tokens=40)  # type: ignore[arg-type]
+    ids = [[5] * n for n in (9, 3, 9, 9, 9, 2, 9, 9)]  # 9 tokens + eos = 10
+    out = tr.search_ids(ids)
+    assert [h[0].tokens for h in out] == [[len(s) + 1] for s in ids]
+    assert all(len(b) * max(b) * rows <= 40 for b in search.batches if len(b) > 1)
+    assert max(len(b) for b in search.batches) == per_batch
+    assert BeamSearch(beam=5).rows_per_sentence == 5 and GreedySearch().rows_per_sentence == 1
