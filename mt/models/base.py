@@ -18,17 +18,15 @@ from torch import Tensor, nn
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
-def _index(value: Any, index: Tensor, inplace: bool = False) -> Any:
+def _index(value: Any, index: Tensor) -> Any:
     if value is None:
         return None
-    if inplace and hasattr(value, "index_select_"):  # caches that reorder into a spare buffer
-        return value.index_select_(0, index)
     if hasattr(value, "index_select"):  # tensors, and caches that copy only what they hold
         return value.index_select(0, index)
     if isinstance(value, tuple):
-        return tuple(_index(v, index, inplace) for v in value)
+        return tuple(_index(v, index) for v in value)
     if isinstance(value, list):
-        return [_index(v, index, inplace) for v in value]
+        return [_index(v, index) for v in value]
     raise TypeError(f"DecoderState cannot index a {type(value).__name__}")
 
 
@@ -80,12 +78,10 @@ class DecoderState:
         return DecoderState(static, dynamic, self.step, self.need_attention, dict(self.extras), group)
 
     def select_(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
-        """`select` in place: caches that can reorder themselves into a spare buffer do so
-        (no allocation per step); this state is updated and returned, older views of its
-        caches are invalid afterwards. What the searches call every step."""
+        """`select` applied to this state (updated and returned): what the searches call every step."""
         if not same_sources:
             self.static, self.group = self._static_rows(index), 1
-        self.dynamic = {k: _index(v, index, inplace=True) for k, v in self.dynamic.items()}
+        self.dynamic = {k: _index(v, index) for k, v in self.dynamic.items()}
         return self
 
     def expand(self, n: int) -> "DecoderState":
@@ -106,7 +102,7 @@ class DecoderState:
             self.static = {k: _index(v, keep) for k, v in self.static.items()}
         else:
             self.static, self.group = self._static_rows(rows), 1
-        self.dynamic = {k: _index(v, rows, inplace=True) for k, v in self.dynamic.items()}
+        self.dynamic = {k: _index(v, rows) for k, v in self.dynamic.items()}
         return self
 
 

@@ -1,8 +1,8 @@
 """Transformer encoder-decoder (Vaswani et al. 2017) with pre- or post-norm layers.
 
 Attention runs through torch's scaled_dot_product_attention. Incremental decoding keeps a
-preallocated self-attention KV cache per layer and the cross-attention keys/values of the
-source, computed once per sentence and shared by its beams.
+self-attention KV cache per layer and the cross-attention keys/values of the source, computed
+once per sentence and shared by its beams.
 """
 
 from __future__ import annotations
@@ -19,63 +19,33 @@ from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
 
 
 class KVCache:
-    """Self-attention keys/values of one layer: [B, H, capacity, Dh], first `length` positions valid.
+    """Self-attention keys/values of one layer: [B, H, t, Dh] after t steps, grown by concatenation.
 
-    `index_select` (functional) copies the valid prefix into a new buffer. `index_select_`, what the
-    searches call every step, writes the reordered prefix into a spare buffer kept from the previous
-    reorder and swaps the two: one copy of what the cache holds, no allocation.
+    A preallocated [B, H, max_len, Dh] buffer (reordered into a spare one) was measured against this
+    on CPU (benchmarks/decode_ablations.py, variant preallocated_kv_cache): no faster for greedy or
+    beam search and 1.3-2.3x the peak memory, so the simple cache stays.
     """
 
-    def __init__(self, k: Tensor, v: Tensor, length: int = 0) -> None:
-        self.k, self.v, self.length = k, v, length
-        self._full = (k, v)  # the buffers k and v are the first rows of
-        self._spare: tuple[Tensor, Tensor] | None = None
+    def __init__(self, k: Tensor | None = None, v: Tensor | None = None) -> None:
+        self.k, self.v = k, v
 
-    @classmethod
-    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> "KVCache":
-        shape = (batch, heads, capacity, head_dim)
-        return cls(like.new_empty(shape), like.new_empty(shape))
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write one position (k, v: [B, H, 1, Dh]); return the valid prefix [B, H, length, Dh]."""
-        if self.length >= self.k.size(2):
-            raise RuntimeError(f"KV cache full ({self.k.size(2)} positions)")
-        self.k[:, :, self.length] = k[:, :, 0]
-        self.v[:, :, self.length] = v[:, :, 0]
-        self.length += 1
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
-
-    def _copy_prefix(self, index: Tensor, k: Tensor, v: Tensor) -> None:
-        n = self.length
-        if not n:
-            return
-        if torch.is_grad_enabled() and (self.k.requires_grad or self.v.requires_grad):
-            # out= cannot record autograd: one more copy (only when decoding with gradients)
-            k[:, :, :n] = self.k[:, :, :n].index_select(0, index)
-            v[:, :, :n] = self.v[:, :, :n].index_select(0, index)
+        """Add positions (k, v: [B, H, T, Dh]); return everything cached [B, H, length, Dh]."""
+        if self.k is None:
+            self.k, self.v = k, v
         else:
-            torch.index_select(self.k[:, :, :n], 0, index, out=k[:, :, :n])
-            torch.index_select(self.v[:, :, :n], 0, index, out=v[:, :, :n])
+            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        return self.k, self.v
 
     def index_select(self, dim: int, index: Tensor) -> "KVCache":
         assert dim == 0
-        shape = (index.numel(),) + self.k.shape[1:]
-        out = KVCache(self.k.new_empty(shape), self.v.new_empty(shape), self.length)
-        self._copy_prefix(index, out.k, out.v)
-        return out
-
-    def index_select_(self, dim: int, index: Tensor) -> "KVCache":
-        assert dim == 0
-        rows = index.numel()
-        spare = self._spare
-        if spare is None or spare[0].size(0) < rows:
-            shape = (rows,) + self.k.shape[1:]
-            spare = (self.k.new_empty(shape), self.v.new_empty(shape))
-        k, v = spare[0][:rows], spare[1][:rows]
-        self._copy_prefix(index, k, v)
-        self._spare, self._full = self._full, spare
-        self.k, self.v = k, v
-        return self
+        if self.k is None:
+            return KVCache()
+        return KVCache(self.k.index_select(0, index), self.v.index_select(0, index))
 
 
 class MultiHeadAttention(nn.Module):
@@ -104,11 +74,6 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv(memory).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    #: single-query attention (incremental decoding) on CPU as matmul + softmax + matmul instead of
-    #: scaled_dot_product_attention: ~2.5x faster per call for one query over 10-30 keys
-    #: (benchmarks/translate_speed.py --ablations measures the effect on whole searches)
-    cpu_single_query_matmul = True
-
     def forward(
         self,
         x: Tensor,  # [B, T, D] queries
@@ -132,16 +97,15 @@ class MultiHeadAttention(nn.Module):
                 q = q.transpose(1, 2).reshape(b // group, group, self.heads, self.head_dim).transpose(1, 2)
         mask = key_mask[:, None, None, :] if key_mask is not None else None
         dropout = self.dropout if self.training else 0.0
-        single = q.size(2) == 1 or (group > 1 and t == 1)
         weights = None
-        if need_weights or (single and not causal and self.cpu_single_query_matmul and q.device.type == "cpu"):
+        if need_weights:
+            # explicit softmax so the weights can be returned (attention plots, --json)
             scores = (q @ k.transpose(-1, -2)) * (self.head_dim**-0.5)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             attn = scores.float().softmax(-1).to(q.dtype)
             ctx = attn @ v
-            if need_weights:
-                weights = attn.mean(dim=1)  # [B / g, T or g, S]
+            weights = attn.mean(dim=1)  # [B / g, T or g, S]
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         if group > 1:  # back to one row per query: [B / g, H, g, Dh] -> [B, 1, D]
@@ -310,7 +274,7 @@ class Transformer(Seq2Seq):
         dynamic = {}
         for i, layer in enumerate(self.decoder):
             static[f"k{i}"], static[f"v{i}"] = layer.cross_attn.project_kv(enc.memory)
-            dynamic[f"cache{i}"] = KVCache.empty(b, self.cfg.heads, max_len, self.cfg.d_model // self.cfg.heads, enc.memory)
+            dynamic[f"cache{i}"] = KVCache()
         # beams share their sentence's cross-attention K/V (DecoderState.group)
         return DecoderState(static, dynamic, need_attention=need_attention, extras={"grouped_static": True})
 
