@@ -31,6 +31,8 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default 64; quick 8)")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--sentences", type=int, default=None, help="test sentences (default 128; quick 16)")
+    p.add_argument("--sorting-sentences", type=int, default=None,
+                   help="test sentences for the length-sorting comparison (default 1000 = all; quick 64)")
     p.add_argument("--repeats", type=int, default=None, help="runs per measurement, fastest kept (default 2; quick 1)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="token budget of the sorted/unsorted comparison (default: the decode default)")
@@ -39,6 +41,7 @@ def parse_args():
     args.sentences = args.sentences or (16 if args.quick else 128)
     args.batch_tokens = args.batch_tokens or DecodeConfig.batch_tokens
     args.repeats = args.repeats or (1 if args.quick else 2)
+    args.sorting_sentences = args.sorting_sentences or (64 if args.quick else 1000)
     args.max_len_a, args.max_len_b = 1.0, 0  # random weights: outputs capped at the source length
     return args
 
@@ -212,11 +215,13 @@ def measure(model, search, src_ids, ids, batch_size, device, repeats: int = 1) -
 
 
 def length_sorting(model, args, src_ids, ids, device) -> dict:
-    """Token batches (the translator's budget) over length-sorted vs input-order sentences."""
+    """Beam search over token batches of the translator's budget (batch_tokens / beam source tokens)
+    built from length-sorted vs input-order sentences."""
     lengths = [len(s) + 1 for s in src_ids]
-    res = {}
+    budget = args.batch_tokens // args.beam
+    res = {"sentences": len(ids), "batch_source_tokens": budget}
     for name, order in (("sorted_by_length", sorted(ids, key=lambda i: -lengths[i])), ("input_order", list(ids))):
-        batches = token_batches(lengths, args.batch_tokens, order)
+        batches = token_batches(lengths, budget, order)
         search = make_search("beam", args)
         padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
         with common.Measure(device) as m:
@@ -318,7 +323,8 @@ def main() -> None:
         res["baseline_beam"], res["baseline_greedy"] = base["beam"][0], base["greedy"][0]
         res["beam_over_greedy_per_sentence"] = round(base["beam"][0]["ms_per_sentence"]
                                                      / base["greedy"][0]["ms_per_sentence"], 2)
-        res["length_sorting"] = length_sorting(model, args, src_ids, ids, device)
+        sort_ids = sorted(spread(by_len, args.sorting_sentences))
+        res["length_sorting"] = length_sorting(model, args, src_ids, sort_ids, device)
         common.log(f"{name}: length sorting speed-up {res['length_sorting']['speedup']}")
         res["translator_batch_tokens"] = translator_budgets(model, vocab, args, [en[i] for i in ids], device)
         res["threads"] = threads(model, args, src_ids, ids, device)
