@@ -23,7 +23,7 @@ class KVCache:
 
     A preallocated [B, H, max_len, Dh] buffer (reordered into a spare one) was measured against this
     on CPU (benchmarks/decode_ablations.py, variant preallocated_kv_cache): no faster for greedy or
-    beam search and 1.3-2.3x the peak memory, so the simple cache stays.
+    beam search and 1.2-2.3x the peak memory, so the simple cache stays.
     """
 
     def __init__(self, k: Tensor | None = None, v: Tensor | None = None) -> None:
