@@ -269,7 +269,7 @@ class BeamSearch(Search):
             rows = (torch.arange(nb, device=device)[:, None] * width + beam_src).view(-1)
             seqs = torch.cat([seqs[rows], prev[:, None]], dim=1)
             attn_rows = attn_all[rows] if attn_all is not None else None
-            if width == 1:  # after the first step: each sentence's row becomes its k beams
+            if width < k:  # after the first step: each sentence's row becomes its k beams
                 state = state.expand(k)  # the model may share static tensors among beams
                 width = k
             else:
