@@ -22,7 +22,7 @@ class KVCache:
     """Self-attention keys/values of one layer: [B, H, t, Dh] after t steps, grown by concatenation.
 
     A preallocated [B, H, max_len, Dh] buffer (reordered into a spare one) was measured against this
-    on CPU (benchmarks/decode_ablations.py, variant preallocated_kv_cache): no faster for greedy or
+    on CPU (benchmarks/decode_ablations.py, variant kv_cache_by_concatenation): no faster for greedy or
     beam search and 1.2-2.3x the peak memory, so the simple cache stays.
     """
 
@@ -269,7 +269,6 @@ class Transformer(Seq2Seq):
     def init_state(self, enc: EncoderOut, max_len: int, need_attention: bool = False) -> DecoderState:
         if max_len > self.cfg.max_positions:
             raise MTError(f"cannot decode {max_len} positions: the model has {self.cfg.max_positions}")
-        b = enc.memory.size(0)
         static = {"src_mask": enc.src_mask}
         dynamic = {}
         for i, layer in enumerate(self.decoder):
