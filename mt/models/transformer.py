@@ -21,7 +21,7 @@ from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
 class KVCache:
     """Self-attention keys/values of one layer: [B, H, t, Dh] after t steps, grown by concatenation.
 
-    A preallocated [B, H, max_len, Dh] buffer (reordered into a spare one) was measured against this
+    A preallocated [B, H, max_len, Dh] buffer (reordered into a new or a spare one) was measured against this
     on CPU (benchmarks/decode_ablations.py, variant kv_cache_by_concatenation): no faster for greedy or
     beam search and 1.2-2.3x the peak memory, so the simple cache stays.
     """
