@@ -185,7 +185,7 @@ class DecodeConfig:
     early_stop: bool = True
     # source tokens x rows per sentence (beam size, samples) per batch: beam 5 at 4096 decodes
     # batches of ~820 source tokens (benchmarks/decode_ablations.py: as fast as 4096 source tokens
-    # for the Transformer, with a quarter of the memory)
+    # for the Transformer, with 40% of the memory)
     batch_tokens: int = 4096
     topk: int = 0
     topp: float = 1.0

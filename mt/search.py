@@ -110,13 +110,11 @@ class Search:
 class _RowSearch(Search):
     """Each row continues with one chosen token per step (greedy, sampling)."""
 
-    num_rows = 1  # rows (samples) per sentence
-
     def _choose(self, lp: Tensor) -> Tensor:  # [N, V] -> [N]
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _search(self, model, state, max_lens, src_lengths):
-        b, n, eos = src_lengths.size(0), self.num_rows, model.eos_id
+        b, n, eos = src_lengths.size(0), self.rows_per_sentence, model.eos_id
         device = src_lengths.device
         if n > 1:
             state = state.expand(n)
@@ -141,7 +139,8 @@ class _RowSearch(Search):
             if not self.drop_finished:
                 finished &= alive
                 alive &= ~finished
-            if bool(finished.any()):
+            any_finished = bool(finished.any())
+            if any_finished:
                 for i in finished.nonzero()[:, 0].tolist():
                     sent = int(rows[i]) // n
                     raw = float(scores[i])
@@ -153,7 +152,7 @@ class _RowSearch(Search):
                             self._attention(attn_rows[i] if attn_rows is not None else None, int(src_lengths[sent])),
                         )
                     )
-            if bool(finished.any()) and self.drop_finished:
+            if any_finished and self.drop_finished:
                 keep = (~finished).nonzero()[:, 0]
                 rows, row_max, tok, seqs, scores = rows[keep], row_max[keep], tok[keep], seqs[keep], scores[keep]
                 attn_rows = attn_rows[keep] if attn_rows is not None else None
@@ -177,7 +176,7 @@ class SamplingSearch(_RowSearch):
     def __init__(self, temperature: float = 1.0, topk: int = 0, topp: float = 1.0, seed: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.temperature, self.topk, self.topp = temperature, topk, topp
-        self.num_rows = self.rows_per_sentence = self.n_best
+        self.rows_per_sentence = self.n_best  # samples per sentence
         self.seed = seed
 
     def __call__(self, model, src, src_lengths):

@@ -631,7 +631,7 @@ def test_build_search() -> None:
     assert isinstance(build_search(DecodeConfig(search="greedy")), GreedySearch)
     sampling = build_search(DecodeConfig(search="sampling", n_best=8, topk=5, topp=0.9, temperature=0.7, seed=3))
     assert isinstance(sampling, SamplingSearch)
-    assert (sampling.num_rows, sampling.topk, sampling.topp, sampling.temperature, sampling.seed) == (8, 5, 0.9, 0.7, 3)
+    assert (sampling.rows_per_sentence, sampling.topk, sampling.topp, sampling.temperature, sampling.seed) == (8, 5, 0.9, 0.7, 3)
     assert build_search(DecodeConfig(), return_attention=True).return_attention
 
 
