@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mt import MTError
+from mt.config import is_run_dir
 
 EPILOG = """\b
 Examples:
@@ -25,7 +26,7 @@ def average(
         raise MTError(f"--last must be >= 1, got {last}")
     if not run.exists():
         raise MTError(f"{run}: no such run directory")
-    if not (run / "config.yaml").is_file():
+    if not is_run_dir(run):
         raise MTError(f"{run}: not a run directory (no config.yaml)")
     if output is not None and output.is_dir():
         raise MTError(f"{output}: is a directory")

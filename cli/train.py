@@ -28,14 +28,14 @@ def train(
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ) -> None:
-    from mt.config import load_config, save_config  # light: the recipe is checked before `import torch`
+    from mt.config import is_run_dir, load_config, save_config  # light: checked before `import torch`
 
     if resume is not None:
         if recipe is not None:
             raise MTError("give either a RECIPE or --resume RUN, not both")
         if not resume.exists():
             raise MTError(f"{resume}: no such run directory")
-        if not (resume / "config.yaml").is_file():
+        if not is_run_dir(resume):
             raise MTError(f"{resume}: not a run directory (no config.yaml)")
         bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
         if bad:

@@ -14,6 +14,7 @@ from typing import IO, Optional
 import typer
 
 from mt import MTError
+from mt.config import is_run_dir
 
 EPILOG = """\b
 Examples:
@@ -150,7 +151,7 @@ def translate(
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
     if not model.exists():
         raise MTError(f"{model}: no such run directory")
-    if not (model / "config.yaml").is_file():
+    if not is_run_dir(model):
         raise MTError(f"{model}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise MTError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from mt import MTError
+from mt.config import is_run_dir  # noqa: F401 - re-exported: the run-directory test lives with the config
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -240,7 +241,3 @@ def read_json(path: Path) -> dict[str, Any]:
         raise MTError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MTError(f"{path}: not valid JSON") from None
-
-
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / "config.yaml").is_file()

@@ -378,3 +378,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from mt.checkpoint import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A run directory holds its config.yaml (light: the CLI asks before importing torch)."""
+    return (Path(path) / "config.yaml").is_file()
