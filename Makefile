@@ -31,6 +31,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/translate_speed.py
+	$(BIN)/python benchmarks/translate_speed.py --int8 --ref-sentences 0 --breakdown none
 	$(BIN)/python benchmarks/decode_ablations.py
 	$(BIN)/python benchmarks/train_speed.py --ablations
 

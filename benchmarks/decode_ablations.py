@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from translate_speed import make_search, run_search, spread  # noqa: E402
+from translate_speed import make_search, measure_search, run_search, spread  # noqa: E402
 
 from mt.config import DecodeConfig  # noqa: E402
 from mt.data import read_lines, source_tensor, token_batches  # noqa: E402
@@ -195,25 +195,6 @@ VARIANTS: dict[str, tuple[str, str, Callable | None, Callable, tuple[str, ...]]]
 }
 
 
-def measure(model, search, src_ids, ids, batch_size, device, repeats: int = 1) -> tuple[dict, dict]:
-    """The fastest of `repeats` runs."""
-    best = None
-    for _ in range(repeats):
-        with common.Measure(device) as m:
-            out, _ = run_search(model, search, src_ids, ids, batch_size, device)
-        if best is None or m.seconds < best[0].seconds:
-            best = (m, out)
-    m, out = best
-    n = len(ids)
-    return {
-        "sentences_per_s": round(n / m.seconds, 3),
-        "ms_per_sentence": round(1000 * m.seconds / n, 2),
-        "cpu_ms_per_sentence": round(1000 * m.cpu_seconds / n, 2),
-        "runs": repeats,
-        **m.record(),
-    }, out
-
-
 def length_sorting(model, args, src_ids, ids, device) -> dict:
     """Beam search over token batches of the translator's budget (batch_tokens / beam source tokens)
     built from length-sorted vs input-order sentences."""
@@ -262,7 +243,7 @@ def threads(model, args, src_ids, ids, device) -> dict:
             torch.set_num_threads(n)
             for kind in ("greedy", "beam"):
                 for bs, sel in ((1, small), (args.batch_size, ids)):
-                    rec, _ = measure(model, make_search(kind, args), src_ids, sel, bs, device)
+                    rec, _ = measure_search(model, make_search(kind, args), src_ids, sel, bs, device)
                     res[f"{kind} batch {bs}, {n} thread{'s' if n > 1 else ''}"] = rec
     finally:
         torch.set_num_threads(default)
@@ -296,7 +277,7 @@ def main() -> None:
         run_search(model, make_search("beam", args), src_ids, ids[:8], 8, device)  # warm-up
         res: dict = {**common.model_info(name, model), "variants": {}}
         r = args.repeats
-        base = {k: measure(model, make_search(k, args), src_ids, ids, args.batch_size, device, r) for k in BOTH}
+        base = {k: measure_search(model, make_search(k, args), src_ids, ids, args.batch_size, device, r) for k in BOTH}
         common.log(f"{name}: baseline beam {base['beam'][0]['sentences_per_s']} sent/s, "
                    f"greedy {base['greedy'][0]['sentences_per_s']}")
         for vname, (applies, what, patch, factory, kinds) in VARIANTS.items():
@@ -305,13 +286,13 @@ def main() -> None:
             entry: dict = {"technique": what}
             for kind in kinds:
                 with patch(model) if patch else contextlib.nullcontext():
-                    rec, out = measure(model, factory(kind, args), src_ids, ids, args.batch_size, device, r)
+                    rec, out = measure_search(model, factory(kind, args), src_ids, ids, args.batch_size, device, r)
                 same = sum(out[i] == base[kind][1][i] for i in ids)
                 entry[kind] = {"alternative": rec, "same_output": f"{same}/{len(ids)}"}
                 common.log(f"{name}: {vname}, alternative, {kind}: {rec['sentences_per_s']} sent/s, same {same}/{len(ids)}")
             res["variants"][vname] = entry
         for kind in BOTH:  # the baseline again: the faster of the two
-            again = measure(model, make_search(kind, args), src_ids, ids, args.batch_size, device, r)
+            again = measure_search(model, make_search(kind, args), src_ids, ids, args.batch_size, device, r)
             if again[0]["seconds"] < base[kind][0]["seconds"]:
                 base[kind] = again
         for entry in res["variants"].values():

@@ -206,6 +206,7 @@ FAILURES: dict[str, Failure] = {
     "n-best-greedy": Failure("translate -m {run} --greedy --n-best 2", ("--n-best", "--greedy")),
     "two-searches": Failure("translate -m {run} --greedy --beam 4", ("choose one of",)),
     "device-cuda": Failure("translate -m {run} --device cuda -i {short}", ("cuda", "not available")),
+    "int8-cuda": Failure("translate -m {run} --int8 --device cuda -i {short}", ("--int8", "CPU only")),
     "device-unknown": Failure("translate -m {run} --device tpu", ("unknown device 'tpu'",)),
     # --- checkpoints that do not fit -----------------------------------------------------------
     "checkpoint-missing": Failure("translate -m {run} --checkpoint {ws}/nope.safetensors", ("nope.safetensors", "no such checkpoint")),
@@ -395,6 +396,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     j.mt("stdin", "translate -m {run}", stdin=INPUT_BYTES)
     j.mt("json", "translate -m {run} -i {input} --json --device cpu")
     j.mt("batch-tokens", "translate -m {run} -i {input} --batch-tokens 12")
+    j.mt("int8", "translate -m {run} -i {input} --json --int8")
     j.mt("n-best", "translate -m {run} -i {short} --beam 3 --n-best 3 --device auto")
     j.mt("n-best-json", "translate -m {run} -i {short} --n-best 2 --json")
     j.mt("scores", "translate -m {run} -i {short} --scores")
@@ -635,6 +637,22 @@ def test_translate_small_batches_keep_order(jobs: Jobs) -> None:
     # one sentence per batch (no padding) gives the same words as the default batches, but for the
     # rounding noise of an untrained model: demand most lines to agree exactly
     assert sum(a == b for a, b in zip(small, out)) >= N_INPUT - 2, (small, out)
+
+
+def test_translate_int8(jobs: Jobs) -> None:
+    r = jobs.result("int8")
+    rows = [json.loads(line) for line in _lines(r)]
+    assert [row["id"] for row in rows] == list(range(N_INPUT))
+    # the long-line warning and nothing else (no deprecation notices from torch's quantized types)
+    assert len(r.stderr_lines) == 1 and "pieces" in r.stderr_lines[0], r.explain()
+    full = [json.loads(line) for line in _lines(jobs.result("json"))]
+    for i, line in enumerate(INPUT_LINES):
+        assert bool(rows[i]["translation"]) == bool(full[i]["translation"]), f"line {i + 1}"
+    # int8 weights are not float32: the scores move, but little, and most translations stay the same
+    same = [i for i in range(N_INPUT) if rows[i]["translation"] == full[i]["translation"] and full[i]["translation"]]
+    assert len(same) >= 4, (rows, full)
+    drift = [abs(rows[i]["score"] - full[i]["score"]) / max(abs(full[i]["score"]), 1e-6) for i in same]
+    assert max(drift) < 0.1 and any(d > 0 for d in drift), drift
 
 
 def test_translate_n_best_moses_format(jobs: Jobs) -> None:
