@@ -22,7 +22,8 @@ from translate_speed import make_search, measure_search, run_search, spread  # n
 
 from mt.config import DecodeConfig  # noqa: E402
 from mt.data import read_lines, source_tensor, token_batches  # noqa: E402
-from mt.models.transformer import Transformer  # noqa: E402
+from mt.models.transformer import KVCache, Transformer  # noqa: E402
+from mt.quantize import quantize_int8  # noqa: E402
 from mt.search import BeamSearch, Search  # noqa: E402
 
 
@@ -36,6 +37,7 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=None, help="runs per measurement, fastest kept (default 2; quick 1)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="token budget of the sorted/unsorted comparison (default: the decode default)")
+    p.add_argument("--int8", action="store_true", help="int8 weights (mt.quantize.quantize_int8); CPU only")
     args = p.parse_args()
     args.batch_size = args.batch_size or (8 if args.quick else 64)
     args.sentences = args.sentences or (16 if args.quick else 128)
@@ -72,6 +74,16 @@ class PreallocatedKVCache:
             torch.index_select(self.k[:, :, :n], 0, index, out=out.k[:, :, :n])
             torch.index_select(self.v[:, :, :n], 0, index, out=out.v[:, :, :n])
         return out
+
+
+class EagerKVCache(KVCache):
+    """The alternative to the fused reorder: every row selection copies the cache at once
+    (index_select), and the next append copies it again (cat)."""
+
+    def index_select(self, dim, index):
+        if self.k is None:
+            return EagerKVCache()
+        return EagerKVCache(self.k.index_select(0, index), self.v.index_select(0, index))
 
 
 class LoopTopk(BeamSearch):
@@ -118,6 +130,18 @@ def preallocated_cache(model):
         shape = (enc.memory.size(0), cfg.heads, max_len, cfg.d_model // cfg.heads)
         for key in state.dynamic:
             state.dynamic[key] = PreallocatedKVCache(enc.memory.new_empty(shape), enc.memory.new_empty(shape))
+        return state
+
+    return patched(type(model), "init_state", init_state)
+
+
+def eager_reorder(model):
+    orig = type(model).init_state
+
+    def init_state(self, enc, max_len, need_attention=False):
+        state = orig(self, enc, max_len, need_attention)
+        for key in state.dynamic:
+            state.dynamic[key] = EagerKVCache()
         return state
 
     return patched(type(model), "init_state", init_state)
@@ -177,6 +201,10 @@ VARIANTS: dict[str, tuple[str, str, Callable | None, Callable, tuple[str, ...]]]
     "kv_cache_by_concatenation": (
         "transformer", "KV cache grown by torch.cat (alternative: a preallocated max_len buffer written in place)",
         preallocated_cache, make_search, BOTH),
+    "kv_reorder_fused": (
+        "transformer", "a beam reorder of the KV cache gathered into the next append's buffer (alternative: "
+        "index_select at the reorder, then cat at the append)",
+        eager_reorder, make_search, BEAM),
     "encoder_once": (
         "all", "source encoded once and expanded to beams (alternative: source repeated and encoded per beam)",
         None, lambda kind, a: as_class(EncodePerBeam, make_search(kind, a)), BEAM),
@@ -253,6 +281,8 @@ def threads(model, args, src_ids, ids, device) -> dict:
 def main() -> None:
     args = parse_args()
     device = common.setup(args)
+    if args.int8 and device.type != "cpu":
+        raise SystemExit("error: --int8 runs on the CPU only (use --device cpu)")
     doc: dict = {"benchmark": "decode_ablations", "environment": common.environment(device)}
     common.warn_if_loaded(device)
     vocab = common.joint_vocab(args)
@@ -269,13 +299,17 @@ def main() -> None:
                   "seconds (> 1: the technique beats the alternative); baseline measured before and after the variants, the "
                   "faster kept",
         "repeats": args.repeats,
+        "weights": "int8 (mt.quantize.quantize_int8)" if args.int8 else "float32",
     }
     doc["models"] = {}
     for name in common.models_arg(args):
         model = common.make_model(name, len(vocab), args.seed, device).eval()
+        info = common.model_info(name, model)
+        if args.int8:
+            quantize_int8(model)
         is_transformer = isinstance(model, Transformer)
         run_search(model, make_search("beam", args), src_ids, ids[:8], 8, device)  # warm-up
-        res: dict = {**common.model_info(name, model), "variants": {}}
+        res: dict = {**info, "variants": {}}
         r = args.repeats
         base = {k: measure_search(model, make_search(k, args), src_ids, ids, args.batch_size, device, r) for k in BOTH}
         common.log(f"{name}: baseline beam {base['beam'][0]['sentences_per_s']} sent/s, "

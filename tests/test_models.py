@@ -203,7 +203,8 @@ def test_expand_and_in_place_selects_equal_copies(name: str, need_attention: boo
 
 @torch.no_grad()
 def test_kv_cache_appends_and_selects() -> None:
-    """The cache grows by one position per append; index_select copies rows and leaves the original."""
+    """The cache grows by one position per append; a row selection (composed with the ones before
+    it) shows in the next append's result and leaves the original cache as it was."""
     from mt.models.transformer import KVCache
 
     cache = KVCache()
@@ -214,10 +215,19 @@ def test_kv_cache_appends_and_selects() -> None:
         assert k.shape == (4, 2, t + 1, 3) and cache.length == t + 1
     torch.testing.assert_close(cache.k, torch.cat(list(ks), dim=2), atol=0, rtol=0)
     before = cache.k.clone()
+    new = torch.randn(3, 2, 1, 3)
     copy = cache.index_select(0, torch.tensor([3, 3, 0]))
-    torch.testing.assert_close(copy.k, before[[3, 3, 0]], atol=0, rtol=0)
-    torch.testing.assert_close(copy.v, 2 * before[[3, 3, 0]], atol=0, rtol=0)
+    assert copy.length == 3
+    k, v = copy.append(new, 2 * new)
+    torch.testing.assert_close(k, torch.cat([before[[3, 3, 0]], new], dim=2), atol=0, rtol=0)
+    torch.testing.assert_close(v, 2 * torch.cat([before[[3, 3, 0]], new], dim=2), atol=0, rtol=0)
+    # two selections before an append compose: [2, 0] of [1, 3, 0, 2] is [0, 1]
+    twice = cache.index_select(0, torch.tensor([1, 3, 0, 2])).index_select(0, torch.tensor([2, 0]))
+    k, _ = twice.append(new[:2], new[:2])
+    torch.testing.assert_close(k, torch.cat([before[[0, 1]], new[:2]], dim=2), atol=0, rtol=0)
     torch.testing.assert_close(cache.k, before, atol=0, rtol=0)  # unchanged
+    k, _ = cache.append(new[:1].expand(4, -1, -1, -1), new[:1].expand(4, -1, -1, -1))
+    torch.testing.assert_close(k[:, :, :3], before, atol=0, rtol=0)
 
 
 def test_decoding_with_autograd_reorders_and_backpropagates() -> None:
