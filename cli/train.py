@@ -63,14 +63,14 @@ def train(
 
     try:
         Trainer(cfg, target).train()
-    except MTError:
+    except BaseException:  # bad input, a crash, Ctrl-C while reading data or training the vocabulary
         if (created or was_empty) and rank0:
             _forget_failed_start(target, created)
         raise
 
 
 def _forget_failed_start(run_dir: Path, created: bool) -> None:
-    """A run that failed on its input before training started (missing corpus, bad line counts...)
+    """A run that failed before training started (missing corpus, bad line counts, an interrupt...)
     leaves nothing behind, so that the same command works once the input is fixed. A run that got
     as far as logging or saving is kept: `mt train --resume` continues it."""
     import shutil

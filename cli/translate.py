@@ -6,7 +6,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Optional
@@ -15,6 +14,7 @@ import typer
 
 from mt import MTError
 from mt.config import is_run_dir
+from mt.files import temp_file
 
 EPILOG = """\b
 Examples:
@@ -30,29 +30,42 @@ Examples:
 
 class Output:
     """stdout, or a file written under a temporary name and renamed on success only, so a failed
-    run never leaves a half-written output file (nor destroys an existing one)."""
+    run never leaves a half-written output file (nor destroys an existing one). A symbolic link is
+    followed (its target is replaced, the link stays); a path that is not a regular file (/dev/null,
+    a named pipe, /dev/stdout) is written to directly."""
 
     def __init__(self, path: Optional[Path]) -> None:
         self.path = path
         self.tmp: Optional[Path] = None
+        self.direct = False  # written in place (a device or a pipe), closed at the end
         if path is None:
+            # input is read as UTF-8 whatever the locale says; the output is written the same way
+            if hasattr(sys.stdout, "reconfigure") and (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+                sys.stdout.reconfigure(encoding="utf-8")
             self.stream: IO[str] = sys.stdout
             return
         if path.is_dir():
             raise MTError(f"{path}: is a directory")
+        if path.exists() and not path.resolve().is_file():  # a device, a pipe: no rename over it
+            try:
+                self.stream = open(path, "w", encoding="utf-8", newline="\n")
+            except OSError as e:
+                raise MTError(f"{path}: cannot write ({e.strerror})") from None
+            self.direct = True
+            return
+        self.path = path = path.resolve() if path.is_symlink() else path
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise MTError(f"{parent}: no such directory for the output file")
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+            fd, self.tmp = temp_file(path)
         except OSError as e:
             raise MTError(f"{path}: cannot write ({e.strerror})") from None
-        self.tmp = Path(name)
         self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
 
     def write(self, text: str) -> None:
         self.stream.write(text)
-        if self.path is None:
+        if self.tmp is None:
             self.stream.flush()  # output appears as it goes
 
     def commit(self) -> None:
@@ -60,12 +73,19 @@ class Output:
             self.stream.close()
             os.replace(self.tmp, self.path)
             self.tmp = None
+        elif self.direct:
+            self.stream.close()
 
     def abort(self) -> None:
         if self.tmp is not None:
             self.stream.close()
             self.tmp.unlink(missing_ok=True)
             self.tmp = None
+        elif self.direct:
+            try:
+                self.stream.close()
+            except OSError:  # a reader that went away (a closed pipe)
+                pass
 
 
 #: characters that a line-based reader (Python's str.splitlines included) takes as a line end: a
@@ -233,6 +253,11 @@ def _check_output_path(path: Optional[Path]) -> None:
         return
     if path.is_dir():
         raise MTError(f"{path}: is a directory")
+    if path.exists() and not path.resolve().is_file():  # a device or a pipe, written in place
+        if not os.access(path, os.W_OK):
+            raise MTError(f"{path}: cannot write (permission denied)")
+        return
+    path = path.resolve() if path.is_symlink() else path
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise MTError(f"{parent}: no such directory for the output file")

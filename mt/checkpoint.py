@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from mt import MTError
+from mt.files import temp_dir, temp_file
 from mt.config import is_run_dir  # noqa: F401 - re-exported: the run-directory test lives with the config
 
 CHECKPOINTS = "checkpoints"
@@ -58,9 +58,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) for a temporary file beside `path`, fsync it, rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -177,7 +176,7 @@ def write_checkpoint(
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=root))
+    tmp = temp_dir(root, prefix=f".step_{step:08d}.")
     try:
         save_model(unwrap(model), str(tmp / "model.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -235,9 +234,13 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file (meta.json, ...); anything else is a clear error."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MTError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MTError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MTError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -52,6 +52,11 @@ class DataConfig:
             raise MTError(f"data.max_len must be >= 1, got {self.max_len}")
         if self.corpus == "files" and not (self.train_src and self.train_tgt):
             raise MTError("data.corpus=files needs data.train_src and data.train_tgt")
+        for split in ("train", "valid", "test"):
+            src, tgt = getattr(self, f"{split}_src"), getattr(self, f"{split}_tgt")
+            if bool(src) != bool(tgt):
+                given, missing = (f"{split}_src", f"{split}_tgt") if src else (f"{split}_tgt", f"{split}_src")
+                raise MTError(f"data.{given} is set but data.{missing} is not: a parallel corpus needs both sides")
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,9 @@ class DecodeConfig:
             raise MTError(f"n-best ({self.n_best}) cannot exceed the beam size ({self.beam})")
         if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
             raise MTError("max_len_a, max_len_b and min_len must not be negative")
+        if self.alpha < 0:  # a penalty that shrinks with length: longer would always win, and beam
+            # search's exact stopping rule (early_stop: false) assumes the opposite
+            raise MTError(f"decode.alpha must not be negative, got {self.alpha}")
         if self.batch_tokens < 1:
             raise MTError(f"batch tokens must be >= 1, got {self.batch_tokens}")
         if self.temperature <= 0:
@@ -302,6 +310,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _build_model(data: Any, where: str) -> ModelConfig:
+    if data is not None and not isinstance(data, dict):
+        raise MTError(f"{where}: expected a mapping (arch: transformer or rnn, and its sizes), got {data!r}")
     data = dict(data or {})
     arch = data.get("arch", "transformer")
     if arch == "transformer":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Sequence
@@ -15,8 +16,9 @@ from mt import MTError
 from mt.config import DataConfig
 from mt.models.base import BOS_ID, EOS_ID, PAD_ID
 
-#: a line longer than this (in characters) is refused when reading training data
-MAX_LINE_CHARS = 1_000_000
+#: a line longer than this (in bytes, line end included) is refused by every reader: a file without
+#: line ends would otherwise be read into memory whole before anything could be said about it
+MAX_LINE_BYTES = 4 * 1024 * 1024
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,11 +57,17 @@ def decode_line(raw: bytes, name: str, lineno: int) -> str:
     return text
 
 
-def iter_lines(stream: IO[bytes], name: str) -> Iterator[str]:
+def iter_lines(stream: IO[bytes], name: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """Decoded lines of a binary stream; a line over max_bytes is an error, found after reading
+    max_bytes of it (not the whole line)."""
+    lineno = 0
     try:
-        for lineno, raw in enumerate(stream, 1):
+        while raw := stream.readline(max_bytes + 1):
+            lineno += 1
+            if len(raw) > max_bytes:
+                raise MTError(f"{name}:{lineno}: line longer than {max_bytes} bytes")
             yield decode_line(raw, name, lineno)
-    except (gzip.BadGzipFile, EOFError, OSError) as e:
+    except (gzip.BadGzipFile, EOFError, OSError, zlib.error) as e:
         raise MTError(f"{name}: cannot read ({e})") from None
 
 
@@ -67,11 +75,7 @@ def read_lines(path: str | Path) -> list[str]:
     """All lines of a UTF-8 text file (plain or .gz), without line ends."""
     path = Path(path)
     with open_binary(path) as f:
-        lines = list(iter_lines(f, str(path)))
-    for i, line in enumerate(lines, 1):
-        if len(line) > MAX_LINE_CHARS:
-            raise MTError(f"{path}:{i}: line of {len(line)} characters (more than {MAX_LINE_CHARS})")
-    return lines
+        return list(iter_lines(f, str(path)))
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:

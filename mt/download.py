@@ -22,7 +22,6 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import types
 import urllib.error
 import urllib.request
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from mt import MTError
+from mt.files import temp_file
 
 _CHUNK = 1 << 20
 
@@ -305,9 +305,9 @@ def _write_verified(target: Path, f: CorpusFile, write: Callable[[BinaryIO], Non
 
 
 def _temp_path(folder: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    fd, path = temp_file(folder / name, suffix=".part")
     os.close(fd)
-    return Path(path)
+    return path
 
 
 def _digest(path: Path, f: CorpusFile) -> str:

@@ -58,6 +58,9 @@ INPUT_LINES = [
     "café naïve 東京 — ünïcödé ∑",
     "clever kings see two apples, while a warm letter chases three quiet cats on the quiet house.",
     "",
+    # characters that str.splitlines() and other line-based readers take as line ends: the output
+    # line must not contain them (one line in, one line out, for every reader)
+    "the dog\u2028sees\x85the\x0cbig\x1ehouse\u2029.",
     "this house paints the garden behind the big field.",  # the file ends without a newline
 ]
 N_INPUT = len(INPUT_LINES)
@@ -168,6 +171,10 @@ FAILURES: dict[str, Failure] = {
     "train-corpus-missing": Failure("train files.yaml --run-dir r_missing --set data.train_src=nope.src",
                                     ("nope.src", "no such file"), only_line=False, needs_run=False,
                                     check=_absent("r_missing")),
+    "train-half-valid-pair": Failure("train files.yaml --run-dir r_half --set data.valid_src=a.src",
+                                     ("data.valid_src", "data.valid_tgt"), needs_run=False, check=_absent("r_half")),
+    "train-model-not-a-mapping": Failure("train files.yaml --run-dir r_model --set model=transformer",
+                                         ("model", "expected a mapping"), needs_run=False, check=_absent("r_model")),
     "train-no-recipe": Failure("train", ("missing RECIPE",), needs_run=False),
     "train-recipe-and-resume": Failure("train files.yaml --resume {notrun}", ("either a RECIPE or --resume",),
                                        needs_run=False),
@@ -188,6 +195,10 @@ FAILURES: dict[str, Failure] = {
                                             stdin=b"the big apple.\nthe \xc3\x28 dog\nthree men.\n"),
     "translate-gz-corrupt": Failure("translate -m {run} -i {corrupt_gz} -o {precious2}", ("corrupt.txt.gz", "cannot read"),
                                     check=_untouched("precious2")),
+    "translate-gz-corrupt-middle": Failure("translate -m {run} -i {midcorrupt_gz} -o {precious4}",
+                                           ("midcorrupt.txt.gz", "cannot read"), check=_untouched("precious4")),
+    "translate-huge-line": Failure("translate -m {run} -i {huge} -o {precious5}", ("huge.txt:2:", "line longer than"),
+                                   check=_untouched("precious5")),
     "translate-output-dir-missing": Failure("translate -m {run} -i {short} -o {ws}/nodir/out.txt",
                                             ("nodir", "no such directory")),
     "translate-output-is-dir": Failure("translate -m {run} -i {short} -o {notrun}", ("is a directory",)),
@@ -219,6 +230,7 @@ FAILURES: dict[str, Failure] = {
     "checkpoint-vocab-spm": Failure("translate -m {run_vocab_spm}", ("does not fit the model", "size mismatch")),
     "spm-garbage": Failure("translate -m {run_spm_garbage}", ("spm.model", "not a SentencePiece model")),
     "run-config-unknown-key": Failure("translate -m {run_bad_config}", ("unknown recipe key 'model.colour'",)),
+    "run-meta-not-an-object": Failure("translate -m {run_meta_list}", ("meta.json", "expected a JSON object")),
     "trainer-state-pickle": Failure("train --resume {run_pickle} --set train.max_steps=40",
                                     ("trainer_state.pt", "not a readable trainer state"), only_line=False,
                                     check=_not_unpickled),
@@ -265,6 +277,16 @@ def _write_workspace(ws: Path) -> dict[str, Path]:
     paths["corrupt_gz"] = ws / "corrupt.txt.gz"
     for i in (1, 2, 3):
         put(f"precious{i}.txt", PRECIOUS)
+    # a gzip file damaged in the middle of its data (after ~350 good lines): zlib's own error, not an OSError
+    long_gz = bytearray(gzip.compress("".join(f"line {i} of a long file\n" for i in range(20000)).encode("utf-8")))
+    long_gz[1000:1016] = b"\xff" * 16
+    put("midcorrupt.txt.gz", bytes(long_gz))
+    paths["midcorrupt_gz"] = ws / "midcorrupt.txt.gz"
+    put("huge.txt", b"a short line\n" + b"a" * (5 * 1024 * 1024) + b"\nlast\n")
+    for i in (4, 5):  # each in its own folder: the check looks for temporary files beside it
+        (ws / f"p{i}").mkdir()
+        paths[f"precious{i}"] = ws / f"p{i}" / f"precious{i}.txt"
+        paths[f"precious{i}"].write_text(PRECIOUS, encoding="utf-8")
     put("a.src", "a b\nc d\ne f\n")
     put("a.tgt", "x\ny\n")
     put("empty.src", "")
@@ -280,7 +302,7 @@ def _write_workspace(ws: Path) -> dict[str, Path]:
     unreadable.chmod(0)
     (ws / "notrun").mkdir()
     paths["notrun"] = ws / "notrun"
-    for name in ("r_unknown", "r_set", "r_cuda", "r_count", "r_empty", "r_utf8", "r_missing"):
+    for name in ("r_unknown", "r_set", "r_cuda", "r_count", "r_empty", "r_utf8", "r_missing", "r_half", "r_model"):
         paths[name] = ws / name
     paths["pwned"] = ws / "PWNED"
     return paths
@@ -345,6 +367,7 @@ def _make_run_copies(run: Path, ws: Path, paths: dict[str, Path]) -> None:
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta.update(src_vocab_size=999, tgt_vocab_size=999)
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    (copy("run_meta_list") / "meta.json").write_text("[]\n", encoding="utf-8")
     other = copy("run_vocab_spm")
     (other / "meta.json").unlink()  # without meta.json the weights themselves must refuse the vocabulary
     _other_spm(other / "spm.model", [line for line in INPUT_LINES + SHORT_LINES + REFERENCES if line.strip()] * 20)
@@ -588,7 +611,9 @@ def test_tiny_run_directory(tiny_run: Path) -> None:
 def _lines(r: Result) -> list[str]:
     assert r.returncode == 0, r.explain()
     assert r.stdout.endswith("\n") and "\r" not in r.stdout, r.explain()
-    return r.stdout[:-1].split("\n")
+    lines = r.stdout[:-1].split("\n")
+    assert r.stdout.splitlines() == lines, "an output line holds a character that splitlines() breaks at"
+    return lines
 
 
 def test_translate_file_to_file(jobs: Jobs) -> None:
@@ -598,6 +623,7 @@ def test_translate_file_to_file(jobs: Jobs) -> None:
     assert raw.endswith(b"\n") and b"\r" not in raw
     out = raw.decode("utf-8")[:-1].split("\n")
     assert len(out) == N_INPUT, out
+    assert raw.decode("utf-8").splitlines() == out, "an output line holds a Unicode line break"
     for i, line in enumerate(INPUT_LINES):
         if not line.strip():
             assert out[i] == "", f"line {i + 1}: an empty line must give an empty line"

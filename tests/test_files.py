@@ -1,0 +1,133 @@
+"""mt.files: temporary files and folders renamed into place keep the permissions a plain open() or
+mkdir() would give; cli.translate.Output writes UTF-8 and never renames over what is not a file."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from mt.cli.translate import Output, _check_output_path
+from mt import MTError
+from mt.files import file_mode, temp_dir, temp_file
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_temp_file_follows_the_umask(tmp_path: Path, umask_027: int) -> None:
+    fd, tmp = temp_file(tmp_path / "out.txt")
+    os.close(fd)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".out.txt.")
+    assert _mode(tmp) == 0o640  # 0o666 & ~0o027; tempfile alone gives 0o600
+    d = temp_dir(tmp_path, ".step_1.")
+    assert _mode(d) == 0o750  # mkdir's 0o777 & ~0o027; tempfile alone gives 0o700
+
+
+def test_temp_file_takes_the_mode_of_the_file_it_replaces(tmp_path: Path, umask_027: int) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old\n")
+    target.chmod(0o604)
+    assert file_mode(target) == 0o604
+    fd, tmp = temp_file(target)
+    os.close(fd)
+    assert _mode(tmp) == 0o604
+
+
+def test_output_file_replaced_keeps_its_mode(tmp_path: Path, umask_027: int) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    out = Output(target)
+    out.write("new\n")
+    out.commit()
+    assert target.read_text() == "new\n" and _mode(target) == 0o644
+    fresh = tmp_path / "fresh.txt"
+    out = Output(fresh)
+    out.write("x\n")
+    out.commit()
+    assert _mode(fresh) == 0o640
+
+
+def test_output_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path: Path) -> None:
+    target = tmp_path / "real.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    _check_output_path(link)
+    out = Output(link)
+    out.write("new\n")
+    out.commit()
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "real.txt"]
+
+
+def test_output_to_a_named_pipe_writes_into_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    _check_output_path(fifo)
+    out = Output(fifo)
+    out.write("one\n")
+    out.write("two\n")
+    out.commit()
+    reader.join(10)
+    assert got == [b"one\ntwo\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the pipe was replaced by a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_output_to_dev_null(tmp_path: Path) -> None:
+    if not os.path.exists(os.devnull) or not stat.S_ISCHR(os.stat(os.devnull).st_mode):
+        pytest.skip("no /dev/null character device")
+    out = Output(Path(os.devnull))
+    out.write("discarded\n")
+    out.commit()
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    out = Output(Path(os.devnull))
+    out.write("discarded\n")
+    out.abort()
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_output_failed_run_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("precious\n")
+    out = Output(target)
+    out.write("half\n")
+    out.abort()
+    assert target.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_stdout_is_utf8_whatever_the_locale(monkeypatch) -> None:
+    raw = io.BytesIO()
+    latin1 = io.TextIOWrapper(raw, encoding="latin-1", newline="\n")
+    monkeypatch.setattr(sys, "stdout", latin1)
+    out = Output(None)
+    out.write("東京 ⁇ café\n")
+    out.commit()
+    latin1.flush()
+    assert raw.getvalue().decode("utf-8") == "東京 ⁇ café\n"
+
+
+def test_output_refuses_a_directory_and_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(MTError, match="is a directory"):
+        Output(tmp_path)
+    with pytest.raises(MTError, match="no such directory"):
+        _check_output_path(tmp_path / "nope" / "out.txt")
