@@ -292,8 +292,9 @@ class Trainer:
                 continue
             group = batches[progress.position : progress.position + t.accum]
             lr = optimizer.param_groups[0]["lr"]  # the rate this update uses (logged below)
-            loss, ntok = self._update(train_model, optimizer, scaler, [batcher.collate(b) for b in group])
-            scheduler.step()
+            loss, ntok, stepped = self._update(train_model, optimizer, scaler, [batcher.collate(b) for b in group])
+            if stepped:  # fp16: an update skipped for inf/nan gradients does not advance the schedule
+                scheduler.step()
             progress.position += len(group)
             progress.step += 1
             progress.tokens += ntok
@@ -304,7 +305,7 @@ class Trainer:
                 record = {
                     "step": progress.step,
                     "epoch": progress.epoch,
-                    "loss": loss_sum / max(loss_tokens, 1),
+                    "loss": float(loss_sum) / max(loss_tokens, 1),
                     "lr": lr,
                     "tokens_per_s": window_tokens * self.world / max(elapsed, 1e-9),
                 }
@@ -340,13 +341,19 @@ class Trainer:
                 return stop
         return "max_minutes" if out_of_time else None
 
-    def _update(self, model, optimizer, scaler, batches) -> tuple[float, int]:
-        """One optimizer step over `batches` (gradient accumulation); returns (loss sum, tokens)."""
+    def _update(self, model, optimizer, scaler, batches) -> tuple[torch.Tensor, int, bool]:
+        """One optimizer step over `batches` (gradient accumulation); returns (loss sum as a tensor
+        on the device, read only when logged: no sync per step; tokens; whether the optimizer
+        stepped, False when fp16 loss scaling skipped the update)."""
         t = self.cfg.train
         model.train()
         total_tokens = sum(b.ntokens for b in batches)
+        # the loss is a sum over tokens divided by the tokens of the whole update; under DDP that is
+        # the tokens of all replicas, times the replicas (DDP averages the gradients), so that every
+        # token weighs the same whatever replica it was on
+        denom = _global_tokens(total_tokens, self.world, self.device) / self.world if self.world > 1 else total_tokens
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
             sync = i == len(batches) - 1 or self.world == 1
@@ -355,15 +362,17 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                     logits = model(batch.src, batch.src_lengths, batch.tgt_in)
                 loss = label_smoothed_loss(logits, batch.tgt_out, t.label_smoothing)
-                scaler.scale(loss / total_tokens).backward()
-            loss_sum += float(loss.detach())
+                scaler.scale(loss / denom).backward()
+            loss_sum += loss.detach().float()
         if t.clip_norm > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
+        scale = scaler.get_scale() if scaler.is_enabled() else None
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return loss_sum, total_tokens
+        stepped = scale is None or scaler.get_scale() >= scale  # the scale drops exactly when a step is skipped
+        return loss_sum, total_tokens, stepped
 
     # -- validation and checkpoints -----------------------------------------------------------
     def _validate_and_save(self, progress, optimizer, scheduler, plateau, scaler, force_save=False) -> str | None:
@@ -380,7 +389,9 @@ class Trainer:
             score = result[t.metric]
             if plateau is not None:
                 plateau.step(score)
-            improved = better(t.metric, score, progress.best_score)
+            # (the second clause: the replay of the best validation after a resume, see _restore)
+            improved = better(t.metric, score, progress.best_score) or (
+                progress.step == progress.best_step and score == progress.best_score)
             if improved:
                 progress.best_score, progress.best_step, progress.bad_validations = score, progress.step, 0
                 save_weights(self.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
@@ -399,10 +410,13 @@ class Trainer:
             self._write_meta(progress, None)
         if plateau is not None:
             _sync_lr(optimizer, self.world, self.device)  # rank 0 stepped the plateau scheduler
+        # only rank 0 validates: every rank learns its decision before choosing to save, so that all
+        # of them take the same path (and meet in the same collective calls) afterwards
+        stop = _agree_reason(stop, self.world, self.device)
         if progress.step % self._save_every() == 0 or force_save or stop:
             self._checkpoint(progress, optimizer, scheduler, plateau, scaler)
             self.last_saved = progress.step
-        return _agree_reason(stop, self.world, self.device)
+        return stop
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
@@ -469,6 +483,14 @@ class Trainer:
             progress = Progress(**state["progress"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise MTError(f"{ckpt}: trainer state does not fit this run ({e})") from None
+        # model.safetensors may hold a better model than the checkpoint knows of (a validation that
+        # improved after the last checkpoint, then a crash): that best score stands, so that a worse
+        # model never replaces it
+        meta_path = self.run_dir / "meta.json"
+        meta = read_json(meta_path) if meta_path.is_file() else {}
+        if (meta.get("metric") == self.cfg.train.metric and isinstance(meta.get("best_score"), (int, float))
+                and isinstance(meta.get("best_step"), int) and meta["best_step"] > progress.step):
+            progress.best_score, progress.best_step = float(meta["best_score"]), meta["best_step"]
         self.log.info(f"resumed from {ckpt.name} (step {progress.step}, epoch {progress.epoch})")
         return progress
 
@@ -569,6 +591,13 @@ def _sync_lr(optimizer: torch.optim.Optimizer, world: int, device: torch.device)
     dist.broadcast(lrs, 0)
     for g, lr in zip(optimizer.param_groups, lrs.tolist()):
         g["lr"] = lr
+
+
+def _global_tokens(tokens: int, world: int, device: torch.device) -> float:
+    """Target tokens of this update summed over all replicas."""
+    t = torch.tensor([float(tokens)], device=device)
+    dist.all_reduce(t)
+    return float(t)
 
 
 def _agree_reason(reason: str | None, world: int, device: torch.device) -> str | None:

@@ -240,10 +240,10 @@ def test_gradient_accumulation_equals_one_update_on_the_union(tmp_path: Path) ->
     for make_opt, atol in [(lambda m: torch.optim.SGD(m.parameters(), lr=0.5), 1e-6),
                            (lambda m: build_optimizer(m, trainer.cfg, torch.device("cpu")), 1e-6)]:
         accum, whole = copy.deepcopy(model), copy.deepcopy(model)
-        loss_a, tok_a = trainer._update(accum, make_opt(accum), scaler, [first, second])
-        loss_w, tok_w = trainer._update(whole, make_opt(whole), scaler, [union])
-        assert tok_a == tok_w == union.ntokens
-        assert loss_a == pytest.approx(loss_w, rel=1e-5)
+        loss_a, tok_a, stepped_a = trainer._update(accum, make_opt(accum), scaler, [first, second])
+        loss_w, tok_w, stepped_w = trainer._update(whole, make_opt(whole), scaler, [union])
+        assert tok_a == tok_w == union.ntokens and stepped_a and stepped_w
+        assert float(loss_a) == pytest.approx(float(loss_w), rel=1e-5)
         moved = False
         for p0, pa, pw in zip(start, accum.parameters(), whole.parameters()):
             torch.testing.assert_close(pa.detach(), pw.detach(), rtol=0, atol=atol)
@@ -409,6 +409,53 @@ def test_last_step_is_validated_once(tmp_path: Path, monkeypatch) -> None:
     assert summary["stop"] == "max_steps" and summary["step"] == 8
     assert [(r["step"], r["best"]) for r in records(run) if "valid" in r] == [(4, True), (8, False)]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+
+
+def test_resume_keeps_a_best_model_newer_than_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """A validation improved after the last checkpoint, then the run died: after the resume, a
+    validation worse than that best must not replace model.safetensors."""
+    _scripted(monkeypatch, "bleu", [10, 12, 20])
+    run = tmp_path / "run"
+    train_here(run, train={"valid_every": 2, "save_every": 4, "max_steps": 6, "keep_last": 10})
+    best = weights(run / "model.safetensors")
+    # the state of a run killed between step 6's validation and its checkpoint
+    shutil.rmtree(run / "checkpoints" / "step_00000006")
+    (run / "checkpoints" / "latest").write_text("step_00000004\n")
+    assert json.loads((run / "meta.json").read_text())["best_step"] == 6
+    _scripted(monkeypatch, "bleu", [15, 20, 21])  # replayed step 6 scores 15 this time
+    summary = train_here(run, resume=True, train={"valid_every": 2, "save_every": 4, "max_steps": 6,
+                                                  "keep_last": 10})
+    assert (summary["best_step"], summary["best_score"]) == (6, 20)
+    after = weights(run / "model.safetensors")
+    assert all(torch.equal(best[k], after[k]) for k in best)
+    meta = json.loads((run / "meta.json").read_text())
+    assert (meta["best_step"], meta["best_score"]) == (6, 20)
+    # the replay of the best validation with the same score counts as that best (not as a bad one)
+    run2 = tmp_path / "run2"
+    _scripted(monkeypatch, "bleu", [10, 12, 20])
+    train_here(run2, train={"valid_every": 2, "save_every": 4, "max_steps": 6, "keep_last": 10})
+    shutil.rmtree(run2 / "checkpoints" / "step_00000006")
+    (run2 / "checkpoints" / "latest").write_text("step_00000004\n")
+    _scripted(monkeypatch, "bleu", [20])
+    train_here(run2, resume=True, train={"valid_every": 2, "save_every": 4, "max_steps": 6, "keep_last": 10})
+    assert [(r["step"], r["best"]) for r in records(run2) if "valid" in r] == [(2, True), (4, True), (6, True)]
+
+
+def test_skipped_fp16_update_does_not_advance_the_schedule(tmp_path: Path) -> None:
+    trainer, model, src, tgt, _ = _update_setup(tmp_path)
+    batch = collate(src, tgt)
+    start = _params(model)
+    # an fp16 overflow: one gradient turns inf, GradScaler skips the update and lowers its scale
+    overflow = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    hook = next(model.parameters()).register_hook(lambda g: g * float("inf"))
+    loss, ntok, stepped = trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), overflow, [batch])
+    hook.remove()
+    assert not stepped and overflow.get_scale() < 1024.0
+    assert all(torch.equal(p0, p.detach()) for p0, p in zip(start, model.parameters()))
+    assert math.isfinite(float(loss)) and ntok == batch.ntokens
+    fine = torch.amp.GradScaler("cpu", init_scale=1.0)
+    _, _, stepped = trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), fine, [batch])
+    assert stepped and not all(torch.equal(p0, p.detach()) for p0, p in zip(start, model.parameters()))
 
 
 def test_sentences_longer_than_the_model_positions(tmp_path: Path) -> None:
@@ -666,8 +713,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
-    rec = recipe(train={"accum": 2, "max_steps": 8, "valid_every": 4, "save_every": 4, "log_every": 2})
+def _ddp_train(tmp_path: Path, rec: dict, timeout: float = 300) -> tuple[Path, str]:
+    """`mt train` under torchrun, two CPU processes (gloo); returns the run folder and the log."""
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(rec))
     (tmp_path / "launch.py").write_text(AUDIT_LAUNCHER)
     run = tmp_path / "run"
@@ -676,8 +723,18 @@ def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
     log = tmp_path / "ddp.log"
     proc = _start(["recipe.yaml", "--run-dir", str(run)], log, cmd=cmd, MT_DIST_BACKEND="gloo",
                   AUDIT_DIR=str(tmp_path), GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    _finish(proc, log)
-    text = log.read_text()
+    try:
+        _finish(proc, log, timeout)
+    finally:
+        if proc.poll() is None:  # a hang: the ranks disagree on the collective calls
+            proc.kill()
+            proc.wait()
+    return run, log.read_text()
+
+
+def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
+    rec = recipe(train={"accum": 2, "max_steps": 8, "valid_every": 4, "save_every": 4, "log_every": 2})
+    run, text = _ddp_train(tmp_path, rec)
     assert text.count("done at step 8") == 1, text[-3000:]  # only rank 0 speaks
     recs = records(run)
     final = recs[-1]
@@ -691,3 +748,17 @@ def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0, "the audit hook saw no writes on rank 0: the check itself is broken"
     assert rank1 == [], f"rank 1 wrote into the run directory: {rank1[:5]}"
+
+
+def test_ddp_early_stop_on_a_step_without_checkpoint(tmp_path: Path) -> None:
+    """Only rank 0 validates; when it stops early on a step that is no save step, every rank must
+    still take the same way out (a checkpoint, then the replica check) instead of hanging."""
+    # a learning rate too small to change the output: the second validation does not improve
+    rec = recipe(train={"max_steps": 40, "valid_every": 2, "save_every": 3, "log_every": 2, "patience": 1,
+                        "lr": 1e-12, "schedule": "constant", "warmup": 0})
+    run, text = _ddp_train(tmp_path, rec, timeout=240)
+    assert text.count("done at step 4 (early_stop)") == 1, text[-3000:]
+    assert [(r["step"], r["best"]) for r in records(run) if "valid" in r] == [(2, True), (4, False)]
+    final = records(run)[-1]
+    assert final["replicas"] == 2 and final["replicas_identical"] is True
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
