@@ -87,14 +87,17 @@ class Search:
     ) -> list[list[Hypothesis]]:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _mask_scores(self, lp: Tensor, step: int, max_lens: Tensor, model: Seq2Seq) -> Tensor:
+    def _mask_scores(self, lp: Tensor, step: int, max_lens: Tensor, model: Seq2Seq, first_limit: int) -> Tensor:
         """Never pad or bos; no eos before min_len; only eos once a row reaches its max length
-        (max_lens is per row)."""
+        (max_lens is per row). No row reaches its limit before step `first_limit` (the smallest
+        limit of the batch): until then the rows are not looked at (a device sync on CUDA)."""
         eos = model.eos_id
         lp[:, model.pad_id] = NEG_INF
         lp[:, model.bos_id] = NEG_INF
         if step < self.min_len:
             lp[:, eos] = NEG_INF
+        if step < first_limit:
+            return lp
         at_max = max_lens <= step
         if bool(at_max.any()):
             eos_lp = lp[:, eos].clone()
@@ -125,11 +128,12 @@ class _RowSearch(Search):
         scores = torch.zeros(b * n, device=device)
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
+        src_len, first_limit = src_lengths.tolist(), int(max_lens.min())
         alive = torch.ones(b * n, dtype=torch.bool, device=device)  # only with drop_finished=False
         step = 0
         while rows.numel():
             lp, attn = model.decode_step(prev, state)
-            lp = self._mask_scores(lp, step, row_max, model)
+            lp = self._mask_scores(lp, step, row_max, model, first_limit)
             tok = self._choose(lp)
             scores = scores + lp.gather(1, tok[:, None])[:, 0]
             seqs = torch.cat([seqs, tok[:, None]], dim=1)
@@ -141,17 +145,13 @@ class _RowSearch(Search):
                 alive &= ~finished
             any_finished = bool(finished.any())
             if any_finished:
-                for i in finished.nonzero()[:, 0].tolist():
-                    sent = int(rows[i]) // n
-                    raw = float(scores[i])
-                    done[sent].append(
-                        Hypothesis(
-                            seqs[i, :-1].tolist(),
-                            raw,
-                            raw,
-                            self._attention(attn_rows[i] if attn_rows is not None else None, int(src_lengths[sent])),
-                        )
-                    )
+                idx = finished.nonzero()[:, 0]
+                # one transfer per tensor, not one per hypothesis (each is a device sync on CUDA)
+                for k, (row, raw, tokens) in enumerate(zip(rows[idx].tolist(), scores[idx].tolist(),
+                                                           seqs[idx, :-1].tolist())):
+                    sent = row // n
+                    attention = self._attention(attn_rows[idx[k]] if attn_rows is not None else None, src_len[sent])
+                    done[sent].append(Hypothesis(tokens, raw, raw, attention))
             if any_finished and self.drop_finished:
                 keep = (~finished).nonzero()[:, 0]
                 rows, row_max, tok, seqs, scores = rows[keep], row_max[keep], tok[keep], seqs[keep], scores[keep]
@@ -233,12 +233,13 @@ class BeamSearch(Search):
         seqs = torch.empty((b, 0), dtype=torch.long, device=device)
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
+        src_len, first_limit = src_lengths.tolist(), int(max_lens.min())
         step = 0
         while sent_ids.numel():
             nb = sent_ids.numel()
             lp, attn = model.decode_step(prev, state)  # [nb * width, V]
             vocab = lp.size(-1)
-            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(width), model)
+            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(width), model, first_limit)
             if attn is not None and self.return_attention:
                 attn_all = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
             else:
@@ -257,7 +258,7 @@ class BeamSearch(Search):
             ends = is_eos & torch.isfinite(top_scores)
             ends[:, k:] = False
             if bool(ends.any()):
-                self._collect(ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, width, done)
+                self._collect(ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_len, step, width, done)
                 n_done = n_done + ends.sum(dim=1)
 
             # the best k candidates that do not end continue
@@ -294,14 +295,16 @@ class BeamSearch(Search):
         """The n best of each sentence's beam x vocab candidates, one topk on the flat tensor."""
         return cand.topk(n, dim=1)
 
-    def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_lengths, step, width, done) -> None:
+    def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_len, step, width, done) -> None:
+        """The hypotheses that end at this step, into `done` (per original sentence)."""
         length_norm = float(self.lp(float(step + 1)))
-        for i, j in ends.nonzero().tolist():
-            row = i * width + int(top_beam[i, j])
-            sent = int(sent_ids[i])
-            raw = float(top_scores[i, j])
-            attention = self._attention(attn_all[row] if attn_all is not None else None, int(src_lengths[sent]))
-            done[sent].append(Hypothesis(seqs[row].tolist(), raw / length_norm, raw, attention))
+        i, j = ends.nonzero().unbind(1)
+        rows = i * width + top_beam[i, j]
+        # one transfer per tensor, not one per hypothesis (each is a device sync on CUDA)
+        for k, (sent, raw, tokens) in enumerate(zip(sent_ids[i].tolist(), top_scores[i, j].tolist(),
+                                                    seqs[rows].tolist())):
+            attention = self._attention(attn_all[rows[k]] if attn_all is not None else None, src_len[sent])
+            done[sent].append(Hypothesis(tokens, raw / length_norm, raw, attention))
 
     def _finished(self, scores: Tensor, n_done: Tensor, sent_ids: Tensor, sent_max: Tensor, done, k: int) -> Tensor:
         """[nb] bool: sentences whose search is over."""

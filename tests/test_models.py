@@ -232,15 +232,32 @@ def test_kv_cache_appends_and_selects() -> None:
 
 def test_decoding_with_autograd_reorders_and_backpropagates() -> None:
     """Outside inference mode (e.g. a training objective over decoded steps) decoding, beam
-    reorders included, keeps the autograd graph: gradients reach the weights."""
+    reorders included, keeps the autograd graph: the gradient of a step after a reorder flows
+    through the reordered cache exactly as if the rows had been chosen before decoding."""
     model, src_v, tgt_v = make("pre-sinusoidal-untied")
     src, src_len, tgt, _ = data(src_v, tgt_v)
-    state = model.init_state(model.encode(src, src_len), 4).expand(2)
-    lp, _ = model.decode_step(tgt[:, 0].repeat_interleave(2), state)
-    state.select_(torch.tensor([1, 1, 2, 3, 4, 4, 7, 6]), same_sources=True)
-    lp2, _ = model.decode_step(tgt[:, 1].repeat_interleave(2), state)
-    (lp.sum() + lp2.sum()).backward()
-    assert model.decoder[0].self_attn.qkv.weight.grad is not None
+    index = torch.tensor([1, 1, 2, 3, 4, 4, 7, 6])  # rows stay within their sentence (2 per sentence)
+    first, second = tgt[:, 0].repeat_interleave(2), tgt[:, 1].repeat_interleave(2)
+
+    def step_two(reorder_cached: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        model.zero_grad(set_to_none=True)
+        state = model.init_state(model.encode(src, src_len), 4).expand(2)
+        if reorder_cached:  # step 1 on all rows, then the cache is reordered
+            model.decode_step(first, state)
+            state.select_(index, same_sources=True)
+        else:  # the rows chosen first: step 1 computes the reordered cache directly
+            state.select_(index, same_sources=True)
+            model.decode_step(first[index], state)
+        lp2, _ = model.decode_step(second, state)
+        lp2.sum().backward()  # step 1 reaches this loss only through the cached keys/values
+        return lp2.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    lp_fast, grads_fast = step_two(True)
+    lp_ref, grads_ref = step_two(False)
+    torch.testing.assert_close(lp_fast, lp_ref)
+    assert grads_fast.keys() == grads_ref.keys() and "decoder.0.self_attn.qkv.weight" in grads_ref
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads_fast[name], grad, msg=name)
 
 
 def test_transformer_init_state_checks_max_positions() -> None:
