@@ -252,6 +252,36 @@ def test_gradient_accumulation_equals_one_update_on_the_union(tmp_path: Path) ->
         assert moved
 
 
+def _ddp_update_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        trainer, model, src, tgt, scaler = _update_setup(Path(out_dir) / f"rank{rank}", clip_norm=0.0)
+        trainer.world = 2
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        rows = [0, 1] if rank == 0 else [2, 3, 4]  # the replicas see different numbers of tokens
+        batch = collate([src[i] for i in rows], [tgt[i] for i in rows])
+        trainer._update(ddp, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [batch])
+        torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_update_weighs_every_token_the_same(tmp_path: Path) -> None:
+    """Two replicas with 2 and 3 sentences make the same update as one process on all 5: the loss
+    is divided by the tokens of all replicas, not each by its own."""
+    torch.multiprocessing.spawn(_ddp_update_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    trainer, model, src, tgt, scaler = _update_setup(tmp_path / "single", clip_norm=0.0)
+    union = collate(src, tgt)
+    first, rest = collate(src[:2], tgt[:2]), collate(src[2:], tgt[2:])
+    assert first.ntokens != rest.ntokens  # otherwise per-replica normalisation would give the same
+    trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [union])
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=1e-6, msg=f"rank {rank}: {name}")
+
+
 def test_gradient_clipping(tmp_path: Path) -> None:
     batch_args = None
     changes = {}
