@@ -3,17 +3,21 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# where torch comes from when none is installed: empty = pip's configuration (PyPI: on Linux x86 a
+# CUDA build); e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for the small CPU-only build
+TORCH_INDEX ?=
 MT     := $(BIN)/mt
 DEMO   := runs/demo
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test demo bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# a CPU build of torch where none is installed (a bare `torch` may pull a multi-GB CUDA build)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	# torch 2.13.0 where none is installed (pinned: a bare `torch` may pull whatever build is newest)
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 

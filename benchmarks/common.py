@@ -345,6 +345,7 @@ class Stepper:
 
     def step(self, batch) -> tuple[float, int]:
         """One optimizer step on a mt.data.Batch; returns (loss sum, target tokens)."""
-        loss, ntok = self.trainer._update(self.train_model, self.optimizer, self.scaler, [batch])
-        self.scheduler.step()
-        return loss, ntok
+        loss, ntok, stepped = self.trainer._update(self.train_model, self.optimizer, self.scaler, [batch])
+        if stepped:  # as mt.train: an fp16 update skipped for overflow does not advance the schedule
+            self.scheduler.step()
+        return float(loss), ntok

@@ -49,7 +49,8 @@ def parse_args():
     p.add_argument("--int8", action="store_true",
                    help="decode with int8 weights (mt.quantize.quantize_int8, as `mt translate --int8`); CPU only")
     p.add_argument("--breakdown", default=None,
-                   help="batch sizes at which to time the parts of beam search (decode_step, state.select, rest); "
+                   help="batch sizes at which to time the parts of beam search (encode, init_state, decode_step, "
+                        "state expand/select/keep_sentences, rest); "
                         "default 1,64 (quick 64); 'none' to skip")
     args = p.parse_args()
     q = args.quick
@@ -296,7 +297,11 @@ def main() -> None:
     ids = sorted(spread(by_len, args.sentences))
     ids_by_len = sorted(ids, key=lambda i: (len(src_ids[i]), i))  # the smaller sets are subsets of ids
     small_ids = sorted(spread(ids_by_len, min(args.small_batch_sentences, len(ids))))
-    ref_ids = sorted(spread(ids_by_len, min(args.ref_sentences, len(ids)))) if args.ref_sentences else []
+    # the reference is compared with the batched beam search at ref_bs, so its sentences are a
+    # subset of the ones decoded at that batch size
+    ref_bs = 64 if 64 in args.batch_sizes else max(args.batch_sizes)
+    ref_pool = sorted(small_ids if ref_bs < 8 else ids, key=lambda i: (len(src_ids[i]), i))
+    ref_ids = sorted(spread(ref_pool, min(args.ref_sentences, len(ref_pool)))) if args.ref_sentences else []
     ref_de_tokens = sum(len(t) + 1 for t in vocab.encode_batch([de[i] for i in ids])) / len(ids)
 
     trained = args.train_steps > 0
@@ -372,7 +377,6 @@ def main() -> None:
         if ref_ids:
             common.log(f"{name}: naive reference beam search on {len(ref_ids)} sentences")
             ref, ref_out = measure_reference(model, args, src_ids, ref_ids, device)
-            ref_bs = 64 if 64 in args.batch_sizes else max(args.batch_sizes)
             batched = next(r for r in res["runs"] if r["batch_size"] == ref_bs and r["search"] != "greedy")
             batched_out = outputs[("beam", ref_bs)]
             same = sum(batched_out.get(i) == ref_out[i] for i in ref_ids)

@@ -31,7 +31,7 @@ EPILOG = """\
 
   mt evaluate --hyp out.de --ref newstest.de
 
-  mt translate --run runs/demo < test.en | mt evaluate --hyp - --ref test.de --metrics bleu,chrf,ter
+  mt translate -m runs/demo < test.en | mt evaluate --hyp - --ref test.de --metrics bleu,chrf,ter
 
   mt evaluate --hyp base.de --hyp new.de --ref test.de --paired-bs --json > scores.json
 

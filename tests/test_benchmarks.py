@@ -1,0 +1,94 @@
+"""The benchmark scripts run and print the JSON document benchmarks/README.md describes.
+
+Tiny settings (a few sentences, one step, one thread): these tests time nothing and assert no
+speed. They check that `make bench` would not break, and the properties the benchmarks rely on
+that are not timing: every alternative of decode_ablations gives the shipped output, and the
+reference beam search of translate_speed agrees with the batched one. Needs Multi30k in
+../shared/data (as the benchmarks do); skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
+
+pytestmark = pytest.mark.skipif(not (DATA / "test_2016_flickr.en.gz").is_file(),
+                                reason=f"Multi30k not found in {DATA}")
+
+
+def bench(script: str, *args: str) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(DATA), "--threads", "1", *args]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
+    doc = json.loads(r.stdout)
+    assert doc["benchmark"] == script.removesuffix(".py")
+    assert doc["environment"]["torch_num_threads"] == 1 and doc["environment"]["device"] == "cpu"
+    return doc
+
+
+def test_translate_speed() -> None:
+    doc = bench("translate_speed.py", "--batch-sizes", "2,8", "--sentences", "8", "--small-batch-sentences", "4",
+                "--ref-sentences", "2", "--breakdown", "2")
+    for name in ("transformer", "rnn"):
+        m = doc["models"][name]
+        runs = {(r["search"], r["batch_size"]): r for r in m["runs"]}
+        assert set(runs) == {("greedy", 2), ("beam5", 2), ("greedy", 8), ("beam5", 8)}
+        assert runs[("beam5", 2)]["sentences"] == 4 and runs[("beam5", 8)]["sentences"] == 8
+        assert all(r["sentences_per_s"] > 0 and r["mean_output_tokens"] > 0 for r in runs.values())
+        assert set(m["greedy_vs_beam"]) == {"2", "8"}
+        # the naive reference follows the same rules as the batched search: the same output
+        assert m["reference"]["same_output_as_batched"] == "2/2"
+        assert m["speedup_vs_reference"]["batched"] == "beam5 batch 8"
+        parts = m["beam_breakdown"][0]
+        assert parts["batch_size"] == 2 and parts["parts"]["decode_step"]["calls"] > 0
+        assert sum(p["share"] for p in parts["parts"].values()) == pytest.approx(1.0, abs=0.01)
+        assert m["translator"]["sentences_per_s"] > 0
+
+
+def test_translate_speed_int8() -> None:
+    doc = bench("translate_speed.py", "--int8", "--models", "rnn", "--batch-sizes", "4", "--sentences", "4",
+                "--small-batch-sentences", "4", "--ref-sentences", "0", "--breakdown", "none", "--no-translator")
+    assert "int8" in json.dumps(doc["setup"])
+    assert {r["search"] for r in doc["models"]["rnn"]["runs"]} == {"greedy", "beam5"}
+
+
+def test_decode_ablations_alternatives_give_the_shipped_output() -> None:
+    doc = bench("decode_ablations.py", "--quick", "--sentences", "4", "--sorting-sentences", "8", "--batch-size", "2")
+    expected = {
+        "transformer": {"shared_cross_attention_kv", "kv_cache_by_concatenation", "kv_reorder_fused", "encoder_once",
+                        "drop_finished_sentences", "flat_topk", "inference_mode", "no_autograd"},
+        "rnn": {"shared_cross_attention_kv", "encoder_once", "drop_finished_sentences", "flat_topk",
+                "inference_mode", "no_autograd"},
+    }
+    for name, variants in expected.items():
+        m = doc["models"][name]
+        assert set(m["variants"]) == variants
+        for variant, result in m["variants"].items():
+            for search in ("beam", "greedy"):
+                if search in result:
+                    assert result[search]["same_output"] == "4/4", (name, variant, search)
+        assert m["length_sorting"]["sentences"] == 8
+        sorted_share = m["length_sorting"]["sorted_by_length"]["padding_share"]
+        assert sorted_share <= m["length_sorting"]["input_order"]["padding_share"]
+
+
+def test_train_speed_with_ablations() -> None:
+    doc = bench("train_speed.py", "--quick", "--batch-tokens", "256", "--steps", "1", "--warmup-steps", "1",
+                "--ablations")
+    for name in ("transformer", "rnn"):
+        m = doc["models"][name]
+        run = m["runs"][0]
+        assert run["amp"] == "none" and run["steps"] == 1
+        assert run["target_tokens"] > 0 and run["target_tokens_per_s"] > 0
+        assert 0 < run["target_tokens"] <= 256
+        buckets = m["ablations"]["bucketing"]
+        assert buckets["length_bucketed"]["padding_share"] <= buckets["random_order"]["padding_share"]
+        assert set(m["ablations"]["adam"]) == {"fused", "foreach", "for_loop"}
