@@ -121,7 +121,7 @@ def translate(
     beam: Optional[int] = typer.Option(None, "--beam", "-b", help="Beam size (beam search) \\[default: the run's decode.beam]."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy search."),
     sample: bool = typer.Option(False, "--sample", help="Sampling search (see --temperature, --topk, --topp)."),
-    n_best: Optional[int] = typer.Option(None, "--n-best", help="Output the K best hypotheses per line (Moses format, or in --json)."),
+    n_best: Optional[int] = typer.Option(None, "--n-best", help="Output the K best hypotheses per line (Moses format, or in --json). Alone: a beam of at least K, or K samples when the run samples. A line translated in pieces gets one."),
     scores: bool = typer.Option(False, "--scores", help="Append a TAB and the hypothesis score to each line."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input line."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded source tokens x beam size per batch (default: the run's decode.batch_tokens, 4096)."),
@@ -209,9 +209,11 @@ def translate(
         changes["search"] = "sampling"
     base = run.config.decode
     if n_best is not None and n_best > 1 and not (greedy or sample or beam is not None):
-        # --n-best K alone asks for K hypotheses: use beam search (wide enough) even if the run decodes greedily
-        changes["search"] = "beam"
-        changes["beam"] = max(base.beam, n_best)
+        # --n-best K alone asks for K hypotheses of the run's search: K samples when it samples, else
+        # a beam wide enough (beam search even if the run decodes greedily)
+        if base.search != "sampling":
+            changes["search"] = "beam"
+            changes["beam"] = max(base.beam, n_best)
     decode = replace(base, **changes)
     if decode.search == "greedy" and decode.n_best > 1:
         raise MTError("--n-best > 1 needs beam search or sampling")

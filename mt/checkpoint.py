@@ -141,9 +141,14 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
         for name, t in tensors.items():
             if name in total and total[name].shape != t.shape:
                 raise MTError(f"{path}: tensor {name} has shape {tuple(t.shape)}, not {tuple(total[name].shape)}")
+            if name in dtypes and dtypes[name] != t.dtype:
+                raise MTError(f"{path}: tensor {name} is {t.dtype}, not {dtypes[name]} as in {paths[0]}; cannot average")
             total[name] = total[name] + t.double() if name in total else t.double()
             dtypes[name] = t.dtype
-    return {name: (t / len(paths)).to(dtypes[name]) for name, t in total.items()}
+    # floating tensors: the mean; integer ones (counters, none in mt's models today) are not
+    # averaged but taken from the last checkpoint, as Marian does
+    last = {name: t for name, t in tensors.items() if not t.dtype.is_floating_point}
+    return {name: last[name] if name in last else (t / len(paths)).to(dtypes[name]) for name, t in total.items()}
 
 
 # ----------------------------------------------------------------------------------------------

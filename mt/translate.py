@@ -153,12 +153,12 @@ class Translator:
         for i, ids in enumerate(encoded):
             if not ids:
                 continue
-            step = self.max_input_tokens
-            pieces = [ids[j : j + step] for j in range(0, len(ids), step)]
+            pieces = self._split(ids)
             if len(pieces) > 1:
+                only_one = "; its n-best list has one entry" if self.search.n_best > 1 else ""
                 self.warn(
                     f"line {first_line + i}: {len(ids)} subword tokens, more than the model's "
-                    f"{step}; translated in {len(pieces)} pieces"
+                    f"{self.max_input_tokens}; translated in {len(pieces)} pieces{only_one}"
                 )
             items.extend(pieces)
             owner.extend([i] * len(pieces))
@@ -168,11 +168,28 @@ class Translator:
             grouped[i].append(h)
         return [self._result(encoded[i], parts) for i, parts in enumerate(grouped)]
 
+    def _split(self, ids: list[int]) -> list[list[int]]:
+        """A line's ids in pieces of at most max_input_tokens, each cut before a word (a piece
+        that starts with SentencePiece's '▁') where the piece holds one, so no word is split."""
+        step = self.max_input_tokens
+        if len(ids) <= step:
+            return [ids]
+        word_start = [p.startswith("\u2581") for p in self.src_vocab.pieces(ids)]
+        pieces, pos = [], 0
+        while len(ids) - pos > step:
+            cut = next((j for j in range(pos + step, pos, -1) if word_start[j]), pos + step)
+            pieces.append(ids[pos:cut])
+            pos = cut
+        pieces.append(ids[pos:])
+        return pieces
+
     def _result(self, src_ids: list[int], parts: list[list[Hypothesis]]) -> Translation:
         if not parts:
             return Translation(text="", nbest=[("", 0.0)])
         if len(parts) > 1:
-            text = " ".join(self.tgt_vocab.decode(p[0].tokens) if p else "" for p in parts)
+            # one detokenisation of all pieces' tokens: the spaces between them are the vocabulary's
+            # (none for a language written without spaces), not a join's
+            text = self.tgt_vocab.decode([t for p in parts if p for t in p[0].tokens])
             score = sum(p[0].score for p in parts if p)
             return Translation(text=text, nbest=[(text, score)], pieces=len(parts))
         nbest = [(self.tgt_vocab.decode(h.tokens), h.score) for h in parts[0]]

@@ -228,3 +228,16 @@ def test_average_weights_is_elementwise_mean(tmp_path: Path) -> None:
         average_weights([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
     with pytest.raises(MTError, match="no checkpoints"):
         average_weights([])
+    # a checkpoint in another precision is refused, not silently averaged into it
+    save_file({k: v.to(torch.bfloat16) for k, v in b.items()}, str(tmp_path / "bf16.safetensors"))
+    with pytest.raises(MTError, match="bfloat16, not torch.float32"):
+        average_weights([tmp_path / "a.safetensors", tmp_path / "bf16.safetensors"])
+
+
+def test_average_weights_takes_integer_tensors_from_the_last_checkpoint(tmp_path: Path) -> None:
+    for name, (w, n) in {"a": (1.0, 3), "b": (2.0, 4)}.items():
+        save_file({"w": torch.full((2,), w), "count": torch.tensor([n], dtype=torch.long)},
+                  str(tmp_path / f"{name}.safetensors"))
+    avg = average_weights([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    assert avg["w"].tolist() == [1.5, 1.5]
+    assert avg["count"].dtype == torch.long and avg["count"].tolist() == [4]

@@ -363,6 +363,7 @@ def _make_run_copies(run: Path, ws: Path, paths: dict[str, Path]) -> None:
                                                            "enc_layers": 1, "dec_layers": 1}))
     _edit_config(copy("run_wide"), lambda c: c["model"].update(d_model=64))
     _edit_config(copy("run_bad_config"), lambda c: c["model"].update(colour="blue"))
+    _edit_config(copy("run_sampling"), lambda c: c["decode"].update(search="sampling"))
     meta_path = copy("run_vocab_meta") / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta.update(src_vocab_size=999, tgt_vocab_size=999)
@@ -422,6 +423,8 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     j.mt("int8", "translate -m {run} -i {input} --json --int8")
     j.mt("n-best", "translate -m {run} -i {short} --beam 3 --n-best 3 --device auto")
     j.mt("n-best-json", "translate -m {run} -i {short} --n-best 2 --json")
+    for seed in (1, 2):
+        j.mt(f"n-best-sampling-{seed}", f"translate -m {{run_sampling}} -i {{short}} --n-best 3 --json --seed {seed}")
     j.mt("scores", "translate -m {run} -i {short} --scores")
     j.mt("plot", "translate -m {run} -i {short} --attention-plot {ws}/plots --greedy "
          "--checkpoint {run}/checkpoints/step_00000015")
@@ -704,6 +707,15 @@ def test_translate_n_best_alone_uses_beam(jobs: Jobs) -> None:
     for row, line in zip(rows, SHORT_LINES):
         assert len(row["nbest"]) == (2 if line else 1)
         assert row["nbest"][0]["translation"] == row["translation"]
+
+
+def test_translate_n_best_alone_keeps_a_sampling_search(jobs: Jobs) -> None:
+    """A run that samples: --n-best 3 alone gives 3 samples (they change with the seed), not a beam."""
+    runs = [[json.loads(line) for line in _lines(jobs.result(f"n-best-sampling-{seed}"))] for seed in (1, 2)]
+    for rows in runs:
+        for row, line in zip(rows, SHORT_LINES):
+            assert len(row["nbest"]) == (3 if line else 1)
+    assert [r["nbest"] for r in runs[0]] != [r["nbest"] for r in runs[1]], "same n-best for two seeds: not sampling"
 
 
 def test_translate_scores(jobs: Jobs) -> None:

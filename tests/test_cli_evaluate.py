@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
+from mt.metrics import paired_bootstrap
+
 REFS = [
     "The cat sat on the red mat this morning.",
     "There is a big house near the old oak tree.",
@@ -107,7 +109,11 @@ def test_paired_bootstrap_json(files: Path) -> None:
     assert out["paired_bs"] == {"baseline": "weak.txt", "samples": 1000, "seed": 12345}
     weak, good = out["systems"]
     assert weak["scores"]["bleu"]["bootstrap"]["p_value"] is None
-    assert 0 < good["scores"]["bleu"]["bootstrap"]["p_value"] <= 1
+    # the p-value is the one of the test itself (baseline weak.txt, 1000 samples, seed 12345)
+    want = paired_bootstrap({"weak.txt": WEAK, "good.txt": GOOD}, [REFS], metrics=("bleu", "chrf"))["good.txt"]
+    assert good["scores"]["bleu"]["bootstrap"]["p_value"] == pytest.approx(want["bleu"].p_value)
+    assert good["scores"]["chrf"]["bootstrap"]["p_value"] == pytest.approx(want["chrf"].p_value)
+    assert good["scores"]["bleu"]["bootstrap"]["mean"] == pytest.approx(want["bleu"].mean, abs=0.01)
     assert good["scores"]["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(GOOD, [REFS]).score)
 
 

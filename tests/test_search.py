@@ -681,3 +681,36 @@ def test_translator_budget_counts_decoder_rows(rows: int, per_batch: int) -> Non
     assert all(len(b) * max(b) * rows <= 40 for b in search.batches if len(b) > 1)
     assert max(len(b) for b in search.batches) == per_batch
     assert BeamSearch(beam=5).rows_per_sentence == 5 and GreedySearch().rows_per_sentence == 1
+
+
+class _WordPieces:
+    """A stand-in vocabulary: id 5 is a word start ('▁w'), every other id continues a word."""
+
+    def encode_batch(self, lines):
+        return [[int(t) for t in line.split()] for line in lines]
+
+    def pieces(self, ids):
+        return ["\u2581w" if i == 5 else "x" for i in ids]
+
+    def decode(self, ids):
+        self.decoded.append(list(ids))
+        return " ".join(map(str, ids))
+
+
+def test_translator_cuts_long_lines_before_words_and_decodes_the_pieces_once() -> None:
+    from mt.translate import Translator
+
+    vocab = _WordPieces()
+    vocab.decoded = []
+    search = _Recorder(1)
+    warnings: list[str] = []
+    tr = Translator(random_model("transformer"), vocab, vocab, search, max_input_tokens=4,  # type: ignore[arg-type]
+                    warn=warnings.append)
+    ids = [5, 6, 6, 5, 6, 5, 6, 6, 6, 6, 6, 5, 6]
+    # cut before the last word start that fits; a word longer than the limit is cut inside it
+    assert tr._split(ids) == [[5, 6, 6], [5, 6], [5, 6, 6, 6], [6, 6, 5, 6]]
+    assert tr._split([5, 6, 6, 6]) == [[5, 6, 6, 6]]
+    (out,) = tr.translate([" ".join(map(str, ids))])
+    assert out.pieces == 4 and len(warnings) == 1 and "4 pieces" in warnings[0]
+    # _Recorder's hypothesis for a piece is [its length + 1]: one decode of all pieces' tokens
+    assert vocab.decoded == [[4, 3, 5, 5]] and out.text == "4 3 5 5"
