@@ -257,6 +257,20 @@ def load_average() -> list[float] | None:
         return None
 
 
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide matmul speed: AVX2/AVX-512, VNNI (int8), BF16, AMX."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                          "amx_bf16", "amx_int8")
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env = {
         "mt_version": mt.__version__,
@@ -265,6 +279,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
+        # the widest vector ISA torch's CPU kernels use here (AVX2, AVX512...): figures from machines
+        # with the same model name but another ISA are not comparable (int8 and bf16 least of all)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
