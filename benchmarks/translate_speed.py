@@ -24,7 +24,7 @@ from mt.data import TokenBatcher, read_lines, source_tensor  # noqa: E402
 from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
 from mt.search import BeamSearch, GreedySearch, LengthPenalty, Search  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
-from mt.translate import Translator  # noqa: E402
+from mt.translate import Translator, set_decoding_dtype  # noqa: E402
 
 NEG_INF = float("-inf")
 
@@ -48,6 +48,8 @@ def parse_args():
     p.add_argument("--no-translator", action="store_true", help="skip the Translator end-to-end run")
     p.add_argument("--int8", action="store_true",
                    help="decode with int8 weights (mt.quantize.quantize_int8, as `mt translate --int8`); CPU only")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="decode in this precision (as `mt translate --dtype`); float16: CUDA only")
     p.add_argument("--breakdown", default=None,
                    help="batch sizes at which to time the parts of beam search (encode, init_state, decode_step, "
                         "state expand/select/keep_sentences, rest); "
@@ -285,6 +287,10 @@ def main() -> None:
     device = common.setup(args)
     if args.int8 and device.type != "cpu":
         raise SystemExit("error: --int8 runs on the CPU only (use --device cpu)")
+    if args.int8 and args.dtype != "float32":
+        raise SystemExit("error: --int8 and --dtype exclude each other")
+    if args.dtype == "float16" and device.type != "cuda":
+        raise SystemExit("error: --dtype float16 needs CUDA; use bfloat16 on the CPU")
     doc: dict = {"benchmark": "translate_speed", "environment": common.environment(device)}
     common.log(f"device {device}, {torch.get_num_threads()} threads, load {common.load_average()}")
     common.warn_if_loaded(device)
@@ -316,7 +322,7 @@ def main() -> None:
             "subsets": "evenly spaced over the length-sorted test set (same length mix as the whole set)",
         },
         "weights": ("int8 (mt.quantize.quantize_int8: Linear per output row, GRU/LSTM per matrix; "
-                    "activations quantized per call)" if args.int8 else "float32"),
+                    "activations quantized per call)" if args.int8 else args.dtype),
         "vocab": {"kind": "SentencePiece unigram, joint en+de, trained on Multi30k train", "size": len(vocab)},
         "length_control": (
             f"(b) each model trained {args.train_steps} steps on Multi30k train (batch_tokens 4096) so it ends "
@@ -347,6 +353,8 @@ def main() -> None:
         info = common.model_info(name, model)  # before quantizing: int8 layers hide their weights from parameters()
         if args.int8:
             quantize_int8(model)
+        elif args.dtype != "float32":
+            set_decoding_dtype(model, args.dtype, device, warn=common.log)
         res: dict = {**info, "rss_after_model_mib": common.rss_mib(), "runs": []}
         # warm-up (first-call allocations, kernel selection); not timed
         warm = ids[: min(8, len(ids))]

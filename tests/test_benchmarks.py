@@ -53,10 +53,16 @@ def test_translate_speed() -> None:
         assert m["translator"]["sentences_per_s"] > 0
 
 
-def test_translate_speed_int8() -> None:
-    doc = bench("translate_speed.py", "--int8", "--models", "rnn", "--batch-sizes", "4", "--sentences", "4",
+@pytest.mark.parametrize("option", [["--int8"], ["--dtype", "bfloat16"]], ids=["int8", "bfloat16"])
+def test_translate_speed_int8_and_bfloat16(option: list[str]) -> None:
+    if option[-1] == "bfloat16":
+        from mt.translate import cpu_has_native_bf16
+
+        if cpu_has_native_bf16() is False:
+            pytest.skip("this CPU emulates bf16: the run would take minutes")
+    doc = bench("translate_speed.py", *option, "--models", "rnn", "--batch-sizes", "4", "--sentences", "4",
                 "--small-batch-sentences", "4", "--ref-sentences", "0", "--breakdown", "none", "--no-translator")
-    assert "int8" in json.dumps(doc["setup"])
+    assert doc["setup"]["weights"].startswith(option[-1].removeprefix("--"))
     assert {r["search"] for r in doc["models"]["rnn"]["runs"]} == {"greedy", "beam5"}
 
 

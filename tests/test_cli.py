@@ -218,6 +218,11 @@ FAILURES: dict[str, Failure] = {
     "two-searches": Failure("translate -m {run} --greedy --beam 4", ("choose one of",)),
     "device-cuda": Failure("translate -m {run} --device cuda -i {short}", ("cuda", "not available")),
     "int8-cuda": Failure("translate -m {run} --int8 --device cuda -i {short}", ("--int8", "CPU only")),
+    "dtype-unknown": Failure("translate -m {run} --dtype float64", ("--dtype", "float64")),
+    "dtype-and-int8": Failure("translate -m {run} --int8 --dtype bfloat16", ("--int8", "--dtype")),
+    "dtype-float16-cpu": Failure("translate -m {run} --dtype float16 --device cpu -i {short}", ("float16", "CUDA")),
+    "dtype-float16-auto": Failure("translate -m {run} --dtype float16 -i {short} -o {precious6}", ("float16", "CUDA"),
+                                  check=_untouched("precious6")),
     "device-unknown": Failure("translate -m {run} --device tpu", ("unknown device 'tpu'",)),
     # --- checkpoints that do not fit -----------------------------------------------------------
     "checkpoint-missing": Failure("translate -m {run} --checkpoint {ws}/nope.safetensors", ("nope.safetensors", "no such checkpoint")),
@@ -283,7 +288,7 @@ def _write_workspace(ws: Path) -> dict[str, Path]:
     put("midcorrupt.txt.gz", bytes(long_gz))
     paths["midcorrupt_gz"] = ws / "midcorrupt.txt.gz"
     put("huge.txt", b"a short line\n" + b"a" * (5 * 1024 * 1024) + b"\nlast\n")
-    for i in (4, 5):  # each in its own folder: the check looks for temporary files beside it
+    for i in (4, 5, 6):  # each in its own folder: the check looks for temporary files beside it
         (ws / f"p{i}").mkdir()
         paths[f"precious{i}"] = ws / f"p{i}" / f"precious{i}.txt"
         paths[f"precious{i}"].write_text(PRECIOUS, encoding="utf-8")
@@ -421,6 +426,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     j.mt("json", "translate -m {run} -i {input} --json --device cpu")
     j.mt("batch-tokens", "translate -m {run} -i {input} --batch-tokens 12")
     j.mt("int8", "translate -m {run} -i {input} --json --int8")
+    j.mt("bf16", "translate -m {run} -i {input} --json --dtype bfloat16")
     j.mt("n-best", "translate -m {run} -i {short} --beam 3 --n-best 3 --device auto")
     j.mt("n-best-json", "translate -m {run} -i {short} --n-best 2 --json")
     for seed in (1, 2):
@@ -682,6 +688,20 @@ def test_translate_int8(jobs: Jobs) -> None:
     assert len(same) >= 4, (rows, full)
     drift = [abs(rows[i]["score"] - full[i]["score"]) / max(abs(full[i]["score"]), 1e-6) for i in same]
     assert max(drift) < 0.1 and any(d > 0 for d in drift), drift
+
+
+def test_translate_bfloat16(jobs: Jobs) -> None:
+    r = jobs.result("bf16")
+    rows = [json.loads(line) for line in _lines(r)]
+    assert [row["id"] for row in rows] == list(range(N_INPUT))
+    # the long-line warning, and on a CPU without native bf16 one line saying it will be slow
+    assert all(line.startswith("mt: warning:") for line in r.stderr_lines), r.explain()
+    full = [json.loads(line) for line in _lines(jobs.result("json"))]
+    for i, line in enumerate(INPUT_LINES):
+        assert bool(rows[i]["translation"]) == bool(full[i]["translation"]), f"line {i + 1}"
+    same = [i for i in range(N_INPUT) if rows[i]["translation"] == full[i]["translation"] and full[i]["translation"]]
+    assert len(same) >= 4, (rows, full)
+    assert all(rows[i]["score"] == pytest.approx(full[i]["score"], rel=0.1) for i in same)
 
 
 def test_translate_n_best_moses_format(jobs: Jobs) -> None:

@@ -36,3 +36,27 @@ def test_cuda_equals_cpu(name, search):
             assert x.score == pytest.approx(y.score, abs=1e-4)
             if x.attention is not None:
                 assert torch.allclose(x.attention, y.attention, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_reduced_precision_decodes_like_float32(name, dtype):
+    """`mt translate --dtype float16/bfloat16` on a GPU: float32 scores, float32's output but for near ties."""
+    import copy
+
+    from mt.translate import set_decoding_dtype
+
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name], 40, 30).eval()
+    src = torch.randint(4, 40, (5, 9))
+    lengths = torch.tensor([9, 7, 5, 3, 1])
+    for i, n in enumerate(lengths.tolist()):
+        src[i, n:] = 0
+    search = BeamSearch(beam=4, max_len_a=1.0, max_len_b=4)
+    ref = search(model, src, lengths)
+    low = set_decoding_dtype(copy.deepcopy(model).cuda(), dtype, torch.device("cuda"))
+    got = search(low, src.cuda(), lengths.cuda())
+    same = [(a[0], b[0]) for a, b in zip(ref, got) if a[0].tokens == b[0].tokens]
+    assert len(same) >= 3
+    for a, b in same:
+        assert b.score == pytest.approx(a.score, rel=0.05, abs=0.05)

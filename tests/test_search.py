@@ -714,3 +714,30 @@ def test_translator_cuts_long_lines_before_words_and_decodes_the_pieces_once() -
     assert out.pieces == 4 and len(warnings) == 1 and "4 pieces" in warnings[0]
     # _Recorder's hypothesis for a piece is [its length + 1]: one decode of all pieces' tokens
     assert vocab.decoded == [[4, 3, 5, 5]] and out.text == "4 3 5 5"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_bfloat16_model_decodes_like_float32(name: str) -> None:
+    """`mt translate --dtype bfloat16`: the model computes in bf16, the search keeps float32 scores;
+    the output is float32's but for near ties, and the scores differ by bf16 rounding only."""
+    import copy
+
+    from mt.translate import set_decoding_dtype
+
+    model = random_model(name)
+    low = set_decoding_dtype(copy.deepcopy(model), "bfloat16", torch.device("cpu"))
+    assert all(p.dtype == torch.bfloat16 for p in low.parameters())
+    src, lengths = random_batch([9, 6, 8, 4, 7, 5, 9, 3], seed=3)
+    search = BeamSearch(beam=3, n_best=1, max_len_a=A, max_len_b=B, return_attention=name in ATTENTION_MODELS)
+    full, half = search(model, src, lengths), search(low, src, lengths)
+    same = [(f[0], h[0]) for f, h in zip(full, half) if f[0].tokens == h[0].tokens]
+    assert len(same) >= 6, [(f[0].tokens, h[0].tokens) for f, h in zip(full, half)]
+    for f, h in same:
+        assert isinstance(h.score, float) and h.score == pytest.approx(f.score, rel=0.05, abs=0.05)
+        if f.attention is not None:
+            assert h.attention.dtype == torch.float32
+            torch.testing.assert_close(h.attention, f.attention, atol=0.05, rtol=0)
+    with pytest.raises(MTError, match="float16 needs a CUDA device"):
+        set_decoding_dtype(copy.deepcopy(model), "float16", torch.device("cpu"))
+    with pytest.raises(MTError, match="unknown dtype"):
+        set_decoding_dtype(model, "float64", torch.device("cpu"))
