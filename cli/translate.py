@@ -14,7 +14,7 @@ import typer
 
 from mt import MTError
 from mt.config import is_run_dir
-from mt.files import temp_file
+from mt.files import publish, temp_file
 
 EPILOG = """\b
 Examples:
@@ -47,14 +47,14 @@ class Output:
             return
         if path.is_dir():
             raise MTError(f"{path}: is a directory")
-        if path.exists() and not path.resolve().is_file():  # a device, a pipe: no rename over it
-            try:
-                self.stream = open(path, "w", encoding="utf-8", newline="\n")
+        if _written_in_place(path):
+            try:  # appending: /dev/stdout may be a file the shell opened with >>
+                self.stream = open(path, "a", encoding="utf-8", newline="\n")
             except OSError as e:
                 raise MTError(f"{path}: cannot write ({e.strerror})") from None
             self.direct = True
             return
-        self.path = path = path.resolve() if path.is_symlink() else path
+        self.path = path = _resolve(path) if path.is_symlink() else path
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise MTError(f"{parent}: no such directory for the output file")
@@ -72,7 +72,7 @@ class Output:
     def commit(self) -> None:
         if self.tmp is not None:
             self.stream.close()
-            os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path)
             self.tmp = None
         elif self.direct:
             self.stream.close()
@@ -265,13 +265,30 @@ def _check_output_path(path: Optional[Path]) -> None:
         return
     if path.is_dir():
         raise MTError(f"{path}: is a directory")
-    if path.exists() and not path.resolve().is_file():  # a device or a pipe, written in place
+    if _written_in_place(path):
         if not os.access(path, os.W_OK):
             raise MTError(f"{path}: cannot write (permission denied)")
         return
-    path = path.resolve() if path.is_symlink() else path
+    path = _resolve(path) if path.is_symlink() else path
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise MTError(f"{parent}: no such directory for the output file")
     if not os.access(parent, os.W_OK):
         raise MTError(f"{path}: cannot write (permission denied on {parent})")
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as e:  # a symlink loop
+        raise MTError(f"{path}: cannot follow the symbolic link ({e})") from None
+
+
+def _written_in_place(path: Path) -> bool:
+    """Paths that must be opened and written, never renamed over: anything under /dev or /proc
+    (/dev/null, /dev/stdout, /proc/self/fd/N: the last two may stand for a file the shell opened),
+    and an existing path that is not a regular file (a named pipe)."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")):
+        return True
+    return path.exists() and not _resolve(path).is_file()

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from mt import MTError
-from mt.files import temp_dir, temp_file
+from mt.files import publish, temp_dir, temp_file
 from mt.config import is_run_dir  # noqa: F401 - re-exported: the run-directory test lives with the config
 
 CHECKPOINTS = "checkpoints"
@@ -64,7 +64,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -191,7 +191,7 @@ def write_checkpoint(
                 os.fsync(fh.fileno())
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

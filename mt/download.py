@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from mt import MTError
-from mt.files import temp_file
+from mt.files import publish, temp_file
 
 _CHUNK = 1 << 20
 
@@ -299,7 +299,7 @@ def _write_verified(target: Path, f: CorpusFile, write: Callable[[BinaryIO], Non
             raise MTError(
                 f"checksum mismatch for {f.name} from {origin}: expected {what} {f.sha256}, got {actual}"
             )
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 

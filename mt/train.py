@@ -269,6 +269,9 @@ class Trainer:
         scheduler, plateau = build_scheduler(optimizer, cfg)
         scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         progress = Progress()
+        # the best score early stopping counts against; after a resume it can lag progress.best_score
+        # (the best model on disk, see _restore) until the replay gets past that best
+        self.patience_best: float | None = None
         if self.resume:
             progress = self._restore(model, optimizer, scheduler, plateau, scaler)
         elif self.is_main:
@@ -393,8 +396,10 @@ class Trainer:
             improved = better(t.metric, score, progress.best_score) or (
                 progress.step == progress.best_step and score == progress.best_score)
             if improved:
-                progress.best_score, progress.best_step, progress.bad_validations = score, progress.step, 0
+                progress.best_score, progress.best_step = score, progress.step
                 save_weights(self.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+            if improved or better(t.metric, score, self.patience_best):
+                self.patience_best, progress.bad_validations = score, 0
             else:
                 progress.bad_validations += 1
             record["best"] = improved
@@ -483,9 +488,10 @@ class Trainer:
             progress = Progress(**state["progress"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise MTError(f"{ckpt}: trainer state does not fit this run ({e})") from None
+        self.patience_best = progress.best_score
         # model.safetensors may hold a better model than the checkpoint knows of (a validation that
         # improved after the last checkpoint, then a crash): that best score stands, so that a worse
-        # model never replaces it
+        # model never replaces it; early stopping still counts from the checkpoint's own best
         meta_path = self.run_dir / "meta.json"
         meta = read_json(meta_path) if meta_path.is_file() else {}
         if (meta.get("metric") == self.cfg.train.metric and isinstance(meta.get("best_score"), (int, float))

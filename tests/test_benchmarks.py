@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not (DATA / "test_2016_flickr.en.gz").is_file(),
 
 
 def bench(script: str, *args: str) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(DATA), "--threads", "1", *args]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(DATA), "--device", "cpu",
+           "--threads", "1", *args]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
     doc = json.loads(r.stdout)

@@ -14,7 +14,7 @@ import pytest
 
 from mt.cli.translate import Output, _check_output_path
 from mt import MTError
-from mt.files import file_mode, temp_dir, temp_file
+from mt.files import file_mode, publish, temp_dir, temp_file
 
 
 @pytest.fixture
@@ -28,23 +28,36 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_new_temp_file_follows_the_umask(tmp_path: Path, umask_027: int) -> None:
+def test_published_files_follow_the_umask_and_stay_private_while_written(tmp_path: Path, umask_027: int) -> None:
     fd, tmp = temp_file(tmp_path / "out.txt")
     os.close(fd)
     assert tmp.parent == tmp_path and tmp.name.startswith(".out.txt.")
-    assert _mode(tmp) == 0o640  # 0o666 & ~0o027; tempfile alone gives 0o600
+    assert _mode(tmp) == 0o600  # private (and writable) while being written
+    publish(tmp, tmp_path / "out.txt")
+    assert _mode(tmp_path / "out.txt") == 0o640  # 0o666 & ~0o027, what open() would give
     d = temp_dir(tmp_path, ".step_1.")
-    assert _mode(d) == 0o750  # mkdir's 0o777 & ~0o027; tempfile alone gives 0o700
+    assert _mode(d) == 0o700
+    publish(d, tmp_path / "step_1")
+    assert _mode(tmp_path / "step_1") == 0o750  # mkdir's 0o777 & ~0o027
 
 
-def test_temp_file_takes_the_mode_of_the_file_it_replaces(tmp_path: Path, umask_027: int) -> None:
+def test_published_file_takes_the_mode_of_the_file_it_replaces(tmp_path: Path, umask_027: int) -> None:
     target = tmp_path / "out.txt"
     target.write_text("old\n")
-    target.chmod(0o604)
-    assert file_mode(target) == 0o604
+    target.chmod(0o444)  # read-only: the replacement is still written (as 0600), then made 0444
+    assert file_mode(target) == 0o444
     fd, tmp = temp_file(target)
-    os.close(fd)
-    assert _mode(tmp) == 0o604
+    with os.fdopen(fd, "w") as f:
+        f.write("new\n")
+    publish(tmp, target)
+    assert target.read_text() == "new\n" and _mode(target) == 0o444
+
+
+def test_umask_is_read_without_changing_it(umask_027: int) -> None:
+    from mt.files import _umask
+
+    assert _umask() == 0o027
+    assert os.umask(0o027) == 0o027  # still what the fixture set
 
 
 def test_output_file_replaced_keeps_its_mode(tmp_path: Path, umask_027: int) -> None:
@@ -90,6 +103,30 @@ def test_output_to_a_named_pipe_writes_into_it(tmp_path: Path) -> None:
     assert got == [b"one\ntwo\n"]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the pipe was replaced by a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_output_to_dev_stdout_appends_to_the_file_the_shell_opened(tmp_path: Path) -> None:
+    """`mt translate -o /dev/stdout >> log`: /dev/stdout stands for log; it is written, in append
+    mode, never renamed over (which would replace log and lose what it held)."""
+    import subprocess
+
+    log = tmp_path / "log.txt"
+    log.write_text("kept\n")
+    code = ("import sys; from pathlib import Path; from mt.cli.translate import Output, _check_output_path; "
+            "_check_output_path(Path('/dev/stdout')); o = Output(Path('/dev/stdout')); o.write('new\\n'); o.commit()")
+    with open(log, "a") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=60)
+    assert log.read_text() == "kept\nnew\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt"]
+
+
+def test_output_through_a_symlink_loop_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(MTError, match="symbolic link"):
+        _check_output_path(tmp_path / "a")
+    with pytest.raises(MTError, match="symbolic link"):
+        Output(tmp_path / "a")
 
 
 def test_output_to_dev_null(tmp_path: Path) -> None:

@@ -471,6 +471,26 @@ def test_resume_keeps_a_best_model_newer_than_the_checkpoint(tmp_path: Path, mon
     assert [(r["step"], r["best"]) for r in records(run2) if "valid" in r] == [(2, True), (4, True), (6, True)]
 
 
+def test_resume_counts_patience_from_the_checkpoint_not_from_a_newer_best(tmp_path: Path, monkeypatch) -> None:
+    """Checkpoint at 4, best model at 8, then a crash: the replayed validation at 6 beats the
+    checkpoint's best but not the one on disk. It must not count as a bad validation (the run
+    without the crash did not stop there), nor replace the better model."""
+    train = {"valid_every": 2, "save_every": 4, "max_steps": 8, "keep_last": 10, "patience": 1}
+    _scripted(monkeypatch, "bleu", [10, 12, 15, 20])
+    run = tmp_path / "run"
+    train_here(run, train=train)
+    best = weights(run / "model.safetensors")
+    shutil.rmtree(run / "checkpoints" / "step_00000008")
+    (run / "checkpoints" / "latest").write_text("step_00000004\n")
+    _scripted(monkeypatch, "bleu", [14, 19, 21])  # the replay scores a little lower at 6 and 8
+    summary = train_here(run, resume=True, train={**train, "max_steps": 10})
+    assert summary["stop"] == "max_steps" and summary["step"] == 10
+    assert [(r["step"], r["best"]) for r in records(run) if "valid" in r] == [
+        (2, True), (4, True), (6, False), (8, False), (10, True)]
+    assert (summary["best_step"], summary["best_score"]) == (10, 21)
+    assert not all(torch.equal(best[k], v) for k, v in weights(run / "model.safetensors").items())
+
+
 def test_skipped_fp16_update_does_not_advance_the_schedule(tmp_path: Path) -> None:
     trainer, model, src, tgt, _ = _update_setup(tmp_path)
     batch = collate(src, tgt)
