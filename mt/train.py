@@ -599,11 +599,12 @@ def _sync_lr(optimizer: torch.optim.Optimizer, world: int, device: torch.device)
         g["lr"] = lr
 
 
-def _global_tokens(tokens: int, world: int, device: torch.device) -> float:
-    """Target tokens of this update summed over all replicas."""
-    t = torch.tensor([float(tokens)], device=device)
+def _global_tokens(tokens: int, world: int, device: torch.device) -> torch.Tensor:
+    """Target tokens of this update summed over all replicas, as a 0-d tensor on `device` (read
+    by the loss division on the device: no host sync)."""
+    t = torch.tensor(float(tokens), device=device)
     dist.all_reduce(t)
-    return float(t)
+    return t
 
 
 def _agree_reason(reason: str | None, world: int, device: torch.device) -> str | None:
