@@ -9,7 +9,7 @@ there are no CUDA kernels, so a quantized model runs on the CPU only.
 Measured on Multi30k en->de (README "Performance"): 3.0-8.8x the decoding speed of float32 for a
 Transformer base and a 2-layer attention GRU on a 2-core AVX-512 (VNNI) CPU, 2.3-7.6x on an AVX2
 one (benchmarks/translate_speed.py --int8); 1.2-1.6x for 2-6M-parameter models on the AVX2 one,
-whose BLEU moved by -0.12 to +0.04 (benchmarks/int8_quality.py).
+whose BLEU moved by -0.12 to +0.04 (benchmarks/precision_quality.py).
 """
 
 from __future__ import annotations

@@ -99,3 +99,23 @@ def test_train_speed_with_ablations() -> None:
         buckets = m["ablations"]["bucketing"]
         assert buckets["length_bucketed"]["padding_share"] <= buckets["random_order"]["padding_share"]
         assert set(m["ablations"]["adam"]) == {"fused", "foreach", "for_loop"}
+
+
+def test_precision_quality_on_a_trained_run(tiny_run: Path) -> None:
+    from mt.translate import cpu_has_native_bf16
+
+    types = "int8,bfloat16" if cpu_has_native_bf16() is not False else "int8"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "precision_quality.py"), str(tiny_run), "--data", str(DATA),
+           "--threads", "1", "--types", types]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    doc = json.loads(r.stdout)
+    (run,) = doc["runs"]
+    assert run["sentences"] == 1000 and set(run["searches"]) == {"greedy", "beam5"}
+    for entry in run["searches"].values():
+        assert set(entry["against_float32"]) == set(types.split(","))
+        for name, cmp in entry["against_float32"].items():
+            assert 0 <= entry[name]["bleu"] <= 100
+            assert cmp["bleu_change"] == pytest.approx(entry[name]["bleu"] - entry["float32"]["bleu"], abs=0.011)
+            same, total = map(int, cmp["identical_lines"].split("/"))
+            assert total == 1000 and same > 0

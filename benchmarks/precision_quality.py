@@ -1,12 +1,15 @@
-"""int8 against float32 on trained runs: BLEU, chrF, identical lines and speed of `mt translate --int8`.
+"""int8 and bf16 against float32 on trained runs: BLEU, chrF, identical lines and speed of
+`mt translate --int8` and `mt translate --dtype bfloat16`.
 
-    python benchmarks/int8_quality.py RUN [RUN ...] [--test test_2016_flickr] [--data DIR] [--output FILE]
+    python benchmarks/precision_quality.py RUN [RUN ...] [--types int8,bfloat16] [--test test_2016_flickr]
+        [--data DIR] [--threads N] [--output FILE]
 
 RUN is a run directory written by `mt train` on Multi30k (its recipe's src_lang/tgt_lang pick the
 files DIR/TEST.{src,tgt}.gz). Each run is translated greedy and beam (the run's decode settings)
-with float32 and with int8 weights (mt.quantize.quantize_int8), in-process through
-mt.translate.Translator, timed without start-up. Prints one JSON document. Not part of `make bench`:
-it needs trained runs (recipes/multi30k/transformer-cpu.yaml trains one in 45 minutes on 2 cores).
+with float32 weights and with each of --types: int8 weights (mt.quantize.quantize_int8), bfloat16
+(mt.translate.set_decoding_dtype), in-process through mt.translate.Translator on the CPU, timed
+without start-up. Prints one JSON document. Not part of `make bench`: it needs trained runs
+(recipes/multi30k/transformer-cpu.yaml trains one in 45 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -25,17 +28,25 @@ from mt.data import read_lines  # noqa: E402
 from mt.metrics import score  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
 from mt.search import build_search  # noqa: E402
-from mt.translate import Translator, load_run  # noqa: E402
+from mt.translate import Translator, load_run, set_decoding_dtype  # noqa: E402
+
+TYPES = ("int8", "bfloat16")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories (mt train on Multi30k)")
+    p.add_argument("--types", default="int8,bfloat16", help="comma list of int8, bfloat16 (default both)")
     p.add_argument("--test", default="test_2016_flickr", help="test set name (default test_2016_flickr)")
     p.add_argument("--data", default=common.DEFAULT_DATA, help=f"Multi30k folder (default {common.DEFAULT_DATA})")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     p.add_argument("--output", default=None, help="also write the JSON document to this file")
-    return p.parse_args()
+    args = p.parse_args()
+    args.types = [t for t in args.types.split(",") if t]
+    bad = [t for t in args.types if t not in TYPES]
+    if bad or not args.types:
+        p.error(f"--types: choose from {', '.join(TYPES)}, got {args.types}")
+    return args
 
 
 def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict:
@@ -50,10 +61,12 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict:
                  "test": str(src_file), "sentences": len(src), "searches": {}}
     del probe
     outputs: dict = {}
-    for weights in ("float32", "int8"):
+    for weights in ("float32", *args.types):
         run = load_run(run_dir, device)
         if weights == "int8":
             quantize_int8(run.model)
+        elif weights != "float32":
+            set_decoding_dtype(run.model, weights, device, warn=common.log)
         for search in ("greedy", "beam"):
             decode = replace(run.config.decode, search=search)
             tr = Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode), device,
@@ -74,10 +87,14 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict:
                        f"chrF {scores['chrf'].score:.2f}, {len(src) / m.seconds:.1f} sent/s")
     for search, entry in res["searches"].items():
         key = "greedy" if search == "greedy" else "beam"
-        same = sum(a == b for a, b in zip(outputs[("float32", key)], outputs[("int8", key)]))
-        entry["identical_lines"] = f"{same}/{len(src)}"
-        entry["bleu_change"] = round(entry["int8"]["bleu"] - entry["float32"]["bleu"], 2)
-        entry["speedup"] = round(entry["float32"]["seconds"] / entry["int8"]["seconds"], 2)
+        entry["against_float32"] = {}
+        for weights in args.types:
+            same = sum(a == b for a, b in zip(outputs[("float32", key)], outputs[(weights, key)]))
+            entry["against_float32"][weights] = {
+                "identical_lines": f"{same}/{len(src)}",
+                "bleu_change": round(entry[weights]["bleu"] - entry["float32"]["bleu"], 2),
+                "speedup": round(entry["float32"]["seconds"] / entry[weights]["seconds"], 2),
+            }
     res["signatures"] = {k: v.signature for k, v in score(["x"], [["x"]], ("bleu", "chrf")).items()}
     return res
 
@@ -88,7 +105,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     common.warn_if_loaded(device)
-    doc = {"benchmark": "int8_quality", "environment": common.environment(device),
+    doc = {"benchmark": "precision_quality", "environment": common.environment(device),
            "runs": [evaluate_run(r, args) for r in args.runs]}
     common.emit(doc, args)
 
