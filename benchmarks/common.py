@@ -259,16 +259,11 @@ def load_average() -> list[float] | None:
 
 def _cpu_flags() -> list[str]:
     """The CPU features that decide matmul speed: AVX2/AVX-512, VNNI (int8), BF16, AMX."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                          "amx_bf16", "amx_int8")
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
+    from mt.translate import cpu_flags
+
+    have = cpu_flags() or set()
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return [f for f in wanted if f in have]
 
 
 def environment(device: torch.device) -> dict[str, Any]:

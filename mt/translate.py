@@ -25,18 +25,24 @@ DEFAULT_MAX_INPUT_TOKENS = 1024
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def cpu_has_native_bf16() -> bool | None:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); None: cannot tell
-    (not Linux). Without it torch emulates bf16 and a bf16 model decodes many times slower."""
+def cpu_flags() -> set[str] | None:
+    """The x86 feature flags of /proc/cpuinfo (avx2, avx512_bf16, ...); None where there are none
+    to read (not Linux, not x86)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return None
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); None: cannot tell.
+    Without it torch emulates bf16 and a bf16 model decodes many times slower."""
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def set_decoding_dtype(model: Seq2Seq, name: str, device: torch.device,

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.skipif(not (DATA / "test_2016_flickr.en.gz").is_file(),
                                 reason=f"Multi30k not found in {DATA}")
 
 
-def bench(script: str, *args: str) -> dict:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(DATA), "--device", "cpu",
-           "--threads", "1", *args]
+def bench(script: str, *args: str, device: bool = True) -> dict:
+    """Run benchmarks/SCRIPT on the CPU with one thread; its JSON document (device=False: a script
+    without --device, CPU only anyway)."""
+    cpu = ["--device", "cpu"] if device else []
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--data", str(DATA), *cpu, "--threads", "1", *args]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
     doc = json.loads(r.stdout)
@@ -105,11 +107,7 @@ def test_precision_quality_on_a_trained_run(tiny_run: Path) -> None:
     from mt.translate import cpu_has_native_bf16
 
     types = "int8,bfloat16" if cpu_has_native_bf16() is not False else "int8"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "precision_quality.py"), str(tiny_run), "--data", str(DATA),
-           "--threads", "1", "--types", types]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    doc = json.loads(r.stdout)
+    doc = bench("precision_quality.py", str(tiny_run), "--types", types, device=False)
     (run,) = doc["runs"]
     assert run["sentences"] == 1000 and set(run["searches"]) == {"greedy", "beam5"}
     for entry in run["searches"].values():

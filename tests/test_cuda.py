@@ -16,15 +16,21 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("search", ["greedy", "beam"])
-def test_cuda_equals_cpu(name, search):
+def _model_and_batch(name):
+    """A seeded random model and five padded source sentences of 9, 7, 5, 3 and 1 tokens."""
     torch.manual_seed(0)
     model = build_model(CONFIGS[name], 40, 30).eval()
     src = torch.randint(4, 40, (5, 9))
     lengths = torch.tensor([9, 7, 5, 3, 1])
     for i, n in enumerate(lengths.tolist()):
         src[i, n:] = 0
+    return model, src, lengths
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_cuda_equals_cpu(name, search):
+    model, src, lengths = _model_and_batch(name)
     make = (lambda: GreedySearch(max_len_a=1.0, max_len_b=4, return_attention=True)) if search == "greedy" else (
         lambda: BeamSearch(beam=4, n_best=2, len_penalty=LengthPenalty("gnmt", 0.6), max_len_a=1.0, max_len_b=4,
                            return_attention=True))
@@ -46,12 +52,7 @@ def test_cuda_reduced_precision_decodes_like_float32(name, dtype):
 
     from mt.translate import set_decoding_dtype
 
-    torch.manual_seed(0)
-    model = build_model(CONFIGS[name], 40, 30).eval()
-    src = torch.randint(4, 40, (5, 9))
-    lengths = torch.tensor([9, 7, 5, 3, 1])
-    for i, n in enumerate(lengths.tolist()):
-        src[i, n:] = 0
+    model, src, lengths = _model_and_batch(name)
     search = BeamSearch(beam=4, max_len_a=1.0, max_len_b=4)
     ref = search(model, src, lengths)
     low = set_decoding_dtype(copy.deepcopy(model).cuda(), dtype, torch.device("cuda"))
