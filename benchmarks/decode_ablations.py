@@ -22,6 +22,7 @@ from translate_speed import make_search, measure_search, run_search, spread  # n
 
 from mt.config import DecodeConfig  # noqa: E402
 from mt.data import read_lines, source_tensor, token_batches  # noqa: E402
+from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
 from mt.models.transformer import KVCache, Transformer  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
 from mt.search import BeamSearch, Search  # noqa: E402
@@ -86,13 +87,96 @@ class EagerKVCache(KVCache):
         return EagerKVCache(self.k.index_select(0, index), self.v.index_select(0, index))
 
 
-class LoopTopk(BeamSearch):
-    """Top-k per sentence in a Python loop instead of one topk over the [sentences, beam x vocab] tensor."""
+class RideAlong:
+    """The alternative to finished sentences leaving the batch: `model` seen through a state whose
+    rows never leave. The search sees only its open rows (RideAlongState.open maps them to the
+    model's rows); every decode_step runs the model on all rows and hands back the open ones."""
 
-    @staticmethod
-    def _top_candidates(cand, n):
-        values, indices = zip(*(row.topk(n) for row in cand))
-        return torch.stack(values), torch.stack(indices)
+    def __init__(self, model: Seq2Seq) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str):  # encode, the special ids, max_tgt_positions
+        return getattr(self.model, name)
+
+    def init_state(self, enc, max_len, need_attention=False):
+        return RideAlongState(self.model.init_state(enc, max_len, need_attention))
+
+    def decode_step(self, prev_tokens, state):
+        state.prev[state.open] = prev_tokens  # finished rows repeat their last token
+        lp, attn = self.model.decode_step(state.prev, state.inner)
+        return lp[state.open], None if attn is None else attn[state.open]
+
+
+class RideAlongState:
+    """The DecoderState calls the searches make, on a state that keeps every row: dropping rows
+    only forgets them (`open`); a reorder of beams moves the open rows and leaves the others."""
+
+    def __init__(self, inner: DecoderState) -> None:
+        self.inner = inner
+        device = inner.static["src_mask"].device
+        self.open = torch.arange(inner.batch_size, device=device)  # model row of each row the search sees
+        self.prev = torch.zeros(inner.batch_size, dtype=torch.long, device=device)
+
+    def expand(self, n: int) -> RideAlongState:
+        self.inner = self.inner.expand(n)
+        self.open = (self.open[:, None] * n + torch.arange(n, device=self.open.device)).view(-1)
+        self.prev = self.prev.repeat_interleave(n)
+        return self
+
+    def select_(self, index, same_sources: bool = False) -> RideAlongState:
+        if same_sources:  # beams reordered within their sentences: rows move
+            full = torch.arange(self.prev.numel(), device=index.device)
+            full[self.open] = self.open[index]
+            self.inner.select_(full, same_sources=True)
+            self.prev = self.prev[full]
+        else:  # finished rows dropped (distinct rows, in order): they stay in the model's batch
+            self.open = self.open[index]
+        return self
+
+    def keep_sentences_(self, keep, rows_per_sentence: int) -> RideAlongState:
+        r = rows_per_sentence
+        self.open = self.open[(keep[:, None] * r + torch.arange(r, device=keep.device)).view(-1)]
+        return self
+
+
+def calling(search: Search, call: Callable) -> Search:
+    """`search` whose __call__ is call(shipped __call__, search, model, src, src_lengths)."""
+    shipped = type(search).__call__
+
+    class Wrapped(type(search)):
+        def __call__(self, model, src, src_lengths):
+            return call(shipped, self, model, src, src_lengths)
+
+    search.__class__ = Wrapped
+    return search
+
+
+def ride_along(search: Search) -> Search:
+    """Finished sentences stay in the model's batch to the end (RideAlong)."""
+    return calling(search, lambda shipped, s, model, src, lengths: shipped(s, RideAlong(model), src, lengths))
+
+
+TOPK = torch.Tensor.topk
+
+
+def topk_per_row(t: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
+    """torch.Tensor.topk over dim 1 of a 2-d tensor as a Python loop of one topk per row."""
+    topk = TOPK
+    if t.dim() != 2 or dim not in (1, -1):
+        return topk(t, k, dim, largest, sorted)
+    values, indices = zip(*(topk(row, k, 0, largest, sorted) for row in t))
+    return torch.stack(values), torch.stack(indices)
+
+
+def loop_topk(search: Search) -> Search:
+    """Beam search's topk per sentence in a Python loop instead of one topk over the
+    [sentences, beam x vocab] tensor (torch.Tensor.topk patched while the search runs)."""
+
+    def call(shipped, s, model, src, lengths):
+        with patched(torch.Tensor, "topk", topk_per_row):
+            return shipped(s, model, src, lengths)
+
+    return calling(search, call)
 
 
 @contextlib.contextmanager
@@ -115,7 +199,7 @@ def no_grouped_static(model):
 
     def init_state(self, enc, max_len, need_attention=False):
         state = orig(self, enc, max_len, need_attention)
-        state.extras.pop("grouped_static", None)
+        state.grouped_static = False
         return state
 
     return patched(type(model), "init_state", init_state)
@@ -164,26 +248,11 @@ class EncodePerBeam(BeamSearch):
 def grad_mode(mode: str) -> Callable[[Search], Search]:
     """Search run under torch.no_grad() or with autograd on, instead of torch.inference_mode()."""
 
-    def wrap(search: Search) -> Search:
-        inner = type(search).__call__.__wrapped__  # the undecorated Search.__call__
+    def call(shipped, s, model, src, lengths):
+        with torch.no_grad() if mode == "no_grad" else torch.enable_grad():
+            return shipped.__wrapped__(s, model, src, lengths)  # the undecorated Search.__call__
 
-        class Wrapped(type(search)):
-            def __call__(self, model, src, src_lengths):
-                ctx = torch.no_grad() if mode == "no_grad" else torch.enable_grad()
-                with ctx:
-                    return inner(self, model, src, src_lengths)
-
-        search.__class__ = Wrapped
-        return search
-
-    return wrap
-
-
-def search_with(kind: str, args, **kw) -> Search:
-    s = make_search(kind, args)
-    for key, value in kw.items():
-        setattr(s, key, value)
-    return s
+    return lambda search: calling(search, call)
 
 
 def as_class(cls, search: Search) -> Search:
@@ -210,10 +279,10 @@ VARIANTS: dict[str, tuple[str, str, Callable | None, Callable, tuple[str, ...]]]
         None, lambda kind, a: as_class(EncodePerBeam, make_search(kind, a)), BEAM),
     "drop_finished_sentences": (
         "all", "finished sentences leave the batch (alternative: they ride along to the end)",
-        None, lambda kind, a: search_with(kind, a, drop_finished=False), BOTH),
+        None, lambda kind, a: ride_along(make_search(kind, a)), BOTH),
     "flat_topk": (
         "all", "one topk over [sentences, beam x vocab] (alternative: a Python loop of topk per sentence)",
-        None, lambda kind, a: as_class(LoopTopk, make_search(kind, a)), BEAM),
+        None, lambda kind, a: loop_topk(make_search(kind, a)), BEAM),
     "inference_mode": (
         "all", "torch.inference_mode (alternative: torch.no_grad)",
         None, lambda kind, a: grad_mode("no_grad")(make_search(kind, a)), BOTH),

@@ -189,8 +189,9 @@ class DecodeConfig:
     #: open hypothesis can still beat them (exact, slower)
     early_stop: bool = True
     # source tokens x rows per sentence (beam size, samples) per batch: beam 5 at 4096 decodes
-    # batches of ~820 source tokens (benchmarks/decode_ablations.py: as fast as 4096 source tokens
-    # for the Transformer, with 40% of the memory)
+    # batches of ~820 source tokens. Past a few hundred decoder rows a larger batch no longer
+    # speeds up the matrix products while the memory keeps growing with it
+    # (benchmarks/decode_ablations.py, translator_batch_tokens: speed against peak memory)
     batch_tokens: int = 4096
     topk: int = 0
     topp: float = 1.0

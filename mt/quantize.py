@@ -6,10 +6,11 @@ CTranslate2 and Marian use for CPU decoding). Embeddings, layer norms and attent
 scores) stay in float32. torch runs the int8 matrix products with fbgemm (x86) or qnnpack (ARM);
 there are no CUDA kernels, so a quantized model runs on the CPU only.
 
-Measured on Multi30k en->de (README "Performance"): 3.0-8.8x the decoding speed of float32 for a
-Transformer base and a 2-layer attention GRU on a 2-core AVX-512 (VNNI) CPU, 2.3-7.6x on an AVX2
-one (benchmarks/translate_speed.py --int8); 1.2-1.6x for 2-6M-parameter models on the AVX2 one,
-whose BLEU moved by -0.12 to +0.04 (benchmarks/precision_quality.py).
+Decoding on a CPU spends most of its time in these matrix products, and int8 ones move a quarter
+of the weight bytes and run on the CPU's integer dot-product instructions (AVX2, AVX-512 VNNI), so
+the gain grows with the model and depends on the CPU. benchmarks/translate_speed.py --int8 measures
+the speed and benchmarks/precision_quality.py the BLEU against float32 (figures: README
+"Performance").
 """
 
 from __future__ import annotations

@@ -55,14 +55,10 @@ class Search:
         min_len: int = 0,
         n_best: int = 1,
         return_attention: bool = False,
-        drop_finished: bool = True,
     ) -> None:
         self.max_len_a, self.max_len_b, self.min_len = max_len_a, max_len_b, min_len
         self.n_best = n_best
         self.return_attention = return_attention
-        # False keeps finished sentences in the batch until the last one ends (same results; only
-        # there so benchmarks/decode_ablations.py can measure what dropping them saves)
-        self.drop_finished = drop_finished
 
     #: decoder rows per source sentence (beam size, samples): what a batch budget is divided by
     rows_per_sentence = 1
@@ -129,7 +125,6 @@ class _RowSearch(Search):
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
         src_len, first_limit = src_lengths.tolist(), int(max_lens.min())
-        alive = torch.ones(b * n, dtype=torch.bool, device=device)  # only with drop_finished=False
         step = 0
         while rows.numel():
             lp, attn = model.decode_step(prev, state)
@@ -140,11 +135,7 @@ class _RowSearch(Search):
             if attn is not None and self.return_attention:
                 attn_rows = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
             finished = tok == eos
-            if not self.drop_finished:
-                finished &= alive
-                alive &= ~finished
-            any_finished = bool(finished.any())
-            if any_finished:
+            if bool(finished.any()):
                 idx = finished.nonzero()[:, 0]
                 # one transfer per tensor, not one per hypothesis (each is a device sync on CUDA)
                 for k, (row, raw, tokens) in enumerate(zip(rows[idx].tolist(), scores[idx].tolist(),
@@ -152,13 +143,11 @@ class _RowSearch(Search):
                     sent = row // n
                     attention = self._attention(attn_rows[idx[k]] if attn_rows is not None else None, src_len[sent])
                     done[sent].append(Hypothesis(tokens, raw, raw, attention))
-            if any_finished and self.drop_finished:
+                # finished sentences leave the batch
                 keep = (~finished).nonzero()[:, 0]
                 rows, row_max, tok, seqs, scores = rows[keep], row_max[keep], tok[keep], seqs[keep], scores[keep]
                 attn_rows = attn_rows[keep] if attn_rows is not None else None
                 state.select_(keep)
-            elif not self.drop_finished and not bool(alive.any()):
-                break
             prev = tok
             step += 1
         return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
@@ -245,7 +234,7 @@ class BeamSearch(Search):
             else:
                 attn_all = None
             cand = (scores.view(-1, 1) + lp).view(nb, width * vocab)
-            top_scores, top_idx = self._top_candidates(cand, min(2 * k, width * vocab))  # [nb, 2k], sorted
+            top_scores, top_idx = cand.topk(min(2 * k, width * vocab), dim=1)  # [nb, 2k], sorted
             if top_scores.size(1) < 2 * k:  # fewer candidates than 2k (a vocabulary smaller than 2k)
                 short = 2 * k - top_scores.size(1)
                 top_scores = torch.cat([top_scores, top_scores.new_full((nb, short), NEG_INF)], dim=1)
@@ -276,11 +265,7 @@ class BeamSearch(Search):
                 state.select_(rows, same_sources=True)
 
             finished = self._finished(scores, n_done, sent_ids, sent_max, done, k)
-            if not self.drop_finished:  # finished sentences ride along without new hypotheses
-                scores = scores.masked_fill(finished[:, None], NEG_INF)
-                if bool(finished.all()):
-                    break
-            elif bool(finished.any()):
+            if bool(finished.any()):  # finished sentences leave the batch
                 keep = (~finished).nonzero()[:, 0]
                 keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
                 sent_ids, sent_max, scores, n_done = sent_ids[keep], sent_max[keep], scores[keep], n_done[keep]
@@ -289,11 +274,6 @@ class BeamSearch(Search):
                 state.keep_sentences_(keep, k)
             step += 1
         return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
-
-    @staticmethod
-    def _top_candidates(cand: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        """The n best of each sentence's beam x vocab candidates, one topk on the flat tensor."""
-        return cand.topk(n, dim=1)
 
     def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_len, step, width, done) -> None:
         """The hypotheses that end at this step, into `done` (per original sentence)."""

@@ -3,6 +3,7 @@ batch composition independence and attention bookkeeping on tiny random Transfor
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import zlib
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from conftest import ROOT
 from mt import MTError
 from mt.config import DecodeConfig, RNNConfig, TransformerConfig
 from mt.models import build_model
@@ -312,24 +314,29 @@ def test_finished_sentences_leave_the_batch() -> None:
         assert rows == [2] + [2 * per_sentence] + [per_sentence] * 5
 
 
-def test_keeping_finished_sentences_changes_nothing_but_the_rows() -> None:
-    """drop_finished=False (what benchmarks/decode_ablations.py compares against) decodes the same hypotheses with a full batch."""
+def test_keeping_finished_sentences_changes_nothing_but_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The alternatives benchmarks/decode_ablations.py compares against decode the same hypotheses:
+    finished sentences riding along in a full batch, and a topk per sentence."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ablations = importlib.import_module("decode_ablations")
     model = Scripted(random_table(11), vocab=7)
     sentences = [[4, 5], [6], [4, 4, 5, 6, 5], [5, 6, 4]]
     src, lengths = batch(sentences)
     for make in (
-        lambda drop: GreedySearch(max_len_a=1.5, max_len_b=2, drop_finished=drop),
-        lambda drop: BeamSearch(3, LengthPenalty("gnmt", 0.6), max_len_a=1.5, max_len_b=2, n_best=3, drop_finished=drop),
-        lambda drop: BeamSearch(3, early_stop=False, max_len_a=1.5, max_len_b=2, drop_finished=drop),
+        lambda: GreedySearch(max_len_a=1.5, max_len_b=2),
+        lambda: BeamSearch(3, LengthPenalty("gnmt", 0.6), max_len_a=1.5, max_len_b=2, n_best=3),
+        lambda: BeamSearch(3, early_stop=False, max_len_a=1.5, max_len_b=2),
     ):
-        results = []
-        for drop in (True, False):
-            model.rows_per_step.clear()
-            results.append(make(drop)(model, src, lengths))
+        expected = make()(model, src, lengths)
+        model.rows_per_step.clear()
+        results = {"ride_along": ablations.ride_along(make())(model, src, lengths)}
         rows = list(model.rows_per_step)
-        assert len(set(rows[1:])) == 1  # with drop_finished=False the batch never shrinks (after step 1)
-        for a, b in zip(*results):
-            assert [(h.tokens, round(h.score, 5)) for h in a] == [(h.tokens, round(h.score, 5)) for h in b]
+        assert len(set(rows[1:])) == 1 and len(rows) > 2  # riding along, the batch never shrinks (after step 1)
+        if isinstance(make(), BeamSearch):
+            results["loop_topk"] = ablations.loop_topk(make())(model, src, lengths)
+        for name, result in results.items():
+            for a, b in zip(expected, result, strict=True):
+                assert [(h.tokens, round(h.score, 5)) for h in a] == [(h.tokens, round(h.score, 5)) for h in b], name
 
 
 # ----------------------------------------------------------------------------------------------

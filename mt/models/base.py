@@ -47,7 +47,8 @@ class DecoderState:
     group:   rows per source sentence. With group g > 1 the static tensors hold one row per
              sentence and decoder row r reads static row r // g (the rows of a sentence are
              adjacent): beams share their sentence's encoder output instead of copying it.
-             Only models that set extras["grouped_static"] in init_state get g > 1.
+    grouped_static: the model's decode_step reads static rows by group, so `expand` may share
+             the static tensors (g > 1); False: `expand` copies them per row (g stays 1).
     """
 
     static: dict[str, Any]
@@ -56,6 +57,7 @@ class DecoderState:
     need_attention: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # non-tensor settings (e.g. cache length)
     group: int = 1
+    grouped_static: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -75,7 +77,8 @@ class DecoderState:
         """
         static, group = (self.static, self.group) if same_sources else (self._static_rows(index), 1)
         dynamic = {k: _index(v, index) for k, v in self.dynamic.items()}
-        return DecoderState(static, dynamic, self.step, self.need_attention, dict(self.extras), group)
+        return DecoderState(static, dynamic, self.step, self.need_attention, dict(self.extras), group,
+                            self.grouped_static)
 
     def select_(self, index: Tensor, same_sources: bool = False) -> "DecoderState":
         """`select` applied to this state (updated and returned): what the searches call every step."""
@@ -88,10 +91,11 @@ class DecoderState:
         """Each row repeated n times, copies adjacent (batch -> batch x beam). Models with
         grouped static tensors share them among the copies; others get them copied."""
         index = torch.arange(self.batch_size, device=self.static["src_mask"].device).repeat_interleave(n)
-        if not self.extras.get("grouped_static"):
+        if not self.grouped_static:
             return self.select(index)
         dynamic = {k: _index(v, index) for k, v in self.dynamic.items()}
-        return DecoderState(self.static, dynamic, self.step, self.need_attention, dict(self.extras), self.group * n)
+        return DecoderState(self.static, dynamic, self.step, self.need_attention, dict(self.extras), self.group * n,
+                            self.grouped_static)
 
     def keep_sentences_(self, keep: Tensor, rows_per_sentence: int) -> "DecoderState":
         """In place: keep sentences `keep` (indices among the current sentences, each with

@@ -352,7 +352,7 @@ class RNNSeq2Seq(Seq2Seq):
         static, dynamic = self.decoder.prepare(enc, self.bridge(enc.final))
         static["src_mask"] = enc.src_mask
         # beams share their sentence's memory and keys (DecoderState.group)
-        return DecoderState(static, dynamic, step=0, need_attention=need_attention, extras={"grouped_static": True})
+        return DecoderState(static, dynamic, step=0, need_attention=need_attention, grouped_static=True)
 
     def _logits(self, out: Tensor) -> Tensor:
         return self.out(self.out_proj(self.dropout(out)))  # [..., out_dim] -> [..., V]

@@ -26,8 +26,9 @@ class KVCache:
     new, one position longer buffer (`torch.index_select(..., out=)`), so a step copies the cache
     once instead of twice (reorder, then concatenate). benchmarks/decode_ablations.py, variant
     kv_reorder_fused, measures it against the plain index_select + cat. A preallocated
-    [B, H, max_len, Dh] buffer (variant kv_cache_by_concatenation) was no faster on CPU and took
-    1.2-2.3x the peak memory.
+    [B, H, max_len, Dh] buffer saves the concatenation's copy only while no rows are reordered or
+    dropped (beam search reorders at every step) and holds max_len positions from the first step
+    on; variant kv_cache_by_concatenation measures the speed and peak memory of both.
     """
 
     def __init__(self, k: Tensor | None = None, v: Tensor | None = None, order: Tensor | None = None) -> None:
@@ -294,7 +295,7 @@ class Transformer(Seq2Seq):
             static[f"k{i}"], static[f"v{i}"] = layer.cross_attn.project_kv(enc.memory)
             dynamic[f"cache{i}"] = KVCache()
         # beams share their sentence's cross-attention K/V (DecoderState.group)
-        return DecoderState(static, dynamic, need_attention=need_attention, extras={"grouped_static": True})
+        return DecoderState(static, dynamic, need_attention=need_attention, grouped_static=True)
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
         x = self.tgt_embed(prev_tokens[:, None], start=state.step)  # [B, 1, D]
