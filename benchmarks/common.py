@@ -26,7 +26,7 @@ from mt.config import RNNConfig, TransformerConfig, VocabConfig
 from mt.data import read_lines
 from mt.models import build_model
 from mt.models.base import Seq2Seq
-from mt.translate import resolve_device
+from mt.device import cpu_flags, resolve_device
 from mt.vocab import Vocab, train_vocab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,8 +259,6 @@ def load_average() -> list[float] | None:
 
 def _cpu_flags() -> list[str]:
     """The CPU features that decide matmul speed: AVX2/AVX-512, VNNI (int8), BF16, AMX."""
-    from mt.translate import cpu_flags
-
     have = cpu_flags() or set()
     wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
     return [f for f in wanted if f in have]

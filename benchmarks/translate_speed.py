@@ -24,7 +24,8 @@ from mt.data import TokenBatcher, read_lines, source_tensor  # noqa: E402
 from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
 from mt.search import BeamSearch, GreedySearch, LengthPenalty, Search  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
-from mt.translate import Translator, set_decoding_dtype  # noqa: E402
+from mt.device import set_decoding_dtype  # noqa: E402
+from mt.translate import Translator  # noqa: E402
 
 NEG_INF = float("-inf")
 

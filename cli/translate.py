@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
 
 import typer
 
 from mt import MTError
-from mt.config import is_run_dir
-from mt.files import publish, temp_file
+from mt.config import DecodeConfig, SettingError, is_run_dir, load_config
+from mt.device import check_device, check_precision
+from mt.files import Output, check_output_path
 
 EPILOG = """\b
 Examples:
@@ -27,66 +26,6 @@ Examples:
   mt translate -m runs/m30k --json < in.txt                     # one JSON object per input line
   mt translate -m runs/demo --attention-plot plots/ < in.txt    # one PNG heatmap per sentence
 """
-
-
-class Output:
-    """stdout, or a file written under a temporary name and renamed on success only, so a failed
-    run never leaves a half-written output file (nor destroys an existing one). A symbolic link is
-    followed (its target is replaced, the link stays); a path that is not a regular file (/dev/null,
-    a named pipe, /dev/stdout) is written to directly."""
-
-    def __init__(self, path: Optional[Path]) -> None:
-        self.path = path
-        self.tmp: Optional[Path] = None
-        self.direct = False  # written in place (a device or a pipe), closed at the end
-        if path is None:
-            # input is read as UTF-8 whatever the locale says; the output is written the same way
-            if hasattr(sys.stdout, "reconfigure") and (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
-                sys.stdout.reconfigure(encoding="utf-8")
-            self.stream: IO[str] = sys.stdout
-            return
-        if path.is_dir():
-            raise MTError(f"{path}: is a directory")
-        if _written_in_place(path):
-            try:  # appending: /dev/stdout may be a file the shell opened with >>
-                self.stream = open(path, "a", encoding="utf-8", newline="\n")
-            except OSError as e:
-                raise MTError(f"{path}: cannot write ({e.strerror})") from None
-            self.direct = True
-            return
-        self.path = path = _resolve(path) if path.is_symlink() else path
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise MTError(f"{parent}: no such directory for the output file")
-        try:
-            fd, self.tmp = temp_file(path)
-        except OSError as e:
-            raise MTError(f"{path}: cannot write ({e.strerror})") from None
-        self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-
-    def write(self, text: str) -> None:
-        self.stream.write(text)
-        if self.tmp is None:
-            self.stream.flush()  # output appears as it goes
-
-    def commit(self) -> None:
-        if self.tmp is not None:
-            self.stream.close()
-            publish(self.tmp, self.path)
-            self.tmp = None
-        elif self.direct:
-            self.stream.close()
-
-    def abort(self) -> None:
-        if self.tmp is not None:
-            self.stream.close()
-            self.tmp.unlink(missing_ok=True)
-            self.tmp = None
-        elif self.direct:
-            try:
-                self.stream.close()
-            except OSError:  # a reader that went away (a closed pipe)
-                pass
 
 
 #: characters that a line-based reader (Python's str.splitlines included) takes as a line end: a
@@ -113,6 +52,30 @@ def _format(tr, index: int, n_best: int, scores: bool, as_json: bool) -> str:
     if scores:
         return f"{text}\t{nbest[0][1]:.4f}\n"
     return text + "\n"
+
+
+def _decode_config(base: DecodeConfig, greedy: bool, sample: bool, **options) -> DecodeConfig:
+    """The run's decode settings with the command line's (None: not given), checked by DecodeConfig
+    and named by their flags in its messages."""
+    changes = {k: v for k, v in options.items() if v is not None}
+    if options["beam"] is not None:
+        changes["search"] = "beam"
+    if greedy:
+        changes["search"] = "greedy"
+    if sample:
+        changes["search"] = "sampling"
+    n_best = options["n_best"]
+    if n_best is not None and n_best > 1 and "search" not in changes and base.search != "sampling":
+        # --n-best K alone asks for K hypotheses of the run's search: K samples when it samples, else
+        # a beam wide enough (beam search even if the run decodes greedily)
+        changes.update(search="beam", beam=max(base.beam, n_best))
+    try:
+        decode = replace(base, **changes)
+    except SettingError as e:
+        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
+    if decode.search == "greedy" and decode.n_best > 1:
+        raise MTError("--n-best > 1 needs beam search or sampling")
+    return decode
 
 
 def translate(
@@ -147,54 +110,38 @@ def translate(
     # every check that needs no model comes first, before `import torch` (seconds)
     if greedy + sample + (beam is not None) > 1:
         raise MTError("choose one of --beam, --greedy and --sample")
-    for name, value in (("--beam", beam), ("--n-best", n_best), ("--batch-tokens", batch_tokens),
-                        ("--buffer-lines", buffer_lines), ("--threads", threads),
+    for name, value in (("--buffer-lines", buffer_lines), ("--threads", threads),
                         ("--max-input-tokens", max_input_tokens)):
         if value is not None and value < 1:
             raise MTError(f"{name} must be >= 1, got {value}")
-    for name, value in (("--max-len-a", max_len_a), ("--max-len-b", max_len_b), ("--min-len", min_len),
-                        ("--topk", topk), ("--alpha", alpha)):
-        if value is not None and value < 0:
-            raise MTError(f"{name} must not be negative, got {value}")
-    if temperature is not None and not temperature > 0:
-        raise MTError(f"--temperature must be > 0, got {temperature}")
-    if topp is not None and not 0 < topp <= 1:
-        raise MTError(f"--topp must be in (0, 1], got {topp}")
-    if len_penalty is not None and len_penalty not in ("gnmt", "d2l", "none"):
-        raise MTError(f"--len-penalty must be gnmt, d2l or none, got {len_penalty!r}")
     if greedy and n_best is not None and n_best > 1:
         raise MTError("--n-best > 1 needs beam search or sampling, not --greedy")
-    if beam is not None and n_best is not None and n_best > beam:
-        raise MTError(f"--n-best ({n_best}) cannot exceed --beam ({beam})")
+    check_device(device)
+    check_precision(dtype, device, int8)
     if input is not None and not input.exists():
         raise MTError(f"{input}: no such file")
     if input is not None and input.is_dir():
         raise MTError(f"{input}: is a directory, not a text file")
-    _check_output_path(output)
+    check_output_path(output)
     if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
     if not model.exists():
         raise MTError(f"{model}: no such run directory")
     if not is_run_dir(model):
         raise MTError(f"{model}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise MTError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise MTError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if int8 and dtype != "float32":
-        raise MTError("--int8 and --dtype exclude each other (int8 layers compute in float32 around int8 weights)")
-    if dtype == "float16" and device == "cpu":
-        raise MTError("--dtype float16 needs a CUDA device; use bfloat16 on the CPU")
-    if int8 and device not in ("auto", "cpu"):
-        raise MTError(f"--int8 runs on the CPU only (torch has no int8 kernels for {device}); use --device cpu")
+    decode = _decode_config(load_config(model / "config.yaml").decode, greedy=greedy, sample=sample, beam=beam,
+                            n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
+                            max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
+                            topk=topk, topp=topp, seed=seed)
     if checkpoint not in ("best", "last") and not Path(checkpoint).exists():
         raise MTError(f"{checkpoint}: no such checkpoint (use best, last, or a .safetensors file)")
 
     import torch
 
     from mt.data import iter_lines, open_binary
+    from mt.device import resolve_device, set_decoding_dtype
     from mt.plot import save_attention_plot
-    from mt.translate import Translator, load_run, resolve_device, set_decoding_dtype
+    from mt.translate import Translator, load_run
 
     dev = resolve_device("cpu" if int8 else device)  # before loading anything: `--device cuda` without a GPU fails at once
     if threads:
@@ -207,26 +154,6 @@ def translate(
         quantize_int8(run.model)
     if dtype != "float32":
         set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
-    changes = {k: v for k, v in dict(
-        beam=beam, n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
-        max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature, topk=topk, topp=topp,
-        seed=seed).items() if v is not None}
-    if beam is not None:
-        changes["search"] = "beam"
-    if greedy:
-        changes["search"] = "greedy"
-    if sample:
-        changes["search"] = "sampling"
-    base = run.config.decode
-    if n_best is not None and n_best > 1 and not (greedy or sample or beam is not None):
-        # --n-best K alone asks for K hypotheses of the run's search: K samples when it samples, else
-        # a beam wide enough (beam search even if the run decodes greedily)
-        if base.search != "sampling":
-            changes["search"] = "beam"
-            changes["beam"] = max(base.beam, n_best)
-    decode = replace(base, **changes)
-    if decode.search == "greedy" and decode.n_best > 1:
-        raise MTError("--n-best > 1 needs beam search or sampling")
     from mt.search import build_search
 
     translator = Translator(run.model, run.src_vocab, run.tgt_vocab,
@@ -257,38 +184,3 @@ def translate(
     finally:
         if input is not None:
             source.close()
-
-
-def _check_output_path(path: Optional[Path]) -> None:
-    """Fail before any work when the output file cannot be written (Output checks again when opening)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise MTError(f"{path}: is a directory")
-    if _written_in_place(path):
-        if not os.access(path, os.W_OK):
-            raise MTError(f"{path}: cannot write (permission denied)")
-        return
-    path = _resolve(path) if path.is_symlink() else path
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise MTError(f"{parent}: no such directory for the output file")
-    if not os.access(parent, os.W_OK):
-        raise MTError(f"{path}: cannot write (permission denied on {parent})")
-
-
-def _resolve(path: Path) -> Path:
-    try:
-        return path.resolve(strict=False)
-    except (RuntimeError, OSError) as e:  # a symlink loop
-        raise MTError(f"{path}: cannot follow the symbolic link ({e})") from None
-
-
-def _written_in_place(path: Path) -> bool:
-    """Paths that must be opened and written, never renamed over: anything under /dev or /proc
-    (/dev/null, /dev/stdout, /proc/self/fd/N: the last two may stand for a file the shell opened),
-    and an existing path that is not a regular file (a named pipe)."""
-    absolute = os.path.abspath(path)
-    if absolute.startswith(("/dev/", "/proc/")):
-        return True
-    return path.exists() and not _resolve(path).is_file()

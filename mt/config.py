@@ -11,11 +11,23 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 
 from mt import MTError
+
+
+class SettingError(MTError):
+    """A setting out of range. The message names settings as a recipe does (decode.beam);
+    `worded` names them as another front end does (the command line's --beam)."""
+
+    def __init__(self, section: str, say: Callable[[Callable[[str], str]], str]) -> None:
+        self.section, self._say = section, say  # say(name) -> the message; name(key) -> what to call a setting
+        super().__init__(self.worded(lambda key: f"{section}.{key}"))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        return self._say(name)
 
 
 @dataclass(frozen=True)
@@ -199,25 +211,28 @@ class DecodeConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        if self.beam < 1:
-            raise MTError(f"beam size must be >= 1, got {self.beam}")
-        if not 1 <= self.n_best:
-            raise MTError(f"n-best must be >= 1, got {self.n_best}")
+        rules = (
+            ("search", self.search in ("beam", "greedy", "sampling"), "must be beam, greedy or sampling"),
+            ("beam", self.beam >= 1, "must be >= 1"),
+            ("n_best", self.n_best >= 1, "must be >= 1"),
+            ("len_penalty", self.len_penalty in ("gnmt", "d2l", "none"), "must be gnmt, d2l or none"),
+            # a penalty that shrinks with length: longer would always win, and beam search's exact
+            # stopping rule (early_stop: false) assumes the opposite
+            ("alpha", self.alpha >= 0, "must not be negative"),
+            ("max_len_a", self.max_len_a >= 0, "must not be negative"),
+            ("max_len_b", self.max_len_b >= 0, "must not be negative"),
+            ("min_len", self.min_len >= 0, "must not be negative"),
+            ("batch_tokens", self.batch_tokens >= 1, "must be >= 1"),
+            ("temperature", self.temperature > 0, "must be > 0"),
+            ("topp", 0 < self.topp <= 1, "must be in (0, 1]"),
+            ("topk", self.topk >= 0, "must not be negative"),
+        )
+        for key, ok, rule in rules:
+            if not ok:
+                raise SettingError("decode", lambda name, key=key, rule=rule: f"{name(key)} {rule}, got {getattr(self, key)!r}")
         if self.search == "beam" and self.n_best > self.beam:
-            raise MTError(f"n-best ({self.n_best}) cannot exceed the beam size ({self.beam})")
-        if self.max_len_a < 0 or self.max_len_b < 0 or self.min_len < 0:
-            raise MTError("max_len_a, max_len_b and min_len must not be negative")
-        if self.alpha < 0:  # a penalty that shrinks with length: longer would always win, and beam
-            # search's exact stopping rule (early_stop: false) assumes the opposite
-            raise MTError(f"decode.alpha must not be negative, got {self.alpha}")
-        if self.batch_tokens < 1:
-            raise MTError(f"batch tokens must be >= 1, got {self.batch_tokens}")
-        if self.temperature <= 0:
-            raise MTError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.topp <= 1:
-            raise MTError(f"top-p must be in (0, 1], got {self.topp}")
-        if self.topk < 0:
-            raise MTError(f"top-k must be >= 0, got {self.topk}")
+            raise SettingError("decode", lambda name: f"{name('n_best')} ({self.n_best}) cannot exceed {name('beam')} "
+                                                      f"({self.beam}): the n-best list comes from the beam")
 
 
 @dataclass(frozen=True)

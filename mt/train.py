@@ -36,7 +36,8 @@ from mt.data import TokenBatcher, filter_pairs, load_corpus
 from mt.models import build_model
 from mt.models.base import PAD_ID
 from mt.search import build_search
-from mt.translate import Translator, resolve_device
+from mt.device import resolve_device
+from mt.translate import Translator
 from mt.vocab import Vocab, train_vocab, vocab_files
 
 

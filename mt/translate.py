@@ -21,64 +21,6 @@ from mt.vocab import Vocab, vocab_files
 #: longest input (subword tokens) translated in one piece by models without a position limit
 DEFAULT_MAX_INPUT_TOKENS = 1024
 
-#: weight and activation types for decoding (`mt translate --dtype`); the search's scores stay float32
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cpu_flags() -> set[str] | None:
-    """The x86 feature flags of /proc/cpuinfo (avx2, avx512_bf16, ...); None where there are none
-    to read (not Linux, not x86)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def cpu_has_native_bf16() -> bool | None:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); None: cannot tell.
-    Without it torch emulates bf16 and a bf16 model decodes many times slower."""
-    flags = cpu_flags()
-    return None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def set_decoding_dtype(model: Seq2Seq, name: str, device: torch.device,
-                       warn: Callable[[str], None] | None = None) -> Seq2Seq:
-    """Cast `model` to float32, bfloat16 or float16 for decoding (in place). float16 needs CUDA; bf16
-    on a CPU without native bf16 works but is slow, and says so through `warn`."""
-    if name not in DTYPES:
-        raise MTError(f"unknown dtype {name!r} (use {', '.join(DTYPES)})")
-    if name == "float16" and device.type != "cuda":
-        raise MTError(f"--dtype float16 needs a CUDA device, not {device.type}; use bfloat16 on the CPU")
-    if name == "bfloat16" and device.type == "cpu" and cpu_has_native_bf16() is False and warn is not None:
-        warn("this CPU has no native bf16 matrix products (AVX512-BF16 or AMX): --dtype bfloat16 decodes "
-             "slower than float32 here")
-    return model.to(DTYPES[name])
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps -> a device that exists, or an MTError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MTError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MTError(f"device {name!r} requested but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MTError(f"device {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise MTError("device 'mps' requested but it is not available on this machine")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise MTError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
-    return device
-
-
 @dataclass
 class Translation:
     text: str  # best hypothesis, detokenised

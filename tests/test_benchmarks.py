@@ -59,7 +59,7 @@ def test_translate_speed() -> None:
 @pytest.mark.parametrize("option", [["--int8"], ["--dtype", "bfloat16"]], ids=["int8", "bfloat16"])
 def test_translate_speed_int8_and_bfloat16(option: list[str]) -> None:
     if option[-1] == "bfloat16":
-        from mt.translate import cpu_has_native_bf16
+        from mt.device import cpu_has_native_bf16
 
         if cpu_has_native_bf16() is False:
             pytest.skip("this CPU emulates bf16: the run would take minutes")
@@ -104,7 +104,7 @@ def test_train_speed_with_ablations() -> None:
 
 
 def test_precision_quality_on_a_trained_run(tiny_run: Path) -> None:
-    from mt.translate import cpu_has_native_bf16
+    from mt.device import cpu_has_native_bf16
 
     types = "int8,bfloat16" if cpu_has_native_bf16() is not False else "int8"
     doc = bench("precision_quality.py", str(tiny_run), "--types", types, device=False)

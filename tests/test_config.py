@@ -100,3 +100,17 @@ def test_bad_recipe_files(tmp_path):
     scalar.write_text("just text\n")
     with pytest.raises(MTError, match="mapping"):
         load_config(scalar)
+
+
+def test_decode_errors_name_the_setting_as_the_caller_does():
+    """A recipe's name for the setting by default; the command line re-words the same check with its flags."""
+    from mt.config import SettingError
+
+    with pytest.raises(SettingError, match=r"^decode\.topp must be in \(0, 1\], got 1\.5$") as e:
+        DecodeConfig(topp=1.5)
+    assert e.value.worded(lambda key: "--" + key) == "--topp must be in (0, 1], got 1.5"
+    with pytest.raises(SettingError) as e:
+        DecodeConfig(beam=2, n_best=3)
+    assert e.value.worded(str.upper).startswith("N_BEST (3) cannot exceed BEAM (2)")
+    with pytest.raises(SettingError, match="decode.len_penalty must be gnmt, d2l or none, got 'huge'"):
+        DecodeConfig(len_penalty="huge")

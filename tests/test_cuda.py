@@ -50,7 +50,7 @@ def test_cuda_reduced_precision_decodes_like_float32(name, dtype):
     """`mt translate --dtype float16/bfloat16` on a GPU: float32 scores, float32's output but for near ties."""
     import copy
 
-    from mt.translate import set_decoding_dtype
+    from mt.device import set_decoding_dtype
 
     model, src, lengths = _model_and_batch(name)
     search = BeamSearch(beam=4, max_len_a=1.0, max_len_b=4)

@@ -1,5 +1,5 @@
 """mt.files: temporary files and folders renamed into place keep the permissions a plain open() or
-mkdir() would give; cli.translate.Output writes UTF-8 and never renames over what is not a file."""
+mkdir() would give; Output writes UTF-8 and never renames over what is not a file."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mt.cli.translate import Output, _check_output_path
 from mt import MTError
-from mt.files import file_mode, publish, temp_dir, temp_file
+from mt.files import Output, check_output_path, file_mode, publish, temp_dir, temp_file
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def test_output_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_pat
     target.write_text("old\n")
     link = tmp_path / "link.txt"
     link.symlink_to(target)
-    _check_output_path(link)
+    check_output_path(link)
     out = Output(link)
     out.write("new\n")
     out.commit()
@@ -94,7 +93,7 @@ def test_output_to_a_named_pipe_writes_into_it(tmp_path: Path) -> None:
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    _check_output_path(fifo)
+    check_output_path(fifo)
     out = Output(fifo)
     out.write("one\n")
     out.write("two\n")
@@ -112,8 +111,8 @@ def test_output_to_dev_stdout_appends_to_the_file_the_shell_opened(tmp_path: Pat
 
     log = tmp_path / "log.txt"
     log.write_text("kept\n")
-    code = ("import sys; from pathlib import Path; from mt.cli.translate import Output, _check_output_path; "
-            "_check_output_path(Path('/dev/stdout')); o = Output(Path('/dev/stdout')); o.write('new\\n'); o.commit()")
+    code = ("import sys; from pathlib import Path; from mt.files import Output, check_output_path; "
+            "check_output_path(Path('/dev/stdout')); o = Output(Path('/dev/stdout')); o.write('new\\n'); o.commit()")
     with open(log, "a") as out:
         subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=60)
     assert log.read_text() == "kept\nnew\n"
@@ -124,7 +123,7 @@ def test_output_through_a_symlink_loop_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(MTError, match="symbolic link"):
-        _check_output_path(tmp_path / "a")
+        check_output_path(tmp_path / "a")
     with pytest.raises(MTError, match="symbolic link"):
         Output(tmp_path / "a")
 
@@ -167,4 +166,4 @@ def test_output_refuses_a_directory_and_a_missing_folder(tmp_path: Path) -> None
     with pytest.raises(MTError, match="is a directory"):
         Output(tmp_path)
     with pytest.raises(MTError, match="no such directory"):
-        _check_output_path(tmp_path / "nope" / "out.txt")
+        check_output_path(tmp_path / "nope" / "out.txt")

@@ -729,7 +729,7 @@ def test_bfloat16_model_decodes_like_float32(name: str) -> None:
     the output is float32's but for near ties, and the scores differ by bf16 rounding only."""
     import copy
 
-    from mt.translate import set_decoding_dtype
+    from mt.device import set_decoding_dtype
 
     model = random_model(name)
     low = set_decoding_dtype(copy.deepcopy(model), "bfloat16", torch.device("cpu"))
