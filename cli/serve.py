@@ -1,0 +1,179 @@
+"""Serve trained runs over HTTP (JSON): POST /translate, GET /health, GET /info, OpenAPI page at /docs.
+Texts of concurrent requests are decoded together (dynamic batching) on one model instance."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mt import MTError
+from mt.config import is_run_dir
+
+EPILOG = """\b
+Examples:
+  mt serve -m runs/m30k                              # http://127.0.0.1:8000, docs at /docs
+  mt serve -m runs/m30k --port 8080 --int8 --threads 4
+  mt serve -m en-de=runs/m30k -m de-en=runs/m30k-rev # two models, chosen per request ("model")
+  curl -s localhost:8000/translate -H 'Content-Type: application/json' \\
+       -d '{"texts": ["A man is riding a bicycle."], "beam": 5}'
+\b
+Stop it with SIGTERM or Ctrl-C: it stops accepting, answers what is in flight, exits 0.
+"""
+
+
+def _parse_model(spec: str) -> tuple[str, Path]:
+    """RUN or NAME=RUN -> (name, run directory); the name defaults to the run's folder name."""
+    name, sep, path = spec.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        run = Path(path)
+    else:
+        run, name = Path(spec), Path(spec).resolve().name
+    if not run.exists():
+        raise MTError(f"{run}: no such run directory")
+    if not is_run_dir(run):
+        raise MTError(f"{run}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
+    return name, run
+
+
+def serve(
+    model: List[str] = typer.Option(..., "--model", "-m", help="Run directory, or NAME=RUN; repeat to serve several (the first is the default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; there is no authentication)."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port (0: any free port, printed at start)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    int8: bool = typer.Option(False, "--int8", help="int8 Linear layers (CPU only), as `mt translate --int8`."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (CUDA only)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Token budget of a batch (source tokens x beam) \\[default: the run's decode.batch_tokens]."),
+    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more requests."),
+    max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
+    max_chars: int = typer.Option(2000, "--max-chars", help="Characters per text."),
+    max_body: int = typer.Option(1 << 20, "--max-body", help="Request body bytes."),
+    max_beam: int = typer.Option(16, "--max-beam", help="Largest beam / n-best a request may ask for."),
+    queue_size: int = typer.Option(1024, "--queue-size", help="Texts waiting per model; beyond: 503 with Retry-After."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds a request may take (queue included); beyond: 504."),
+    max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer texts are translated in pieces \\[default: 1024 or the model's limit]."),
+    log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug (access log at info)."),
+) -> None:
+    if batch_wait_ms < 0:
+        raise MTError(f"--batch-wait-ms must not be negative, got {batch_wait_ms}")
+    for name, value in (("--threads", threads), ("--batch-tokens", batch_tokens), ("--max-input-tokens", max_input_tokens)):
+        if value is not None and value < 1:
+            raise MTError(f"{name} must be >= 1, got {value}")
+    for name, value in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-body", max_body),
+                        ("--max-beam", max_beam), ("--queue-size", queue_size)):
+        if value < 1:
+            raise MTError(f"{name} must be >= 1, got {value}")
+    if queue_size < max_texts:
+        raise MTError(f"--queue-size ({queue_size}) must hold one full request (--max-texts {max_texts})")
+    if not timeout > 0:
+        raise MTError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not 0 <= port <= 65535:
+        raise MTError(f"--port must be in 0..65535, got {port}")
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise MTError(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise MTError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if int8 and dtype != "float32":
+        raise MTError("--int8 and --dtype exclude each other")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise MTError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    if int8 and device not in ("auto", "cpu"):
+        raise MTError(f"--int8 runs on the CPU only; use --device cpu")
+    runs = [_parse_model(spec) for spec in model]
+    names = [name for name, _ in runs]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise MTError(f"two models are named {duplicate!r}: name them with -m NAME=RUN")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise MTError(f"mt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'mt[serve]'") from None
+
+    from mt.serve import Limits
+
+    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body=max_body, queue_size=queue_size,
+                    timeout=timeout, batch_wait=batch_wait_ms / 1000, max_beam=max_beam)
+    sock = _listen(host, port)  # before loading: a port in use fails at once
+    try:
+        service = _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens)
+        from mt.serve import create_app
+
+        app = create_app(service)
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"mt serve: listening on http://{shown}:{bound_port} (models: {', '.join(service.models)}; "
+              f"docs at /docs)", file=sys.stderr, flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"mt: warning: listening on {host}: anyone who can reach this address can use the server "
+                  "(no authentication)", file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=timeout + 5,
+                                lifespan="on", access_log=log_level in ("info", "debug"))
+        _run(config, sock)
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise MTError(f"--host {host}: cannot resolve ({e.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise MTError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens):
+    import torch
+
+    from mt.serve import ServedModel, TranslationService
+    from mt.translate import load_run, resolve_device, set_decoding_dtype
+
+    dev = resolve_device("cpu" if int8 else device)
+    if threads:
+        torch.set_num_threads(threads)
+    served = []
+    for name, path in runs:
+        run = load_run(path, dev, checkpoint)
+        if int8:
+            from mt.quantize import quantize_int8
+
+            quantize_int8(run.model)
+        if dtype != "float32":
+            set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
+        served.append(ServedModel(name, run, dev, batch_tokens, max_input_tokens,
+                                  "int8" if int8 else dtype, str(path)))
+    return TranslationService(served, limits)
+
+
+def _run(config, sock: socket.socket) -> None:
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a SIGTERM or SIGINT it has handled (stop accepting, answer the
+        requests in flight, shut down) ends the process with exit status 0 instead of being raised again."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig in (signal.SIGTERM, signal.SIGINT) and isinstance(captured, list) and sig in captured:
+                captured.remove(sig)
+
+    Server(config).run(sockets=[sock])

@@ -1,0 +1,543 @@
+"""`mt serve`: translation over HTTP with dynamic batching.
+
+    service = TranslationService([ServedModel("m30k", run, device)], Limits())
+    app = create_app(service)            # a FastAPI app; `mt serve` runs it with uvicorn
+
+One model instance per served run and one worker thread per model. A request's texts join a
+queue; the worker waits a few milliseconds (`Limits.batch_wait`) for other requests, takes every
+queued request with the same decoding options up to the translator's token budget, and decodes
+their texts together through `mt.translate.Translator`. In float32 a text's translation does not
+depend on what it was batched with, so a request gets the output `mt translate` gives.
+
+Errors are JSON (`{"error": {"status", "type", "message"}}`): 4xx for bad requests (limits, invalid
+JSON or UTF-8, wrong types, unknown options), 503 with Retry-After when the queue is full, 504 when
+a request outlives `Limits.timeout`. The worker survives a failing batch (its requests get a 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mt import MTError, __version__
+from mt.config import DecodeConfig
+from mt.search import build_search
+from mt.translate import Run, Translation, Translator
+
+log = logging.getLogger("mt.serve")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_texts: int = 64  # texts per request
+    max_chars: int = 2000  # characters per text
+    max_body: int = 1 << 20  # request body bytes
+    queue_size: int = 1024  # texts waiting per model (beyond: 503)
+    timeout: float = 60.0  # seconds from arrival to answer (beyond: 504)
+    batch_wait: float = 0.005  # seconds the worker waits for more requests before decoding
+    max_beam: int = 16  # largest beam (and n-best, samples) a request may ask for
+
+    def __post_init__(self) -> None:
+        for name in ("max_texts", "max_chars", "max_body", "queue_size", "max_beam"):
+            if getattr(self, name) < 1:
+                raise MTError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.timeout > 0:
+            raise MTError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.batch_wait < 0:
+            raise MTError(f"batch wait must not be negative, got {self.batch_wait}")
+        if self.queue_size < self.max_texts:
+            raise MTError(f"queue size ({self.queue_size}) must hold one full request (max texts {self.max_texts})")
+
+
+class ServeError(Exception):
+    """A request that gets an HTTP error: status, a short type and one readable message."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "type": kind, "message": message}}, status, headers=headers)
+
+
+# -- the request ---------------------------------------------------------------------------------
+class TranslateRequest(BaseModel):
+    """POST /translate. Give `text` or `texts`; every decoding option is optional (default: the
+    run's `decode` section, as `mt translate` uses it)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"texts": ["A man is riding a bicycle.", "Two dogs play in the snow."]}]},
+    )
+
+    text: str | None = Field(None, description="One text to translate.", examples=["A man is riding a bicycle."])
+    texts: list[str] | None = Field(None, description="Texts to translate, answered in this order.",
+                                    examples=[["A man is riding a bicycle.", "Two dogs play in the snow."]])
+    model: str | None = Field(None, description="Served model name (GET /info); default: the first one.")
+    beam: int | None = Field(None, ge=1, description="Beam size (beam search).", examples=[5])
+    greedy: bool = Field(False, description="Greedy search.")
+    sample: bool = Field(False, description="Sampling (see temperature, topk, topp, seed).")
+    n_best: int | None = Field(None, ge=1, description="Hypotheses per text (beam search or sampling).")
+    len_penalty: Literal["gnmt", "d2l", "none"] | None = Field(None, description="Length penalty form.")
+    alpha: float | None = Field(None, ge=0, description="Length penalty exponent.")
+    max_len_a: float | None = Field(None, ge=0, description="Max target length = a * source length + b.")
+    max_len_b: int | None = Field(None, ge=0, description="See max_len_a.")
+    min_len: int | None = Field(None, ge=0, description="Minimum target length (tokens).")
+    temperature: float | None = Field(None, gt=0, description="Sampling temperature.")
+    topk: int | None = Field(None, ge=0, description="Sample from the k most likely tokens (0: all).")
+    topp: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Sampling seed.")
+
+
+class Hyp(BaseModel):
+    translation: str
+    score: float
+
+
+class TranslationOut(BaseModel):
+    translation: str = Field(examples=["Ein Mann fährt Fahrrad."])
+    score: float = Field(description="Log-probability after the length penalty.", examples=[-0.42])
+    nbest: list[Hyp] | None = Field(None, description="With n_best > 1: the hypotheses, best first.")
+    pieces: int | None = Field(None, description="Set when a text longer than the model's limit was cut into pieces.")
+
+
+class TranslateResponse(BaseModel):
+    model: str = Field(examples=["m30k"])
+    translations: list[TranslationOut]
+
+
+REQUEST_EXAMPLES = {
+    "texts": {"summary": "Several texts, the run's decoding options",
+              "value": {"texts": ["A man is riding a bicycle.", "Two dogs play in the snow."]}},
+    "text": {"summary": "One text, greedy", "value": {"text": "A little girl is climbing a tree.", "greedy": True}},
+    "nbest": {"summary": "3-best list of a beam of 5",
+              "value": {"text": "A woman sings on a stage.", "beam": 5, "n_best": 3}},
+}
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "status": {"type": "integer"}, "type": {"type": "string"}, "message": {"type": "string"}}}}}
+
+
+def _error_doc(description: str, example: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": ERROR_SCHEMA, "example": {"error": {"status": 0, "type": "...", "message": example}}}}}
+
+
+def request_decode(base: DecodeConfig, req: TranslateRequest, max_beam: int) -> DecodeConfig:
+    """The run's decoding section with the request's options, as `mt translate` combines them."""
+    if req.greedy + req.sample + (req.beam is not None) > 1:
+        raise ServeError(422, "invalid_options", "choose one of beam, greedy and sample")
+    for name in ("beam", "n_best"):
+        value = getattr(req, name)
+        if value is not None and value > max_beam:
+            raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit ({max_beam})")
+    changes = {k: getattr(req, k) for k in ("beam", "n_best", "len_penalty", "alpha", "max_len_a", "max_len_b",
+                                            "min_len", "temperature", "topk", "topp", "seed")
+               if getattr(req, k) is not None}
+    if req.beam is not None:
+        changes["search"] = "beam"
+    elif req.greedy:
+        changes["search"] = "greedy"
+        if req.n_best is not None and req.n_best > 1:
+            raise ServeError(422, "invalid_options", "n_best > 1 needs beam search or sampling, not greedy")
+    elif req.sample:
+        changes["search"] = "sampling"
+    elif req.n_best is not None and req.n_best > 1 and base.search != "sampling":
+        changes["search"], changes["beam"] = "beam", max(base.beam, req.n_best)  # n_best alone: a wide enough beam
+    try:
+        decode = replace(base, **changes)
+    except MTError as e:
+        raise ServeError(422, "invalid_options", str(e)) from None
+    if decode.search == "greedy" and decode.n_best > 1:
+        raise ServeError(422, "invalid_options", "n_best > 1 needs beam search or sampling (the run decodes greedily)")
+    if decode.search == "beam" and decode.beam > max_beam:
+        raise ServeError(422, "invalid_options", f"beam {decode.beam} is above this server's limit ({max_beam})")
+    return decode
+
+
+# -- batching ------------------------------------------------------------------------------------
+class QueueFull(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("queue full")
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class Job:
+    texts: list[str]
+    decode: DecodeConfig
+    cost: int  # source tokens (eos included) x decoder rows per text: the batch budget's unit
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    # jobs batch together when their keys are equal; sampling depends on the batch, so it never does
+    key: Any = None
+    started: bool = False
+    cancelled: bool = False
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Hand the result to the request's event loop (called from the worker thread)."""
+        def done() -> None:
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(result)
+        self.loop.call_soon_threadsafe(done)
+
+
+@dataclass
+class ServedModel:
+    """A loaded run served under `name` by one worker thread."""
+
+    name: str
+    run: Run
+    device: torch.device
+    batch_tokens: int | None = None  # default: the run's decode.batch_tokens
+    max_input_tokens: int | None = None
+    precision: str = "float32"  # float32, int8, bfloat16, float16 (shown by /info)
+    path: str = ""
+
+
+class Batcher:
+    """The queue and worker thread of one model: requests in, batches of equal decoding options out."""
+
+    def __init__(self, served: ServedModel, limits: Limits) -> None:
+        self.served, self.limits = served, limits
+        self.cond = threading.Condition()
+        self.pending: deque[Job] = deque()
+        self.pending_texts = 0
+        self.stopping = False
+        self.rate = 0.0  # texts per second, moving average (for Retry-After)
+        self.batches = self.requests = self.texts = 0  # decoded so far (GET /health)
+        self.thread = threading.Thread(target=self._work, name=f"mt-serve-{served.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the worker."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join()
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if self.stopping:
+                raise ServeError(503, "shutting_down", "the server is shutting down", {"Retry-After": "5"})
+            if self.pending_texts + len(job.texts) > self.limits.queue_size:
+                retry = math.ceil(self.pending_texts / self.rate) if self.rate > 0 else 1
+                raise QueueFull(min(max(retry, 1), 60))
+            self.pending.append(job)
+            self.pending_texts += len(job.texts)
+            self.cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """A request that timed out: drop it if no batch has taken it yet."""
+        with self.cond:
+            if not job.started and not job.cancelled:
+                job.cancelled = True
+                self.pending.remove(job)
+                self.pending_texts -= len(job.texts)
+
+    def _take(self) -> list[Job] | None:
+        """Wait for a job, then up to batch_wait for more (less once the budget is full); take the
+        first job and every queued job with its key, in arrival order, within the token budget."""
+        with self.cond:
+            while not self.pending:
+                if self.stopping:
+                    return None
+                self.cond.wait()
+            budget = self.served.batch_tokens or self.pending[0].decode.batch_tokens
+            deadline = time.monotonic() + self.limits.batch_wait
+            while not self.stopping:
+                key = self.pending[0].key
+                if sum(j.cost for j in self.pending if j.key == key) >= budget:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            first = self.pending[0]
+            taken, used = [], 0
+            for job in list(self.pending):
+                if job.key != first.key:
+                    continue
+                if taken and used + job.cost > budget:
+                    break
+                taken.append(job)
+                used += job.cost
+            for job in taken:
+                self.pending.remove(job)
+                job.started = True
+            self.pending_texts -= sum(len(j.texts) for j in taken)
+            return taken
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            started = time.monotonic()
+            try:
+                results = self.translate(jobs[0].decode, [t for j in jobs for t in j.texts])
+            except Exception as e:  # noqa: BLE001 - the worker outlives a failing batch
+                log.exception("batch of %d requests failed", len(jobs))
+                error = ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
+                for job in jobs:
+                    job.resolve(error=error)
+                continue
+            pos = 0
+            for job in jobs:
+                job.resolve(results[pos: pos + len(job.texts)])
+                pos += len(job.texts)
+            self.batches, self.requests, self.texts = self.batches + 1, self.requests + len(jobs), self.texts + len(results)
+            rate = len(results) / max(time.monotonic() - started, 1e-6)
+            self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
+
+    def translate(self, decode: DecodeConfig, texts: list[str]) -> list[Translation]:
+        s = self.served
+        translator = Translator(s.run.model, s.run.src_vocab, s.run.tgt_vocab, build_search(decode), s.device,
+                                s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
+                                warn=lambda msg: log.warning("%s", msg))
+        return translator.translate(texts)
+
+
+class TranslationService:
+    """The served models, their batchers and the limits: everything the HTTP layer calls."""
+
+    def __init__(self, models: list[ServedModel], limits: Limits) -> None:
+        if not models:
+            raise MTError("no model to serve")
+        names = [m.name for m in models]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise MTError(f"two models are named {duplicate!r}: name them with -m NAME=RUN")
+        self.models = {m.name: m for m in models}
+        self.default = models[0].name
+        self.limits = limits
+        self.batchers = {m.name: Batcher(m, limits) for m in models}
+        self.started_at = time.time()
+
+    def start(self) -> None:
+        for b in self.batchers.values():
+            b.start()
+
+    def stop(self) -> None:
+        for b in self.batchers.values():
+            b.stop()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "mt_version": __version__,
+            "default_model": self.default,
+            "models": [self._model_info(m) for m in self.models.values()],
+            "limits": asdict(self.limits),
+        }
+
+    @staticmethod
+    def _model_info(m: ServedModel) -> dict[str, Any]:
+        cfg = m.run.config
+        return {
+            "name": m.name,
+            "run": m.path,
+            "source_language": cfg.data.src_lang,
+            "target_language": cfg.data.tgt_lang,
+            "architecture": asdict(cfg.model),
+            "parameters": sum(p.numel() for p in m.run.model.parameters()),
+            "vocabulary": {"joint": cfg.vocab.joint, "type": cfg.vocab.model_type,
+                           "source_size": len(m.run.src_vocab), "target_size": len(m.run.tgt_vocab)},
+            "decoding": asdict(cfg.decode),
+            "device": str(m.device),
+            "precision": m.precision,
+        }
+
+    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig]:
+        """A request body -> (model, texts, decoding options), or a ServeError saying what is wrong."""
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ServeError(400, "invalid_utf8", f"the body is not valid UTF-8 (byte {e.start})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ServeError(400, "invalid_json", f"the body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        if not isinstance(data, dict):
+            raise ServeError(422, "invalid_request", f"the body must be a JSON object, not {type(data).__name__}")
+        try:
+            req = TranslateRequest.model_validate(data)
+        except ValidationError as e:
+            raise ServeError(422, "invalid_request", validation_message(e)) from None
+        if (req.text is None) == (req.texts is None):
+            raise ServeError(422, "invalid_request", "give either \"text\" (a string) or \"texts\" (a list of strings)")
+        texts = [req.text] if req.text is not None else list(req.texts or [])
+        if len(texts) > self.limits.max_texts:
+            raise ServeError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is {self.limits.max_texts}")
+        for i, t in enumerate(texts):
+            where = "text" if req.text is not None else f"texts[{i}]"
+            if len(t) > self.limits.max_chars:
+                raise ServeError(413, "text_too_long", f"{where} has {len(t)} characters; the limit is {self.limits.max_chars}")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ServeError(400, "invalid_unicode", f"{where} holds a lone surrogate (\\ud800-\\udfff escape): not valid Unicode") from None
+        name = req.model or self.default
+        if name not in self.models:
+            raise ServeError(404, "unknown_model", f"no model named {name!r} (served: {', '.join(self.models)})")
+        model = self.models[name]
+        return model, texts, request_decode(model.run.config.decode, req, self.limits.max_beam)
+
+    async def translate(self, model: ServedModel, texts: list[str], decode: DecodeConfig, arrived: float) -> list[Translation]:
+        if not texts:
+            return []
+        loop = asyncio.get_running_loop()
+        rows = max(build_search(decode).rows_per_sentence, 1)
+        cost = sum(len(ids) + 1 for ids in model.run.src_vocab.encode_batch(texts)) * rows
+        key = object() if decode.search == "sampling" else decode
+        job = Job(texts, decode, cost, loop.create_future(), loop, key)
+        batcher = self.batchers[model.name]
+        try:
+            batcher.submit(job)
+        except QueueFull as e:
+            raise ServeError(503, "queue_full", f"the queue of model {model.name!r} is full "
+                             f"({self.limits.queue_size} texts); retry after {e.retry_after} s",
+                             {"Retry-After": str(e.retry_after)}) from None
+        left = self.limits.timeout - (time.monotonic() - arrived)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), max(left, 0.0))
+        except asyncio.TimeoutError:
+            batcher.cancel(job)
+            raise ServeError(504, "timeout", f"no answer within the server's timeout ({self.limits.timeout:g} s)") from None
+
+
+def validation_message(e: ValidationError) -> str:
+    """pydantic's errors as one line: 'texts[2]: Input should be a valid string; unknown option ...'."""
+    parts = []
+    for err in e.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(TranslateRequest.model_fields)
+            parts.append(f"unknown option {loc!r} (known: {known})")
+        else:
+            parts.append(f"{loc or 'body'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def format_translation(tr: Translation, n_best: int) -> dict[str, Any]:
+    """One answer, in the shape of `mt translate --json` (without the line id)."""
+    nbest = tr.nbest or [("", 0.0)]
+    out: dict[str, Any] = {"translation": tr.text, "score": nbest[0][1]}
+    if n_best > 1:
+        out["nbest"] = [{"translation": t, "score": s} for t, s in nbest]
+    if tr.pieces > 1:
+        out["pieces"] = tr.pieces
+    return out
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it passes `limit` bytes (announced or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServeError(413, "body_too_large", f"the body has {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(413, "body_too_large", f"the body has more than {limit} bytes, the limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- the app ---------------------------------------------------------------------------------------
+def create_app(service: TranslationService) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and let the requests in flight finish
+            await asyncio.get_running_loop().run_in_executor(None, service.stop)
+
+    app = FastAPI(
+        title="mt translation server",
+        version=__version__,
+        description="Neural machine translation with dynamic batching (`mt serve`). "
+                    "Errors are JSON: `{\"error\": {\"status\", \"type\", \"message\"}}`.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, e: ServeError) -> JSONResponse:
+        return error_response(e.status, e.kind, e.message, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return error_response(e.status_code, kind, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, e: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return error_response(500, "internal_error", f"{type(e).__name__}: {e}")
+
+    @app.post(
+        "/translate",
+        response_model=TranslateResponse,
+        response_model_exclude_none=True,
+        summary="Translate texts",
+        description="Translations in request order, one per text (an empty text gets an empty translation). "
+                    "Texts of concurrent requests with the same options are decoded together.",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": TranslateRequest.model_json_schema(), "examples": REQUEST_EXAMPLES}}}},
+        responses={
+            400: _error_doc("Invalid JSON or UTF-8", "the body is not valid JSON: Expecting value (line 1, column 1)"),
+            404: _error_doc("Unknown model", "no model named 'x' (served: m30k)"),
+            413: _error_doc("Too large", "65 texts in one request; the limit is 64"),
+            422: _error_doc("Wrong types or options", "unknown option 'beam_size' (known: text, texts, ...)"),
+            503: _error_doc("Queue full (see Retry-After)", "the queue of model 'm30k' is full (1024 texts); retry after 2 s"),
+            504: _error_doc("Timeout", "no answer within the server's timeout (60 s)"),
+        },
+    )
+    async def translate(request: Request) -> dict[str, Any]:
+        arrived = time.monotonic()
+        body = await read_body(request, service.limits.max_body)
+        model, texts, decode = service.parse(body)
+        results = await service.translate(model, texts, decode, arrived)
+        return {"model": model.name, "translations": [format_translation(r, decode.n_best) for r in results]}
+
+    @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {
+        "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,
+                                                        "texts": 160}}}}}}})
+    async def health() -> dict[str, Any]:
+        """200 once the models are loaded and their workers run; per model: texts waiting, and the
+        batches, requests and texts decoded so far (requests / batches > 1: requests were batched together)."""
+        return {"status": "ok", "models": {name: {"queued_texts": b.pending_texts, "batches": b.batches,
+                                                  "requests": b.requests, "texts": b.texts}
+                                           for name, b in service.batchers.items()}}
+
+    @app.get("/info", summary="Served models, decoding defaults, limits, version")
+    async def info() -> dict[str, Any]:
+        return service.info()
+
+    return app

@@ -1,0 +1,317 @@
+"""`mt serve`: real server processes on 127.0.0.1 (a free port chosen by the OS) driven with httpx.
+
+Three servers on the tiny run: a normal one (endpoints, limits, bad input, 50 concurrent requests
+equal to unbatched decoding), a strict one whose batch wait outlasts its timeout and whose queue
+holds one request (503 with Retry-After, 504), and one that gets SIGTERM with a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from conftest import assert_clean_failure, mt_command, mt_env, run_mt
+
+TEXTS = [
+    "two birds watch these friends in ships.",
+    "the tired bird feeds this brave chair in the teacher.",
+    "red heavy letters see a lazy car under the happy king.",
+    "a king",
+    "the farmers chase the trees from a big blue mouse, but the city likes the bakers.",
+    "apples watch the men.",
+    "",
+    "the happy small village sees the old ships near two brave teachers.",
+]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, log: list[str]) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def stderr(self) -> str:
+        return "\n".join(self.log)
+
+
+def start_server(run: Path, *options: str) -> Server:
+    """`mt serve -m RUN --port 0 OPTIONS`, once it answers /health."""
+    proc = subprocess.Popen([*mt_command(), "serve", "-m", str(run), "--port", "0", *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=mt_env(), text=True)
+    log: list[str] = []
+    url: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:  # keep reading stderr so the server never blocks on a full pipe
+        for line in proc.stderr:
+            log.append(line.rstrip("\n"))
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                url.append(m.group(1))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(120) or not url:
+        proc.kill()
+        pytest.fail("mt serve did not start:\n" + "\n".join(log))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url[0] + "/health", timeout=5).status_code == 200:
+                return Server(proc, url[0], log)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("mt serve never became healthy:\n" + "\n".join(log))
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run: Path) -> Iterator[Server]:
+    s = start_server(tiny_run, "--max-texts", "8", "--max-chars", "300", "--max-body", "4096", "--max-beam", "6",
+                     "--threads", "1")
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="module")
+def unbatched(tiny_run: Path):
+    """translate(texts, **options): each text decoded alone (batch of one) by the library."""
+    from mt.search import build_search
+    from mt.translate import Translator, load_run
+
+    run = load_run(tiny_run)
+
+    def translate(texts: list[str], **decode) -> list[str]:
+        translator = Translator(run.model, run.src_vocab, run.tgt_vocab,
+                                build_search(replace(run.config.decode, **decode)))
+        return [translator.translate([t])[0].text for t in texts]
+
+    return translate
+
+
+def post(server: Server, body, **kwargs) -> httpx.Response:
+    if isinstance(body, (dict, list)):
+        return httpx.post(server.url + "/translate", json=body, timeout=60, **kwargs)
+    return httpx.post(server.url + "/translate", content=body, timeout=60, **kwargs)
+
+
+def error_of(r: httpx.Response, status: int, *fragments: str) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    err = r.json()["error"]
+    assert err["status"] == status and err["type"] and err["message"], err
+    for f in fragments:
+        assert f in err["message"], err
+    return err
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+def test_translate_equals_mt_translate(server: Server, tiny_run: Path, tmp_path: Path) -> None:
+    r = post(server, {"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == tiny_run.name
+    got = [t["translation"] for t in body["translations"]]
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    cli = run_mt("translate", "-m", tiny_run, "-i", tmp_path / "in.txt", "--device", "cpu")
+    assert cli.returncode == 0, cli.explain()
+    assert got == cli.stdout.split("\n")[:-1]
+    assert got[TEXTS.index("")] == ""
+    assert all(isinstance(t["score"], float) and "nbest" not in t for t in body["translations"])
+
+
+def test_single_text_and_empty_list(server: Server, unbatched) -> None:
+    r = post(server, {"text": TEXTS[0]})
+    assert r.status_code == 200, r.text
+    assert [t["translation"] for t in r.json()["translations"]] == unbatched(TEXTS[:1])
+    r = post(server, {"texts": []})
+    assert r.status_code == 200 and r.json()["translations"] == [], r.text
+
+
+def test_decoding_options_per_request(server: Server, unbatched) -> None:
+    r = post(server, {"texts": TEXTS[:4], "beam": 3, "n_best": 2, "len_penalty": "d2l", "alpha": 1.0})
+    assert r.status_code == 200, r.text
+    out = r.json()["translations"]
+    assert [t["translation"] for t in out] == unbatched(TEXTS[:4], search="beam", beam=3, len_penalty="d2l", alpha=1.0)
+    for t in out:
+        assert len(t["nbest"]) == 2 and t["nbest"][0] == {"translation": t["translation"], "score": t["score"]}
+        assert t["nbest"][0]["score"] >= t["nbest"][1]["score"]
+    r = post(server, {"texts": TEXTS[:2], "greedy": True, "max_len_a": 0.0, "max_len_b": 3})
+    assert r.status_code == 200, r.text
+    assert [t["translation"] for t in r.json()["translations"]] == unbatched(TEXTS[:2], search="greedy", max_len_a=0.0, max_len_b=3)
+    sampled = [post(server, {"texts": TEXTS[:3], "sample": True, "seed": 7, "n_best": 2}).json() for _ in range(2)]
+    assert sampled[0] == sampled[1] and len(sampled[0]["translations"][0]["nbest"]) == 2
+
+
+def test_health_info_and_openapi(server: Server, tiny_run: Path) -> None:
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and set(health["models"]) == {tiny_run.name}
+    info = httpx.get(server.url + "/info").json()
+    m = info["models"][0]
+    assert info["default_model"] == m["name"] == tiny_run.name
+    assert (m["source_language"], m["target_language"]) == ("en", "de")
+    assert m["architecture"]["arch"] == "transformer" and m["architecture"]["d_model"] == 32
+    assert m["vocabulary"]["source_size"] == 200 and m["decoding"]["search"] == "greedy"
+    assert info["limits"]["max_texts"] == 8 and info["mt_version"]
+    spec = httpx.get(server.url + "/openapi.json").json()
+    body = spec["paths"]["/translate"]["post"]["requestBody"]["content"]["application/json"]
+    assert "texts" in body["schema"]["properties"] and body["schema"]["additionalProperties"] is False
+    example = body["examples"]["texts"]["value"]
+    # the documented example is a request the server accepts
+    assert post(server, example).status_code == 200
+    assert {"413", "422", "503", "504"} <= set(spec["paths"]["/translate"]["post"]["responses"])
+    assert httpx.get(server.url + "/docs").status_code == 200
+
+
+# -- limits and bad input ------------------------------------------------------------------------
+@pytest.mark.parametrize("body, status, fragments", [
+    ({"texts": ["a"] * 9}, 413, ["9 texts", "limit is 8"]),
+    ({"texts": ["a", "b" * 301]}, 413, ["texts[1]", "301 characters", "300"]),
+    (b"{bad json", 400, ["not valid JSON", "line 1"]),
+    (b'{"text": "caf\xe9"}', 400, ["not valid UTF-8", "byte 13"]),
+    (b'{"text": "\\ud800"}', 400, ["lone surrogate"]),
+    ({"texts": ["a", 3]}, 422, ["texts[1]", "valid string"]),
+    ({"text": ["a"]}, 422, ["text", "valid string"]),
+    ({"text": "a", "beam": "5"}, 422, ["beam", "valid integer"]),
+    ({"text": "a", "beam": 0}, 422, ["beam"]),
+    ({"text": "a", "beam_size": 5}, 422, ["unknown option 'beam_size'", "known:"]),
+    ({"text": "a", "texts": ["b"]}, 422, ["either"]),
+    ({}, 422, ["either"]),
+    ([1, 2], 422, ["JSON object"]),
+    ({"text": "a", "beam": 7}, 422, ["limit (6)"]),
+    ({"text": "a", "greedy": True, "beam": 2}, 422, ["one of beam, greedy and sample"]),
+    ({"text": "a", "greedy": True, "n_best": 2}, 422, ["n_best > 1"]),
+    ({"text": "a", "beam": 2, "n_best": 3}, 422, ["cannot exceed"]),
+    ({"text": "a", "topp": 1.5}, 422, ["topp"]),
+    ({"text": "a", "model": "nope"}, 404, ["no model named 'nope'"]),
+], ids=lambda v: None)
+def test_bad_requests(server: Server, body, status: int, fragments: list[str]) -> None:
+    error_of(post(server, body), status, *fragments)
+
+
+def test_body_size_limit(server: Server) -> None:
+    big = json.dumps({"texts": ["x" * 250] * 8, "pad": " " * 3000}).encode()
+    error_of(post(server, big), 413, "limit is 4096")
+
+    def chunks():  # no Content-Length: the limit holds for a streamed body too
+        for _ in range(10):
+            yield b" " * 1000
+
+    error_of(httpx.post(server.url + "/translate", content=chunks(), timeout=60), 413, "4096")
+
+
+def test_unknown_path_and_method_are_json(server: Server) -> None:
+    error_of(httpx.get(server.url + "/nope"), 404)
+    error_of(httpx.get(server.url + "/translate"), 405)
+
+
+def test_concurrent_requests_are_batched_and_equal_unbatched(server: Server, unbatched) -> None:
+    before = httpx.get(server.url + "/health").json()["models"]
+    requests = [[TEXTS[(i + k) % len(TEXTS)] for k in range(1 + i % 3)] for i in range(50)]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=50)) as client:
+            return await asyncio.gather(*(client.post(server.url + "/translate", json={"texts": t}) for t in requests))
+
+    responses = asyncio.run(fire())
+    expected = dict(zip(TEXTS, unbatched(TEXTS)))
+    for texts, r in zip(requests, responses):
+        assert r.status_code == 200, r.text
+        assert [t["translation"] for t in r.json()["translations"]] == [expected[t] for t in texts]
+    after = httpx.get(server.url + "/health").json()["models"]
+    name = next(iter(after))
+    requests_done = after[name]["requests"] - before[name]["requests"]
+    batches = after[name]["batches"] - before[name]["batches"]
+    assert requests_done == 50  # every request decoded once
+    assert batches < requests_done, "concurrent requests were not batched together"
+    assert after[name]["queued_texts"] == 0
+
+
+def test_server_survives_bad_input(server: Server) -> None:
+    for body in (b"\x00\xff" * 100, b'{"texts": [{"a": 1}]}', b"null", b'{"text": "' + "é".encode() * 100 + b'"}'):
+        post(server, body)
+    assert server.proc.poll() is None
+    assert post(server, {"text": TEXTS[0]}).status_code == 200
+
+
+# -- queue full, timeout, shutdown ---------------------------------------------------------------
+def test_queue_full_and_timeout(tiny_run: Path) -> None:
+    # a batch waits 2 s for company but a request may take 0.5 s; the queue holds 4 texts
+    s = start_server(tiny_run, "--queue-size", "4", "--max-texts", "4", "--batch-wait-ms", "2000", "--timeout", "0.5")
+    try:
+        results: dict[str, httpx.Response] = {}
+        first = threading.Thread(target=lambda: results.update(a=post(s, {"texts": TEXTS[:4]})))
+        first.start()
+        deadline = time.monotonic() + 5
+        while httpx.get(s.url + "/health").json()["models"][tiny_run.name]["queued_texts"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        full = post(s, {"text": TEXTS[0]})
+        err = error_of(full, 503, "queue", "full")
+        assert int(full.headers["retry-after"]) >= 1, err
+        first.join()
+        error_of(results["a"], 504, "timeout", "0.5")
+        # the timed-out request left the queue; the server goes on
+        assert httpx.get(s.url + "/health").json()["models"][tiny_run.name]["queued_texts"] == 0
+        assert s.proc.poll() is None
+    finally:
+        stop_server(s)
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_run: Path, unbatched) -> None:
+    s = start_server(tiny_run, "--batch-wait-ms", "1500")  # a request stays in flight 1.5 s
+    try:
+        results: dict[str, httpx.Response] = {}
+        flight = threading.Thread(target=lambda: results.update(a=post(s, {"texts": TEXTS[:3]})))
+        flight.start()
+        deadline = time.monotonic() + 5
+        while httpx.get(s.url + "/health").json()["models"][tiny_run.name]["queued_texts"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):  # no longer accepting
+            httpx.post(s.url + "/translate", json={"text": "a"}, timeout=5)
+        flight.join(30)
+        assert results["a"].status_code == 200, results["a"].text
+        assert [t["translation"] for t in results["a"].json()["translations"]] == unbatched(TEXTS[:3])
+        assert s.proc.wait(30) == 0, s.stderr()
+        time.sleep(0.1)
+        assert "Traceback" not in s.stderr(), s.stderr()
+    finally:
+        stop_server(s)
+
+
+# -- command line ----------------------------------------------------------------------------------
+def test_bad_command_lines(tiny_run: Path, tmp_path: Path) -> None:
+    assert_clean_failure(run_mt("serve", "-m", tmp_path / "nope"), "no such run directory")
+    assert_clean_failure(run_mt("serve", "-m", tiny_run, "--max-texts", "0"), "max-texts must be >= 1")
+    assert_clean_failure(run_mt("serve", "-m", tiny_run, "--queue-size", "4", "--max-texts", "8"), "--queue-size (4) must hold")
+    assert_clean_failure(run_mt("serve", "-m", tiny_run, "-m", tiny_run), "two models are named")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_clean_failure(run_mt("serve", "-m", tiny_run, "--port", str(port)), "cannot listen on 127.0.0.1")
