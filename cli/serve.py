@@ -13,6 +13,7 @@ import typer
 
 from mt import MTError
 from mt.config import is_run_dir
+from mt.device import check_device, check_precision
 
 EPILOG = """\b
 Examples:
@@ -77,14 +78,8 @@ def serve(
         raise MTError(f"--port must be in 0..65535, got {port}")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise MTError(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise MTError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if int8 and dtype != "float32":
-        raise MTError("--int8 and --dtype exclude each other")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise MTError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
-    if int8 and device not in ("auto", "cpu"):
-        raise MTError(f"--int8 runs on the CPU only; use --device cpu")
+    check_device(device)
+    check_precision(dtype, device, int8)
     runs = [_parse_model(spec) for spec in model]
     names = [name for name, _ in runs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -142,7 +137,8 @@ def _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, 
     import torch
 
     from mt.serve import ServedModel, TranslationService
-    from mt.translate import load_run, resolve_device, set_decoding_dtype
+    from mt.device import resolve_device, set_decoding_dtype
+    from mt.translate import load_run
 
     dev = resolve_device("cpu" if int8 else device)
     if threads:
