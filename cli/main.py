@@ -66,6 +66,38 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def main() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        _main()
+        return
+    # A worker of a distributed run (torchrun) leaves without interpreter shutdown. DDP's reducer keeps
+    # the gloo process group, and so its worker threads, alive after destroy_process_group(); a worker
+    # thread that drops the last reference to a tensor of the final collective while the interpreter
+    # shuts down must take the GIL, which Python answers with pthread_exit, and the C++ unwinding ends
+    # in std::terminate: SIGABRT after a finished run ("terminate called without an active
+    # exception"), depending on thread timing. Everything the run writes is closed by now.
+    try:
+        _main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # MT_DEBUG=1 lets errors through: the traceback, as Python would print it
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if not isinstance(code, int):  # SystemExit("message") or SystemExit(None), as Python exits for them
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _main() -> None:
     _register()
     debug = os.environ.get("MT_DEBUG") == "1"
     try:

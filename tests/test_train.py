@@ -726,7 +726,8 @@ AUDIT_LAUNCHER = '''
 import json, os, sys
 rank = int(os.environ["RANK"])
 run_dir = os.path.abspath(sys.argv[sys.argv.index("--run-dir") + 1]) + os.sep
-writes = []
+# one JSON line per write, as it happens: a distributed worker leaves with os._exit (see mt.cli.main)
+log = open(os.path.join(os.environ["AUDIT_DIR"], f"rank{rank}.jsonl"), "w", buffering=1)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 def hook(event, args):
@@ -744,16 +745,12 @@ def hook(event, args):
     if isinstance(path, (str, bytes, os.PathLike)):
         path = os.fsdecode(path)
         if os.path.abspath(path).startswith(run_dir) or os.path.abspath(path) + os.sep == run_dir:
-            writes.append([event, path])
+            log.write(json.dumps([event, path]) + "\\n")
 
 sys.addaudithook(hook)
 sys.argv = ["mt"] + sys.argv[1:]
-try:
-    from mt.cli.main import main
-    main()
-finally:
-    with open(os.path.join(os.environ["AUDIT_DIR"], f"rank{rank}.json"), "w") as f:
-        json.dump(writes, f)
+from mt.cli.main import main
+main()
 '''
 
 
@@ -794,8 +791,8 @@ def test_ddp_gloo_two_processes(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000008"
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "meta.json", "metrics.jsonl",
                                                       "model.safetensors", "spm.model"]
-    rank0 = json.loads((tmp_path / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    rank0 = [json.loads(line) for line in (tmp_path / "rank0.jsonl").read_text().splitlines()]
+    rank1 = [json.loads(line) for line in (tmp_path / "rank1.jsonl").read_text().splitlines()]
     assert rank0, "the audit hook saw no writes on rank 0: the check itself is broken"
     assert rank1 == [], f"rank 1 wrote into the run directory: {rank1[:5]}"
 
@@ -812,3 +809,22 @@ def test_ddp_early_stop_on_a_step_without_checkpoint(tmp_path: Path) -> None:
     final = records(run)[-1]
     assert final["replicas"] == 2 and final["replicas_identical"] is True
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+
+
+@pytest.mark.parametrize("args, code, out, err", [
+    (["--version"], 0, "mt ", ""),
+    (["translate", "-m", "no/such/run"], 1, "", "mt: error: no/such/run"),
+    (["translate", "--beam"], 2, "", "mt: error: "),
+])
+def test_distributed_worker_exits_with_its_status_and_output(args, code, out, err) -> None:
+    """A torchrun worker (WORLD_SIZE > 1) leaves through os._exit, skipping interpreter shutdown:
+    what it printed still arrives (even through a pipe's buffer) and the exit status is kept."""
+    script = "import atexit, sys; atexit.register(lambda: sys.stderr.write('atexit ran')); from mt.cli.main import main; main()"
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                          env=_env(WORLD_SIZE="2", MT_DEBUG="0"))
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.startswith(out) and (out or not proc.stdout)
+    assert err in proc.stderr and "atexit ran" not in proc.stderr  # no interpreter shutdown
+    plain = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                           env=_env(WORLD_SIZE="1", MT_DEBUG="0"))
+    assert plain.returncode == code and "atexit ran" in plain.stderr  # a single process exits normally
