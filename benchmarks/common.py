@@ -23,7 +23,7 @@ import torch
 
 import mt
 from mt.config import RNNConfig, TransformerConfig, VocabConfig
-from mt.data import read_lines
+from mt.text import read_lines
 from mt.models import build_model
 from mt.models.base import Seq2Seq
 from mt.device import cpu_flags, resolve_device

@@ -21,11 +21,12 @@ import common  # noqa: E402
 from translate_speed import make_search, measure_search, run_search, spread  # noqa: E402
 
 from mt.config import DecodeConfig  # noqa: E402
-from mt.data import read_lines, source_tensor, token_batches  # noqa: E402
+from mt.data import source_tensor, token_batches  # noqa: E402
 from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
 from mt.models.transformer import KVCache, Transformer  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
 from mt.search import BeamSearch, Search  # noqa: E402
+from mt.text import read_lines  # noqa: E402
 
 
 def parse_args():

@@ -138,8 +138,8 @@ def translate(
 
     import torch
 
-    from mt.data import iter_lines, open_binary
     from mt.device import resolve_device, set_decoding_dtype
+    from mt.text import iter_lines, open_binary
     from mt.plot import save_attention_plot
     from mt.translate import Translator, load_run
 

@@ -10,7 +10,7 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from mt.checkpoint import (
     write_checkpoint,
 )
 from mt.config import Config, save_config
-from mt.data import TokenBatcher, filter_pairs, load_corpus
+from mt.data import TokenBatcher, filter_pairs
+from mt.text import load_corpus
 from mt.models import build_model
 from mt.models.base import PAD_ID
 from mt.search import build_search
@@ -145,6 +146,86 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# what the loop works on
+
+
+@dataclass
+class Optimization:
+    """The optimizer and what drives it, travelling as one: per-step scheduler, the plateau scheduler
+    of schedule=plateau (stepped by validation scores), the fp16 loss scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    plateau: Any  # ReduceLROnPlateau or None
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: Config, device: torch.device) -> "Optimization":
+        optimizer = build_optimizer(model, cfg, device)
+        scheduler, plateau = build_scheduler(optimizer, cfg)
+        return cls(optimizer, scheduler, plateau, torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"))
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass
+class TrainData:
+    """The vocabularies, the training batches and the validation set of a run."""
+
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    batcher: TokenBatcher
+    valid: tuple[list[str], list[str]] | None  # validation text (BLEU / chrF)
+    valid_batcher: TokenBatcher | None  # its pairs that fit the model (validation loss)
+
+
+@dataclass
+class TrainState:
+    """Everything the loop changes: the model, its optimization, where training stands."""
+
+    model: nn.Module  # the bare model: saved and validated
+    train_model: nn.Module  # what the updates call: the model, DDP-wrapped and/or compiled
+    opt: Optimization
+    progress: Progress
+    # the best score early stopping counts against; after a resume it can lag progress.best_score
+    # (the best model on disk, see _restore) until the replay gets past that best
+    patience_best: float | None = None
+    last_saved: int = -1
+    last_validated: int = -1
+
+
+@dataclass
+class _Window:
+    """Loss and throughput since the last log line."""
+
+    start: float = field(default_factory=time.monotonic)
+    tokens: int = 0
+    loss_sum: Any = 0.0  # a tensor on the device once added to: read only when logged
+    loss_tokens: int = 0
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.tokens += tokens
+        self.loss_sum, self.loss_tokens = self.loss_sum + loss, self.loss_tokens + tokens
+
+
+# ----------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -162,6 +243,69 @@ class Trainer:
             raise MTError("train.amp=fp16 needs a CUDA device (use bf16 or none on CPU)")
         seed_everything(cfg.train.seed)
         self.started = time.monotonic()
+        self.data: TrainData | None = None  # set by train(): _load_data
+        self.state: TrainState | None = None  # set by train(): _build_state
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        self._prepare_run_dir()
+        if self.cfg.train.tensorboard:
+            self.log.open_tensorboard(self.run_dir)
+        self.data = self._load_data()
+        self.state = self._build_state(self.data)
+        return self._loop(self.state, self.data.batcher)
+
+    def _loop(self, state: TrainState, batcher: TokenBatcher) -> dict[str, Any]:
+        t, progress, opt = self.cfg.train, state.progress, state.opt
+        self.log.start(t.max_steps, progress.step, self.run_dir)
+        stop: str | None = None
+        window, epoch, batches = _Window(), -1, []
+        while stop is None and progress.step < t.max_steps:
+            if epoch != progress.epoch:
+                epoch, batches = progress.epoch, batcher.epoch_batches(progress.epoch, self.rank, self.world)
+            if progress.position >= len(batches):  # end of epoch
+                progress.epoch, progress.position = progress.epoch + 1, 0
+                if t.max_epochs and progress.epoch >= t.max_epochs:
+                    stop = "max_epochs"
+                continue
+            group = batches[progress.position : progress.position + t.accum]
+            lr = opt.lr  # the rate this update uses (logged)
+            loss, ntok, stepped = self._update(state.train_model, opt.optimizer, opt.scaler, [batcher.collate(b) for b in group])
+            if stepped:  # fp16: an update skipped for inf/nan gradients does not advance the schedule
+                opt.scheduler.step()
+            progress.position, progress.step, progress.tokens = progress.position + len(group), progress.step + 1, progress.tokens + ntok
+            window.add(loss, ntok)
+            if progress.step % t.log_every == 0 or progress.step == t.max_steps:
+                self._log_window(progress, window, lr)
+                window = _Window()
+            else:
+                self.log.tick(progress.step)
+            stop = self._maybe_validate_and_save(state)
+        return self._finish(state, stop or "max_steps")
+
+    def _log_window(self, progress: Progress, window: _Window, lr: float) -> None:
+        record = {
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "loss": float(window.loss_sum) / max(window.loss_tokens, 1),
+            "lr": lr,
+            "tokens_per_s": window.tokens * self.world / max(time.monotonic() - window.start, 1e-9),
+        }
+        self._metrics(record)
+        self.log.step(record)
+
+    def _finish(self, state: TrainState, stop: str) -> dict[str, Any]:
+        progress, metric = state.progress, self.cfg.train.metric
+        if state.last_saved != progress.step:
+            self._validate_and_save(state, force_save=True)
+        self._check_replicas()
+        self.log.finish()
+        summary = {"step": progress.step, "stop": stop, "best_score": progress.best_score,
+                   "best_step": progress.best_step, "metric": metric, "run_dir": str(self.run_dir)}
+        if self.is_main:
+            self.log.info(f"done at step {progress.step} ({stop}); best {metric} {progress.best_score} at step {progress.best_step}")
+        _cleanup_distributed(self.world)
+        return summary
 
     # -- preparation ----------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -180,6 +324,44 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+
+    def _max_len(self) -> int:
+        """data.max_len, capped so that a sentence plus eos (bos) fits a Transformer's positions."""
+        positions = getattr(self.cfg.model, "max_positions", None)
+        return min(self.cfg.data.max_len, positions - 1) if positions else self.cfg.data.max_len
+
+    def _load_data(self) -> TrainData:
+        """Read the corpus, train (or copy) the vocabularies, encode and filter the training pairs."""
+        cfg, t = self.cfg, self.cfg.train
+        corpus = load_corpus(cfg.data, t.seed)
+        src_vocab, tgt_vocab = self._vocabs(corpus)
+        src, tgt = corpus["train"]
+        max_len = self._max_len()
+        train_src, train_tgt, dropped = filter_pairs(src_vocab.encode_batch(src), tgt_vocab.encode_batch(tgt), max_len)
+        if not train_src:
+            raise MTError(f"no training pairs left after filtering to {max_len} tokens (data.max_len, model.max_positions)")
+        self.log.info(f"{len(train_src)} training pairs ({dropped} filtered), vocab {len(src_vocab)}/{len(tgt_vocab)}")
+        batcher = TokenBatcher(train_src, train_tgt, t.batch_tokens, t.seed)
+        if len(batcher) < self.world:
+            raise MTError(f"only {len(batcher)} batches for {self.world} processes; use a smaller train.batch_tokens")
+        valid, valid_batcher = self._validation_set(corpus.get("valid"), src_vocab, tgt_vocab)
+        return TrainData(src_vocab, tgt_vocab, batcher, valid, valid_batcher)
+
+    def _validation_set(self, valid, src_vocab: Vocab, tgt_vocab: Vocab):
+        if valid is None:
+            return None, None
+        t = self.cfg.train
+        vs, vt = valid
+        if t.valid_max_sentences:
+            vs, vt = vs[: t.valid_max_sentences], vt[: t.valid_max_sentences]
+        # the validation loss needs a teacher-forced pass, so it skips pairs the model has no
+        # positions for; BLEU / chrF cover every sentence (the translator cuts long inputs)
+        positions = getattr(self.cfg.model, "max_positions", None)
+        ids = [(a, b) for a, b in zip(src_vocab.encode_batch(vs), tgt_vocab.encode_batch(vt))
+               if not positions or max(len(a), len(b)) < positions]
+        if len(ids) < len(vs):
+            self.log.info(f"validation loss over {len(ids)} of {len(vs)} pairs (the others exceed model.max_positions)")
+        return (vs, vt), TokenBatcher([a for a, _ in ids], [b for _, b in ids], t.batch_tokens, 0)
 
     def _vocabs(self, corpus) -> tuple[Vocab, Vocab]:
         src_file, tgt_file = vocab_files(self.run_dir, self.cfg.vocab.joint)
@@ -218,48 +400,17 @@ class Trainer:
         for src, dst in zip(vocab_files(parent_run, parent_cfg.vocab.joint), vocab_files(self.run_dir, self.cfg.vocab.joint)):
             shutil.copyfile(src, dst)
 
-    # -- main loop ------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
-        self._prepare_run_dir()
-        if t.tensorboard:
-            self.log.open_tensorboard(self.run_dir)
-        corpus = load_corpus(cfg.data, t.seed)
-        src_vocab, tgt_vocab = self._vocabs(corpus)
-        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
-        src, tgt = corpus["train"]
-        # a Transformer has max_positions positions per side: the sentence plus eos (bos) must fit
-        positions = getattr(cfg.model, "max_positions", None)
-        max_len = min(cfg.data.max_len, positions - 1) if positions else cfg.data.max_len
-        train_src, train_tgt, dropped = filter_pairs(src_vocab.encode_batch(src), tgt_vocab.encode_batch(tgt), max_len)
-        if not train_src:
-            raise MTError(f"no training pairs left after filtering to {max_len} tokens (data.max_len, model.max_positions)")
-        self.log.info(f"{len(train_src)} training pairs ({dropped} filtered), vocab {len(src_vocab)}/{len(tgt_vocab)}")
-        batcher = TokenBatcher(train_src, train_tgt, t.batch_tokens, t.seed)
-        if len(batcher) < self.world:
-            raise MTError(f"only {len(batcher)} batches for {self.world} processes; use a smaller train.batch_tokens")
-        self.valid = corpus.get("valid")
-        if self.valid is not None:
-            vs, vt = self.valid
-            if t.valid_max_sentences:
-                vs, vt = vs[: t.valid_max_sentences], vt[: t.valid_max_sentences]
-            self.valid = (vs, vt)
-            # the validation loss needs a teacher-forced pass, so it skips pairs the model has no
-            # positions for; BLEU / chrF cover every sentence (the translator cuts long inputs)
-            ids = [(a, b) for a, b in zip(src_vocab.encode_batch(vs), tgt_vocab.encode_batch(vt))
-                   if not positions or max(len(a), len(b)) < positions]
-            if len(ids) < len(vs):
-                self.log.info(f"validation loss over {len(ids)} of {len(vs)} pairs (the others exceed model.max_positions)")
-            self.valid_batcher = TokenBatcher([a for a, _ in ids], [b for _, b in ids], t.batch_tokens, 0)
-
-        model = build_model(cfg.model, len(src_vocab), len(tgt_vocab)).to(self.device)
+    def _build_model(self, data: TrainData) -> tuple[nn.Module, nn.Module]:
+        """The model (initialised from train.init_from when fine-tuning), and the module the updates
+        call: DDP-wrapped under torchrun, compiled with train.compile."""
+        t = self.cfg.train
+        model = build_model(self.cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(self.device)
         if t.init_from and not self.resume:
             init = Path(t.init_from)
             load_weights(model, init / "model.safetensors" if init.is_dir() else init)
             self.log.info(f"initialised from {init}")
-        self.model = model
         n_params = sum(p.numel() for p in model.parameters())
-        self.log.info(f"model {cfg.model.arch}: {n_params / 1e6:.2f}M parameters on {self.device}")
+        self.log.info(f"model {self.cfg.model.arch}: {n_params / 1e6:.2f}M parameters on {self.device}")
         train_model: nn.Module = model
         if self.world > 1:
             train_model = nn.parallel.DistributedDataParallel(
@@ -267,85 +418,34 @@ class Trainer:
             )
         if t.compile:
             train_model = torch.compile(train_model)
-        optimizer = build_optimizer(model, cfg, self.device)
-        scheduler, plateau = build_scheduler(optimizer, cfg)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        progress = Progress()
-        # the best score early stopping counts against; after a resume it can lag progress.best_score
-        # (the best model on disk, see _restore) until the replay gets past that best
-        self.patience_best: float | None = None
-        if self.resume:
-            progress = self._restore(model, optimizer, scheduler, plateau, scaler)
-        elif self.is_main:
-            self._write_meta(progress, None)
-        self._truncate_metrics(progress.step)
-        _barrier(self.world)
+        return model, train_model
 
-        self.log.start(t.max_steps, progress.step, self.run_dir)
-        self.last_saved = progress.step if self.resume else -1
-        self.last_validated = progress.step if self.resume else -1
-        stop_reason: str | None = None
-        window_tokens, window_start, loss_sum, loss_tokens = 0, time.monotonic(), 0.0, 0
-        epoch, batches = -1, []
-        while stop_reason is None and progress.step < t.max_steps:
-            if epoch != progress.epoch:
-                epoch, batches = progress.epoch, batcher.epoch_batches(progress.epoch, self.rank, self.world)
-            if progress.position >= len(batches):  # end of epoch
-                progress.epoch, progress.position = progress.epoch + 1, 0
-                if t.max_epochs and progress.epoch >= t.max_epochs:
-                    stop_reason = "max_epochs"
-                continue
-            group = batches[progress.position : progress.position + t.accum]
-            lr = optimizer.param_groups[0]["lr"]  # the rate this update uses (logged below)
-            loss, ntok, stepped = self._update(train_model, optimizer, scaler, [batcher.collate(b) for b in group])
-            if stepped:  # fp16: an update skipped for inf/nan gradients does not advance the schedule
-                scheduler.step()
-            progress.position += len(group)
-            progress.step += 1
-            progress.tokens += ntok
-            window_tokens += ntok
-            loss_sum, loss_tokens = loss_sum + loss, loss_tokens + ntok
-            if progress.step % t.log_every == 0 or progress.step == t.max_steps:
-                elapsed = time.monotonic() - window_start
-                record = {
-                    "step": progress.step,
-                    "epoch": progress.epoch,
-                    "loss": float(loss_sum) / max(loss_tokens, 1),
-                    "lr": lr,
-                    "tokens_per_s": window_tokens * self.world / max(elapsed, 1e-9),
-                }
-                self._metrics(record)
-                self.log.step(record)
-                window_tokens, window_start, loss_sum, loss_tokens = 0, time.monotonic(), 0.0, 0
-            else:
-                self.log.tick(progress.step)
-            stop_reason = self._maybe_validate_and_save(progress, optimizer, scheduler, plateau, scaler)
-        stop_reason = stop_reason or "max_steps"
-        if self.last_saved != progress.step:
-            self._validate_and_save(progress, optimizer, scheduler, plateau, scaler, force_save=True)
-        self._check_replicas()
-        self.log.finish()
-        summary = {"step": progress.step, "stop": stop_reason, "best_score": progress.best_score,
-                   "best_step": progress.best_step, "metric": t.metric, "run_dir": str(self.run_dir)}
-        if self.is_main:
-            self.log.info(f"done at step {progress.step} ({stop_reason}); best {t.metric} {progress.best_score} at step {progress.best_step}")
-        _cleanup_distributed(self.world)
-        return summary
+    def _build_state(self, data: TrainData) -> TrainState:
+        """Model and optimization, fresh or restored from the last checkpoint."""
+        model, train_model = self._build_model(data)
+        state = TrainState(model, train_model, Optimization.build(model, self.cfg, self.device), Progress())
+        if self.resume:
+            self._restore(state)
+            state.last_saved = state.last_validated = state.progress.step
+        elif self.is_main:
+            self._write_meta(state.progress, None)
+        self._truncate_metrics(state.progress.step)
+        _barrier(self.world)
+        return state
 
     def _save_every(self) -> int:
         return self.cfg.train.save_every or self.cfg.train.valid_every
 
-    def _maybe_validate_and_save(self, progress, optimizer, scheduler, plateau, scaler) -> str | None:
-        t = self.cfg.train
+    def _maybe_validate_and_save(self, state: TrainState) -> str | None:
+        t, step = self.cfg.train, state.progress.step
         out_of_time = False
         if t.max_minutes:  # every rank takes rank 0's clock, so all stop at the same step
             out_of_time = _agree((time.monotonic() - self.started) / 60 >= t.max_minutes, self.world, self.device)
-        if progress.step % t.valid_every == 0 or progress.step % self._save_every() == 0 or out_of_time:
-            stop = self._validate_and_save(progress, optimizer, scheduler, plateau, scaler, force_save=out_of_time)
+        if step % t.valid_every == 0 or step % self._save_every() == 0 or out_of_time:
+            stop = self._validate_and_save(state, force_save=out_of_time)
             if stop:
                 return stop
         return "max_minutes" if out_of_time else None
-
     def _update(self, model, optimizer, scaler, batches) -> tuple[torch.Tensor, int, bool]:
         """One optimizer step over `batches` (gradient accumulation); returns (loss sum as a tensor
         on the device, read only when logged: no sync per step; tokens; whether the optimizer
@@ -380,68 +480,73 @@ class Trainer:
         return loss_sum, total_tokens, stepped
 
     # -- validation and checkpoints -----------------------------------------------------------
-    def _validate_and_save(self, progress, optimizer, scheduler, plateau, scaler, force_save=False) -> str | None:
-        t = self.cfg.train
+    def _validate_and_save(self, state: TrainState, force_save: bool = False) -> str | None:
+        t, progress = self.cfg.train, state.progress
+        has_valid = self.data is not None and self.data.valid is not None
         stop = None
         # (the final save after a validation step must not validate, and count a bad validation, twice)
-        validate_now = (self.valid is not None and self.last_validated != progress.step
+        validate_now = (has_valid and state.last_validated != progress.step
                         and (progress.step % t.valid_every == 0 or force_save))
         if validate_now:
-            self.last_validated = progress.step
+            state.last_validated = progress.step
         if self.is_main and validate_now:
-            result = self.validate()
-            record = {"step": progress.step, "valid": result}
-            score = result[t.metric]
-            if plateau is not None:
-                plateau.step(score)
-            # (the second clause: the replay of the best validation after a resume, see _restore)
-            improved = better(t.metric, score, progress.best_score) or (
-                progress.step == progress.best_step and score == progress.best_score)
-            if improved:
-                progress.best_score, progress.best_step = score, progress.step
-                save_weights(self.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
-            if improved or better(t.metric, score, self.patience_best):
-                self.patience_best, progress.bad_validations = score, 0
-            else:
-                progress.bad_validations += 1
-            record["best"] = improved
-            self._metrics(record)
-            self.log.validation(progress.step, result, improved)
-            self._write_meta(progress, result if improved else None)
-            if t.patience and progress.bad_validations >= t.patience:
-                stop = "early_stop"
-        elif self.is_main and self.valid is None and (progress.step % self._save_every() == 0 or force_save):
+            stop = self._validate_and_keep_best(state)
+        elif self.is_main and not has_valid and (progress.step % self._save_every() == 0 or force_save):
             # no validation set: the latest weights are the best we know
-            save_weights(self.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+            save_weights(state.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
             progress.best_step = progress.step
             self._write_meta(progress, None)
-        if plateau is not None:
-            _sync_lr(optimizer, self.world, self.device)  # rank 0 stepped the plateau scheduler
+        if state.opt.plateau is not None:
+            _sync_lr(state.opt.optimizer, self.world, self.device)  # rank 0 stepped the plateau scheduler
         # only rank 0 validates: every rank learns its decision before choosing to save, so that all
         # of them take the same path (and meet in the same collective calls) afterwards
-        stop = _agree_reason(stop, self.world, self.device)
+        stop = "early_stop" if _agree(stop == "early_stop", self.world, self.device) else None
         if progress.step % self._save_every() == 0 or force_save or stop:
-            self._checkpoint(progress, optimizer, scheduler, plateau, scaler)
-            self.last_saved = progress.step
+            self._checkpoint(state)
+            state.last_saved = progress.step
         return stop
+
+    def _validate_and_keep_best(self, state: TrainState) -> str | None:
+        """Rank 0: validate, step the plateau schedule, save a new best model, count patience;
+        returns "early_stop" when patience has run out."""
+        t, progress = self.cfg.train, state.progress
+        result = self.validate()
+        score = result[t.metric]
+        if state.opt.plateau is not None:
+            state.opt.plateau.step(score)
+        # (the second clause: the replay of the best validation after a resume, see _restore)
+        improved = better(t.metric, score, progress.best_score) or (
+            progress.step == progress.best_step and score == progress.best_score)
+        if improved:
+            progress.best_score, progress.best_step = score, progress.step
+            save_weights(state.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+        if improved or better(t.metric, score, state.patience_best):
+            state.patience_best, progress.bad_validations = score, 0
+        else:
+            progress.bad_validations += 1
+        self._metrics({"step": progress.step, "valid": result, "best": improved})
+        self.log.validation(progress.step, result, improved)
+        self._write_meta(progress, result if improved else None)
+        return "early_stop" if t.patience and progress.bad_validations >= t.patience else None
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
         from mt.metrics import score as score_metrics
 
-        model = self.model
+        assert self.data is not None and self.data.valid is not None and self.state is not None
+        data, model = self.data, self.state.model
         was_training = model.training
         model.eval()
         loss, tokens = 0.0, 0
-        for indices in self.valid_batcher.batches:
-            batch = self.valid_batcher.collate(indices).to(self.device)
+        for indices in data.valid_batcher.batches:
+            batch = data.valid_batcher.collate(indices).to(self.device)
             logits = model(batch.src, batch.src_lengths, batch.tgt_in)
             loss += float(label_smoothed_loss(logits, batch.tgt_out, 0.0))
             tokens += batch.ntokens
         search = build_search(self.cfg.decode)
-        translator = Translator(model, self.src_vocab, self.tgt_vocab, search, self.device, self.cfg.decode.batch_tokens,
+        translator = Translator(model, data.src_vocab, data.tgt_vocab, search, self.device, self.cfg.decode.batch_tokens,
                                 warn=lambda msg: None)
-        src, refs = self.valid
+        src, refs = data.valid
         hyps = [tr.text for tr in translator.translate(src)]
         scores = score_metrics(hyps, refs, metrics=("bleu", "chrf"))
         model.train(was_training)
@@ -457,40 +562,30 @@ class Trainer:
             "search": self.cfg.decode.search,
         }
 
-    def _checkpoint(self, progress, optimizer, scheduler, plateau, scaler) -> None:
+    def _checkpoint(self, state: TrainState) -> None:
         if not self.is_main:
             return
-        state = {
-            "progress": progress.state(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "plateau": plateau.state_dict() if plateau is not None else None,
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-        }
+        progress = state.progress
+        trainer_state = {"progress": progress.state(), **state.opt.state_dict(), "rng": rng_state()}
         meta = {"step": progress.step, "epoch": progress.epoch, "mt_version": __version__}
-        write_checkpoint(self.run_dir, progress.step, self.model, state, meta, self.cfg.train.keep_last)
+        write_checkpoint(self.run_dir, progress.step, state.model, trainer_state, meta, self.cfg.train.keep_last)
 
-    def _restore(self, model, optimizer, scheduler, plateau, scaler) -> Progress:
+    def _restore(self, state: TrainState) -> None:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             self.log.info(f"{self.run_dir} has no checkpoint yet: starting from step 0")
             if self.is_main:
-                self._write_meta(Progress(), None)
-            return Progress()
-        load_weights(model, ckpt / "model.safetensors")
-        state = load_trainer_state(ckpt / "trainer_state.pt")
+                self._write_meta(state.progress, None)
+            return
+        load_weights(state.model, ckpt / "model.safetensors")
+        saved = load_trainer_state(ckpt / "trainer_state.pt")
         try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if plateau is not None and state.get("plateau"):
-                plateau.load_state_dict(state["plateau"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            progress = Progress(**state["progress"])
+            state.opt.load_state_dict(saved)
+            set_rng_state(saved["rng"])
+            progress = Progress(**saved["progress"])
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise MTError(f"{ckpt}: trainer state does not fit this run ({e})") from None
-        self.patience_best = progress.best_score
+        state.patience_best = progress.best_score
         # model.safetensors may hold a better model than the checkpoint knows of (a validation that
         # improved after the last checkpoint, then a crash): that best score stands, so that a worse
         # model never replaces it; early stopping still counts from the checkpoint's own best
@@ -499,18 +594,19 @@ class Trainer:
         if (meta.get("metric") == self.cfg.train.metric and isinstance(meta.get("best_score"), (int, float))
                 and isinstance(meta.get("best_step"), int) and meta["best_step"] > progress.step):
             progress.best_score, progress.best_step = float(meta["best_score"]), meta["best_step"]
+        state.progress = progress
         self.log.info(f"resumed from {ckpt.name} (step {progress.step}, epoch {progress.epoch})")
-        return progress
 
     def _write_meta(self, progress: Progress, result: dict | None) -> None:
+        assert self.data is not None
         path = self.run_dir / "meta.json"
         meta = read_json(path) if path.is_file() else {}
         meta.update(
             {
                 "mt_version": __version__,
                 "arch": self.cfg.model.arch,
-                "src_vocab_size": len(self.src_vocab),
-                "tgt_vocab_size": len(self.tgt_vocab),
+                "src_vocab_size": len(self.data.src_vocab),
+                "tgt_vocab_size": len(self.data.tgt_vocab),
                 "step": progress.step,
                 "best_step": progress.best_step,
                 "metric": self.cfg.train.metric,
@@ -548,7 +644,7 @@ class Trainer:
         """DDP: all replicas must hold identical weights; record the check in metrics.jsonl."""
         if self.world == 1:
             return
-        flat = torch.cat([p.detach().float().reshape(-1) for p in self.model.parameters()])
+        flat = torch.cat([p.detach().float().reshape(-1) for p in self.state.model.parameters()])
         checksum = torch.stack([flat.sum(), (flat * flat).sum(), flat.abs().max()]).double().to(self.device)
         gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
         dist.all_gather(gathered, checksum)
@@ -609,10 +705,6 @@ def _global_tokens(tokens: int, world: int, device: torch.device) -> torch.Tenso
     return t
 
 
-def _agree_reason(reason: str | None, world: int, device: torch.device) -> str | None:
-    return "early_stop" if _agree(reason is not None, world, device) else None
-
-
 # ----------------------------------------------------------------------------------------------
 # console output
 
@@ -626,6 +718,7 @@ class _Logger:
         self.enabled = enabled
         self.console = Console(stderr=True)
         self.bar = None
+        self.task = None
         self.writer = None
 
     def info(self, msg: str) -> None:
@@ -637,14 +730,14 @@ class _Logger:
             return
         self.info(f"run directory: {run_dir}   (resume with: mt train --resume {run_dir})")
         if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            import rich.progress as bar
 
-            self.bar = Progress(
-                TextColumn("step"),
-                MofNCompleteColumn(),
-                BarColumn(),
-                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
-                TimeRemainingColumn(),
+            self.bar = bar.Progress(
+                bar.TextColumn("step"),
+                bar.MofNCompleteColumn(),
+                bar.BarColumn(),
+                bar.TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                bar.TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )

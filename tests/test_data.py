@@ -6,16 +6,8 @@ import torch
 
 from mt import MTError
 from mt.config import DataConfig
-from mt.data import (
-    TokenBatcher,
-    collate,
-    filter_pairs,
-    grouped_split,
-    load_corpus,
-    read_lines,
-    read_parallel,
-    token_batches,
-)
+from mt.data import TokenBatcher, collate, filter_pairs, token_batches
+from mt.text import grouped_split, load_corpus, read_lines, read_parallel
 from mt.models.base import BOS_ID, EOS_ID, PAD_ID
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -124,7 +116,6 @@ def test_multi30k_and_tatoeba_through_the_mirror(tmp_path):
 
 
 def test_corpus_files_resolve_from_cwd_then_data_dir(tmp_path: Path, monkeypatch) -> None:
-    from mt.data import load_corpus
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.src").write_text("x y\n", encoding="utf-8")

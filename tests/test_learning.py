@@ -13,7 +13,7 @@ from mt.translate import Translator
 
 
 def _bleu(trainer: Trainer, pairs) -> float:
-    translator = Translator(trainer.model, trainer.src_vocab, trainer.tgt_vocab, GreedySearch(), "cpu")
+    translator = Translator(trainer.state.model, trainer.data.src_vocab, trainer.data.tgt_vocab, GreedySearch(), "cpu")
     hyps = [t.text for t in translator.translate([s for s, _ in pairs])]
     return score(hyps, [r for _, r in pairs], metrics=("bleu",))["bleu"].score
 
