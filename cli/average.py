@@ -33,7 +33,8 @@ def average(
 
     from safetensors.torch import save_file
 
-    from mt.checkpoint import atomic_write, average_weights, checkpoint_dirs
+    from mt.checkpoint import average_weights, checkpoint_dirs
+    from mt.files import atomic_write
 
     dirs = checkpoint_dirs(run)
     if not dirs:

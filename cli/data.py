@@ -111,7 +111,7 @@ def synthetic(
     """Write the built-in generated language pair (the data of `make demo`) as plain text files."""
     from mt import MTError
     from mt import synthetic as gen
-    from mt.checkpoint import atomic_write_text
+    from mt.files import atomic_write_text
 
     if min(train, valid, test) < 0 or max_clauses < 1:
         raise MTError("sizes must be >= 0 and --max-clauses >= 1")

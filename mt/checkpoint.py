@@ -9,8 +9,8 @@
       checkpoints/step_00001000/{model.safetensors, trainer_state.pt, meta.json}
       checkpoints/latest     name of the newest complete checkpoint
 
-Every file is written to a temporary name and renamed into place; a checkpoint folder is
-filled under a temporary name and renamed whole, so a killed process never leaves a
+Every file is written to a temporary name and renamed into place (mt.files); a checkpoint folder
+is filled under a temporary name and renamed whole, so a killed process never leaves a
 half-written checkpoint behind. Nothing is loaded with pickle: weights are safetensors and
 the trainer state is read with torch.load(weights_only=True).
 """
@@ -23,64 +23,17 @@ import pickle
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 
 from mt import MTError
-from mt.files import publish, temp_dir, temp_file
-from mt.config import is_run_dir  # noqa: F401 - re-exported: the run-directory test lives with the config
+from mt.files import atomic_write, atomic_write_text, fsync_dir, publish, temp_dir
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic files
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) for a temporary file beside `path`, fsync it, rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +148,7 @@ def write_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / LATEST, final.name + "\n")
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

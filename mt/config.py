@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal, Union
 import yaml
 
 from mt import MTError
+from mt.files import atomic_write_text
 
 
 class SettingError(MTError):
@@ -401,8 +402,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from mt.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

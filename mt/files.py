@@ -8,12 +8,14 @@ output file of `mt translate` (stdout, a file, a device or a pipe).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Callable
 
 from mt import MTError
 
@@ -61,6 +63,53 @@ def publish(tmp: Path, target: Path) -> None:
     except OSError:  # a filesystem without modes: keep what it gave
         pass
     os.replace(tmp, target)
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes: a temporary file beside the target, fsync, rename
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (where the filesystem lets a folder be fsynced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) for a temporary file beside `path`, fsync it, rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file(path)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from mt.files import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import torch
 
 
 def save_attention_plot(path: Path, attention: torch.Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> None:
@@ -13,8 +17,6 @@ def save_attention_plot(path: Path, attention: torch.Tensor, src_pieces: list[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from mt.checkpoint import atomic_write
 
     rows, cols = attention.shape
     fig, ax = plt.subplots(figsize=(max(3.0, 0.35 * cols + 1.5), max(2.5, 0.35 * rows + 1.0)))

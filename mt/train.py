@@ -21,7 +21,6 @@ from torch import nn
 
 from mt import MTError, __version__
 from mt.checkpoint import (
-    atomic_write_json,
     latest_checkpoint,
     load_trainer_state,
     load_weights,
@@ -33,11 +32,12 @@ from mt.checkpoint import (
 )
 from mt.config import Config, save_config
 from mt.data import TokenBatcher, filter_pairs
-from mt.text import load_corpus
+from mt.device import resolve_device
+from mt.files import atomic_write_json, atomic_write_text
 from mt.models import build_model
 from mt.models.base import PAD_ID
 from mt.search import build_search
-from mt.device import resolve_device
+from mt.text import load_corpus
 from mt.translate import Translator
 from mt.vocab import Vocab, train_vocab, vocab_files
 
@@ -636,8 +636,6 @@ class Trainer:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
-        from mt.checkpoint import atomic_write_text
-
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     def _check_replicas(self) -> None:

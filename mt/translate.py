@@ -10,8 +10,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from mt import MTError
-from mt.checkpoint import is_run_dir, latest_checkpoint, load_weights, read_json
-from mt.config import Config, load_config
+from mt.checkpoint import latest_checkpoint, load_weights, read_json
+from mt.config import Config, is_run_dir, load_config
 from mt.data import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq

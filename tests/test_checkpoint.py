@@ -12,9 +12,6 @@ from torch import nn
 
 from mt import MTError
 from mt.checkpoint import (
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
     average_weights,
     checkpoint_dirs,
     latest_checkpoint,
@@ -24,6 +21,7 @@ from mt.checkpoint import (
     save_weights,
     write_checkpoint,
 )
+from mt.files import atomic_write, atomic_write_json, atomic_write_text
 
 
 def tiny_model(seed: int = 0, width: int = 3) -> nn.Module:

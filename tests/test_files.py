@@ -167,3 +167,29 @@ def test_output_refuses_a_directory_and_a_missing_folder(tmp_path: Path) -> None
         Output(tmp_path)
     with pytest.raises(MTError, match="no such directory"):
         check_output_path(tmp_path / "nope" / "out.txt")
+
+
+def test_text_files_are_written_without_torch(tmp_path: Path) -> None:
+    """save_config, the attention plot's module and `mt data synthetic` write through mt.files: no
+    torch, no safetensors (seconds of start-up) for a YAML or text file."""
+    import subprocess
+
+    code = f"""
+import sys
+from pathlib import Path
+from mt.config import Config, save_config
+import mt.plot
+save_config(Config(), Path({str(tmp_path)!r}) / "config.yaml")
+sys.argv = ["mt", "data", "synthetic", "--dest", {str(tmp_path / "syn")!r}, "--train", "5", "--valid", "2", "--test", "2"]
+from mt.cli.main import main
+try:
+    main()
+finally:
+    print(sorted(m for m in ("torch", "safetensors") if m in sys.modules), file=sys.stderr)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "config.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "syn").iterdir()) == [
+        f"{split}.{side}" for split in ("test", "train", "valid") for side in ("src", "tgt")]
