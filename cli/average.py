@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mt import MTError
-from mt.config import is_run_dir
+from mt.rundir import AVERAGED, WEIGHTS, check_run_dir, checkpoint_dirs
 
 EPILOG = """\b
 Examples:
@@ -24,16 +24,13 @@ def average(
 ) -> None:
     if last < 1:
         raise MTError(f"--last must be >= 1, got {last}")
-    if not run.exists():
-        raise MTError(f"{run}: no such run directory")
-    if not is_run_dir(run):
-        raise MTError(f"{run}: not a run directory (no config.yaml)")
+    check_run_dir(run)
     if output is not None and output.is_dir():
         raise MTError(f"{output}: is a directory")
 
     from safetensors.torch import save_file
 
-    from mt.checkpoint import average_weights, checkpoint_dirs
+    from mt.checkpoint import average_weights
     from mt.files import atomic_write
 
     dirs = checkpoint_dirs(run)
@@ -42,8 +39,8 @@ def average(
     chosen = dirs[-last:]
     if len(chosen) < last:
         typer.echo(f"mt: warning: only {len(chosen)} checkpoints kept (train.keep_last); averaging those", err=True)
-    tensors = average_weights([d / "model.safetensors" for d in chosen])
-    out = output or run / "averaged.safetensors"
+    tensors = average_weights([d / WEIGHTS for d in chosen])
+    out = output or run / AVERAGED
     meta = {"averaged": ",".join(d.name for d in chosen)}
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     typer.echo(f"averaged {len(chosen)} checkpoints ({chosen[0].name} .. {chosen[-1].name}) -> {out}")

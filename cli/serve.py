@@ -12,8 +12,8 @@ from typing import List, Optional
 import typer
 
 from mt import MTError
-from mt.config import is_run_dir
 from mt.device import check_device, check_precision
+from mt.rundir import check_run_dir
 
 EPILOG = """\b
 Examples:
@@ -34,11 +34,7 @@ def _parse_model(spec: str) -> tuple[str, Path]:
         run = Path(path)
     else:
         run, name = Path(spec), Path(spec).resolve().name
-    if not run.exists():
-        raise MTError(f"{run}: no such run directory")
-    if not is_run_dir(run):
-        raise MTError(f"{run}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
-    return name, run
+    return name, check_run_dir(run)
 
 
 def serve(

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from mt import MTError
+from mt.rundir import CHECKPOINTS, CONFIG, METRICS, WEIGHTS, check_run_dir
 
 EPILOG = """\b
 Examples:
@@ -28,24 +29,21 @@ def train(
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
 ) -> None:
-    from mt.config import is_run_dir, load_config, save_config  # light: checked before `import torch`
+    from mt.config import load_config, save_config  # light: checked before `import torch`
 
     if resume is not None:
         if recipe is not None:
             raise MTError("give either a RECIPE or --resume RUN, not both")
-        if not resume.exists():
-            raise MTError(f"{resume}: no such run directory")
-        if not is_run_dir(resume):
-            raise MTError(f"{resume}: not a run directory (no config.yaml)")
+        check_run_dir(resume)
         bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(RESUMABLE)]
         if bad:
             raise MTError(f"--set {bad[0]}: only train.* and decode.* can change when resuming")
-        cfg = load_config(resume / "config.yaml", overrides)
+        cfg = load_config(resume / CONFIG, overrides)
         from mt.train import Trainer
 
         trainer = Trainer(cfg, resume, resume=True)  # checks the device before config.yaml changes
         if overrides:
-            save_config(cfg, resume / "config.yaml")
+            save_config(cfg, resume / CONFIG)
         trainer.train()
         return
     if recipe is None:
@@ -75,7 +73,7 @@ def _forget_failed_start(run_dir: Path, created: bool) -> None:
     as far as logging or saving is kept: `mt train --resume` continues it."""
     import shutil
 
-    if not run_dir.is_dir() or any((run_dir / n).exists() for n in ("checkpoints", "model.safetensors", "metrics.jsonl")):
+    if not run_dir.is_dir() or any((run_dir / n).exists() for n in (CHECKPOINTS, WEIGHTS, METRICS)):
         return
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)

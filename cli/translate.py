@@ -11,9 +11,10 @@ from typing import Optional
 import typer
 
 from mt import MTError
-from mt.config import DecodeConfig, SettingError, is_run_dir, load_config
+from mt.config import DecodeConfig, SettingError, load_config
 from mt.device import check_device, check_precision
 from mt.files import Output, check_output_path
+from mt.rundir import CONFIG, check_run_dir
 
 EPILOG = """\b
 Examples:
@@ -125,11 +126,7 @@ def translate(
     check_output_path(output)
     if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
-    if not model.exists():
-        raise MTError(f"{model}: no such run directory")
-    if not is_run_dir(model):
-        raise MTError(f"{model}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
-    decode = _decode_config(load_config(model / "config.yaml").decode, greedy=greedy, sample=sample, beam=beam,
+    decode = _decode_config(load_config(check_run_dir(model) / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
                             n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
                             max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
                             topk=topk, topp=topp, seed=seed)

@@ -1,18 +1,9 @@
-"""Run directories: atomic writes, safetensors weights, resumable trainer state, averaging.
+"""Checkpoints: safetensors weights, resumable trainer state, checkpoint folders, averaging.
 
-    RUN/
-      config.yaml            the recipe as run (all defaults filled in)
-      spm.model              SentencePiece (or spm.src.model + spm.tgt.model)
-      model.safetensors      best weights so far (what `mt translate` loads)
-      meta.json              step, best score with its sacrebleu signature, vocab sizes
-      metrics.jsonl          one JSON object per log line / validation
-      checkpoints/step_00001000/{model.safetensors, trainer_state.pt, meta.json}
-      checkpoints/latest     name of the newest complete checkpoint
-
-Every file is written to a temporary name and renamed into place (mt.files); a checkpoint folder
-is filled under a temporary name and renamed whole, so a killed process never leaves a
-half-written checkpoint behind. Nothing is loaded with pickle: weights are safetensors and
-the trainer state is read with torch.load(weights_only=True).
+A checkpoint folder (mt.rundir names its files) is filled under a temporary name and renamed
+whole, so a killed process never leaves a half-written checkpoint behind; single files are written
+atomically (mt.files). Nothing is loaded with pickle: weights are safetensors and the trainer state
+is read with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -31,10 +22,7 @@ from safetensors.torch import load_file, load_model, save_model
 
 from mt import MTError
 from mt.files import atomic_write, atomic_write_text, fsync_dir, publish, temp_dir
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-
+from mt.rundir import CHECKPOINTS, LATEST, META, TRAINER_STATE, WEIGHTS, checkpoint_dirs, checkpoint_name
 
 # ----------------------------------------------------------------------------------------------
 # weights
@@ -108,37 +96,18 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
 # checkpoint folders
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "meta.json").is_file())
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    root = Path(run_dir) / CHECKPOINTS
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip()
-        if (candidate / "meta.json").is_file():
-            return candidate
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
-
-
 def write_checkpoint(
     run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any], meta: dict[str, Any], keep_last: int
 ) -> Path:
     """Write checkpoints/step_N atomically (temp folder + rename), update `latest`, prune old ones."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = temp_dir(root, prefix=f".step_{step:08d}.")
+    final = root / checkpoint_name(step)
+    tmp = temp_dir(root, prefix=f".{final.name}.")
     try:
-        save_model(unwrap(model), str(tmp / "model.safetensors"))
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_model(unwrap(model), str(tmp / WEIGHTS))
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())

@@ -404,7 +404,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def save_config(cfg: Config, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-
-def is_run_dir(path: str | Path) -> bool:
-    """A run directory holds its config.yaml (light: the CLI asks before importing torch)."""
-    return (Path(path) / "config.yaml").is_file()

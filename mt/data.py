@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mt.models.base import BOS_ID, EOS_ID, PAD_ID
+from mt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from torch import nn
 
 from mt import MTError, __version__
 from mt.checkpoint import (
-    latest_checkpoint,
     load_trainer_state,
     load_weights,
     read_json,
@@ -35,11 +34,11 @@ from mt.data import TokenBatcher, filter_pairs
 from mt.device import resolve_device
 from mt.files import atomic_write_json, atomic_write_text
 from mt.models import build_model
-from mt.models.base import PAD_ID
+from mt.rundir import CONFIG, META, METRICS, TRAINER_STATE, WEIGHTS, is_run_dir, latest_checkpoint, vocab_files
 from mt.search import build_search
 from mt.text import load_corpus
 from mt.translate import Translator
-from mt.vocab import Vocab, train_vocab, vocab_files
+from mt.vocab import PAD_ID, Vocab, train_vocab
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +322,7 @@ class Trainer:
         _barrier(self.world)  # every rank looks before rank 0 writes config.yaml into it
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
+            save_config(self.cfg, self.run_dir / CONFIG)
 
     def _max_len(self) -> int:
         """data.max_len, capped so that a sentence plus eos (bos) fits a Transformer's positions."""
@@ -384,12 +383,11 @@ class Trainer:
 
     def _copy_parent_vocab(self, parent: Path) -> None:
         parent_run = parent if parent.is_dir() else parent.parent
-        parent_cfg_path = parent_run / "config.yaml"
-        if not parent_cfg_path.is_file():
-            raise MTError(f"train.init_from: {parent} is not a run directory (no config.yaml)")
+        if not is_run_dir(parent_run):
+            raise MTError(f"train.init_from: {parent} is not a run directory (no {CONFIG})")
         from mt.config import load_config
 
-        parent_cfg = load_config(parent_cfg_path)
+        parent_cfg = load_config(parent_run / CONFIG)
         for key in ("joint", "size", "model_type"):
             theirs, ours = getattr(parent_cfg.vocab, key), getattr(self.cfg.vocab, key)
             if theirs != ours:
@@ -407,7 +405,7 @@ class Trainer:
         model = build_model(self.cfg.model, len(data.src_vocab), len(data.tgt_vocab)).to(self.device)
         if t.init_from and not self.resume:
             init = Path(t.init_from)
-            load_weights(model, init / "model.safetensors" if init.is_dir() else init)
+            load_weights(model, init / WEIGHTS if init.is_dir() else init)
             self.log.info(f"initialised from {init}")
         n_params = sum(p.numel() for p in model.parameters())
         self.log.info(f"model {self.cfg.model.arch}: {n_params / 1e6:.2f}M parameters on {self.device}")
@@ -493,7 +491,7 @@ class Trainer:
             stop = self._validate_and_keep_best(state)
         elif self.is_main and not has_valid and (progress.step % self._save_every() == 0 or force_save):
             # no validation set: the latest weights are the best we know
-            save_weights(state.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+            save_weights(state.model, self.run_dir / WEIGHTS, {"step": str(progress.step)})
             progress.best_step = progress.step
             self._write_meta(progress, None)
         if state.opt.plateau is not None:
@@ -519,7 +517,7 @@ class Trainer:
             progress.step == progress.best_step and score == progress.best_score)
         if improved:
             progress.best_score, progress.best_step = score, progress.step
-            save_weights(state.model, self.run_dir / "model.safetensors", {"step": str(progress.step)})
+            save_weights(state.model, self.run_dir / WEIGHTS, {"step": str(progress.step)})
         if improved or better(t.metric, score, state.patience_best):
             state.patience_best, progress.bad_validations = score, 0
         else:
@@ -577,8 +575,8 @@ class Trainer:
             if self.is_main:
                 self._write_meta(state.progress, None)
             return
-        load_weights(state.model, ckpt / "model.safetensors")
-        saved = load_trainer_state(ckpt / "trainer_state.pt")
+        load_weights(state.model, ckpt / WEIGHTS)
+        saved = load_trainer_state(ckpt / TRAINER_STATE)
         try:
             state.opt.load_state_dict(saved)
             set_rng_state(saved["rng"])
@@ -589,7 +587,7 @@ class Trainer:
         # model.safetensors may hold a better model than the checkpoint knows of (a validation that
         # improved after the last checkpoint, then a crash): that best score stands, so that a worse
         # model never replaces it; early stopping still counts from the checkpoint's own best
-        meta_path = self.run_dir / "meta.json"
+        meta_path = self.run_dir / META
         meta = read_json(meta_path) if meta_path.is_file() else {}
         if (meta.get("metric") == self.cfg.train.metric and isinstance(meta.get("best_score"), (int, float))
                 and isinstance(meta.get("best_step"), int) and meta["best_step"] > progress.step):
@@ -599,7 +597,7 @@ class Trainer:
 
     def _write_meta(self, progress: Progress, result: dict | None) -> None:
         assert self.data is not None
-        path = self.run_dir / "meta.json"
+        path = self.run_dir / META
         meta = read_json(path) if path.is_file() else {}
         meta.update(
             {
@@ -620,13 +618,13 @@ class Trainer:
     def _metrics(self, record: dict) -> None:
         if not self.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         self.log.scalars(record)
 
     def _truncate_metrics(self, step: int) -> None:
         """After a resume, forget log lines written after the checkpoint we resumed from."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / METRICS
         if not self.is_main or not path.is_file():
             return
         keep = []

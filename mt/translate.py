@@ -10,13 +10,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from mt import MTError
-from mt.checkpoint import latest_checkpoint, load_weights, read_json
-from mt.config import Config, is_run_dir, load_config
+from mt.checkpoint import load_weights, read_json
+from mt.config import Config, load_config
 from mt.data import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq
 from mt.search import Hypothesis, Search
-from mt.vocab import Vocab, vocab_files
+from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
+from mt.vocab import Vocab
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
 DEFAULT_MAX_INPUT_TOKENS = 1024
@@ -43,16 +44,12 @@ class Run:
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = "best") -> Run:
     """Load RUN/config.yaml, its SentencePiece models and weights (best, last, or a .safetensors path)."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise MTError(f"{run_dir}: no such run directory")
-    if not is_run_dir(run_dir):
-        raise MTError(f"{run_dir}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
-    cfg = load_config(run_dir / "config.yaml")
+    run_dir = check_run_dir(run_dir)
+    cfg = load_config(run_dir / CONFIG)
     src_file, tgt_file = vocab_files(run_dir, cfg.vocab.joint)
     src_vocab = Vocab(src_file)
     tgt_vocab = src_vocab if tgt_file == src_file else Vocab(tgt_file)
-    meta_path = run_dir / "meta.json"
+    meta_path = run_dir / META
     if meta_path.is_file():
         meta = read_json(meta_path)
         sizes = (meta.get("src_vocab_size"), meta.get("tgt_vocab_size"))
@@ -63,26 +60,9 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
                 f"{have[0]}/{have[1]} pieces (source/target) but the model was trained with {sizes[0]}/{sizes[1]}"
             )
     model = build_model(cfg.model, len(src_vocab), len(tgt_vocab))
-    load_weights(model, checkpoint_file(run_dir, checkpoint))
+    load_weights(model, weights_file(run_dir, checkpoint))
     model.to(device).eval()
     return Run(cfg, model, src_vocab, tgt_vocab)
-
-
-def checkpoint_file(run_dir: Path, which: str) -> Path:
-    if which not in ("best", "last"):
-        path = Path(which)
-        if path.is_dir() and (path / "model.safetensors").is_file():  # a checkpoint folder, e.g. checkpoints/step_N
-            return path / "model.safetensors"
-        return path
-    best = run_dir / "model.safetensors"
-    last = latest_checkpoint(run_dir)
-    if which == "best" and best.is_file():
-        return best
-    if last is not None:
-        return last / "model.safetensors"
-    if best.is_file():
-        return best
-    raise MTError(f"{run_dir}: the run has no weights yet (no model.safetensors, no checkpoints)")
 
 
 class Translator:

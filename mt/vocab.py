@@ -12,7 +12,9 @@ import sentencepiece as spm
 
 from mt import MTError
 from mt.config import VocabConfig
-from mt.models.base import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+#: the special ids every mt vocabulary has (SentencePiece is trained with them), models and batches use
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 class Vocab:
@@ -74,9 +76,3 @@ def train_vocab(sentences: Iterable[str], model_file: Path, cfg: VocabConfig, se
         os.replace(f"{prefix}.model", model_file)
     return Vocab(model_file)
 
-
-def vocab_files(run_dir: Path, joint: bool) -> tuple[Path, Path]:
-    """(source, target) SentencePiece model paths inside a run directory."""
-    if joint:
-        return run_dir / "spm.model", run_dir / "spm.model"
-    return run_dir / "spm.src.model", run_dir / "spm.tgt.model"

@@ -13,8 +13,6 @@ from torch import nn
 from mt import MTError
 from mt.checkpoint import (
     average_weights,
-    checkpoint_dirs,
-    latest_checkpoint,
     load_trainer_state,
     load_weights,
     remove_stale_temp,
@@ -22,6 +20,7 @@ from mt.checkpoint import (
     write_checkpoint,
 )
 from mt.files import atomic_write, atomic_write_json, atomic_write_text
+from mt.rundir import checkpoint_dirs, latest_checkpoint
 
 
 def tiny_model(seed: int = 0, width: int = 3) -> nn.Module:

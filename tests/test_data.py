@@ -8,7 +8,7 @@ from mt import MTError
 from mt.config import DataConfig
 from mt.data import TokenBatcher, collate, filter_pairs, token_batches
 from mt.text import grouped_split, load_corpus, read_lines, read_parallel
-from mt.models.base import BOS_ID, EOS_ID, PAD_ID
+from mt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,7 +13,8 @@ from torch import Tensor
 from mt import MTError
 from mt.config import RNNConfig, TransformerConfig
 from mt.models import build_model
-from mt.models.base import BOS_ID, PAD_ID, DecoderState, Seq2Seq
+from mt.models.base import DecoderState, Seq2Seq
+from mt.vocab import BOS_ID, PAD_ID
 
 SRC_V, TGT_V, JOINT_V = 17, 13, 15
 

@@ -11,8 +11,9 @@ import torch
 
 from mt import MTError
 from mt.config import RNNConfig
-from mt.models.base import BOS_ID, EOS_ID, PAD_ID, DecoderState
+from mt.models.base import DecoderState
 from mt.models.rnn import RNNSeq2Seq
+from mt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 SRC_V, TGT_V = 23, 19
 

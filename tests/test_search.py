@@ -17,8 +17,9 @@ from conftest import ROOT
 from mt import MTError
 from mt.config import DecodeConfig, RNNConfig, TransformerConfig
 from mt.models import build_model
-from mt.models.base import BOS_ID, EOS_ID, PAD_ID, DecoderState, EncoderOut, Seq2Seq, padding_mask
+from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
 from mt.search import BeamSearch, GreedySearch, Hypothesis, LengthPenalty, SamplingSearch, Search, build_search
+from mt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")
 PENALTIES = [("none", 1.0), ("gnmt", 0.6), ("gnmt", 1.0), ("d2l", 1.0)]

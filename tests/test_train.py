@@ -32,8 +32,8 @@ from mt import MTError
 from mt.config import config_from_dict
 from mt.data import collate
 from mt.models import build_model
-from mt.models.base import PAD_ID
 from mt.train import Trainer, build_optimizer, build_scheduler, label_smoothed_loss
+from mt.vocab import PAD_ID
 
 
 def recipe(**sections: dict) -> dict:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from mt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 def _index(value: Any, index: Tensor) -> Any:

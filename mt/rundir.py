@@ -1,0 +1,98 @@
+"""The run directory `mt train` writes and the other commands read: the names of its files, where
+they are, and the one check that a folder is a run.
+
+    RUN/
+      config.yaml            the recipe as run (all defaults filled in)
+      spm.model              SentencePiece (or spm.src.model + spm.tgt.model)
+      model.safetensors      best weights so far (what `mt translate` loads)
+      meta.json              step, best score with its sacrebleu signature, vocab sizes
+      metrics.jsonl          one JSON object per log line / validation
+      checkpoints/step_00001000/{model.safetensors, trainer_state.pt, meta.json}
+      checkpoints/latest     name of the newest complete checkpoint
+      averaged.safetensors   `mt average`'s output (by default)
+
+Paths only, no torch: the command line checks a run directory before importing it. Writing and
+loading the files is mt.checkpoint's (weights, trainer state) and mt.files' (atomic writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mt import MTError
+
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"  # the best weights in RUN/, a checkpoint's own in a checkpoint folder
+META = "meta.json"
+METRICS = "metrics.jsonl"
+TRAINER_STATE = "trainer_state.pt"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"  # checkpoints/latest: the newest complete checkpoint's folder name
+AVERAGED = "averaged.safetensors"
+JOINT_VOCAB, SRC_VOCAB, TGT_VOCAB = "spm.model", "spm.src.model", "spm.tgt.model"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A run directory holds its config.yaml."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def check_run_dir(path: str | Path) -> Path:
+    """`path` as a Path if it is a run directory, else an MTError saying what it is instead."""
+    path = Path(path)
+    if not path.exists():
+        raise MTError(f"{path}: no such run directory")
+    if not is_run_dir(path):
+        raise MTError(f"{path}: not a run directory (no {CONFIG}; train one with `mt train RECIPE.yaml`)")
+    return path
+
+
+def vocab_files(run_dir: Path, joint: bool) -> tuple[Path, Path]:
+    """(source, target) SentencePiece model paths inside a run directory."""
+    if joint:
+        return run_dir / JOINT_VOCAB, run_dir / JOINT_VOCAB
+    return run_dir / SRC_VOCAB, run_dir / TGT_VOCAB
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint of `step` (eight digits: names sort as steps do)."""
+    return f"step_{step:08d}"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / META).is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (the one checkpoints/latest names, if it is complete)."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / META).is_file():
+            return candidate
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def weights_file(run_dir: Path, which: str = "best") -> Path:
+    """The weights `mt translate --checkpoint` names: best (RUN/model.safetensors, else the newest
+    checkpoint's), last (the newest checkpoint's, else the best), a checkpoint folder or a file."""
+    if which not in ("best", "last"):
+        path = Path(which)
+        if path.is_dir() and (path / WEIGHTS).is_file():  # a checkpoint folder, e.g. checkpoints/step_N
+            return path / WEIGHTS
+        return path
+    best = run_dir / WEIGHTS
+    last = latest_checkpoint(run_dir)
+    if which == "best" and best.is_file():
+        return best
+    if last is not None:
+        return last / WEIGHTS
+    if best.is_file():
+        return best
+    raise MTError(f"{run_dir}: the run has no weights yet (no {WEIGHTS}, no checkpoints)")
