@@ -26,7 +26,7 @@ from mt.config import RNNConfig, TransformerConfig, VocabConfig
 from mt.text import read_lines
 from mt.models import build_model
 from mt.models.base import Seq2Seq
-from mt.device import cpu_flags, resolve_device
+from mt.device import check_precision, cpu_flags, resolve_device
 from mt.vocab import Vocab, train_vocab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +79,14 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     try:
         return resolve_device(args.device)
+    except mt.MTError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def check_weights(device: torch.device, dtype: str = "float32", int8: bool = False) -> None:
+    """mt's rules for --dtype and --int8 (mt.device.check_precision) on the resolved device."""
+    try:
+        check_precision(dtype, device.type, int8)
     except mt.MTError as e:
         raise SystemExit(f"error: {e}") from None
 

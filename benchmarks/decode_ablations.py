@@ -194,42 +194,38 @@ def patched(obj, name, value) -> Iterator[None]:
             delattr(obj, name)
 
 
-def no_grouped_static(model):
-    """Static tensors copied per beam (state.expand falls back to select)."""
+def state_changed(model, change: Callable) -> contextlib.AbstractContextManager:
+    """The model's init_state patched: change(model, enc, max_len, state) alters each new state."""
     orig = type(model).init_state
 
     def init_state(self, enc, max_len, need_attention=False):
         state = orig(self, enc, max_len, need_attention)
-        state.grouped_static = False
+        change(self, enc, max_len, state)
         return state
 
     return patched(type(model), "init_state", init_state)
+
+
+def no_grouped_static(model):
+    """Static tensors copied per beam (state.expand falls back to select)."""
+    return state_changed(model, lambda self, enc, max_len, state: setattr(state, "grouped_static", False))
 
 
 def preallocated_cache(model):
-    orig = type(model).init_state
-
-    def init_state(self, enc, max_len, need_attention=False):
-        state = orig(self, enc, max_len, need_attention)
-        cfg = self.cfg
-        shape = (enc.memory.size(0), cfg.heads, max_len, cfg.d_model // cfg.heads)
+    def change(self, enc, max_len, state):
+        shape = (enc.memory.size(0), self.cfg.heads, max_len, self.cfg.d_model // self.cfg.heads)
         for key in state.dynamic:
             state.dynamic[key] = PreallocatedKVCache(enc.memory.new_empty(shape), enc.memory.new_empty(shape))
-        return state
 
-    return patched(type(model), "init_state", init_state)
+    return state_changed(model, change)
 
 
 def eager_reorder(model):
-    orig = type(model).init_state
-
-    def init_state(self, enc, max_len, need_attention=False):
-        state = orig(self, enc, max_len, need_attention)
+    def change(self, enc, max_len, state):
         for key in state.dynamic:
             state.dynamic[key] = EagerKVCache()
-        return state
 
-    return patched(type(model), "init_state", init_state)
+    return state_changed(model, change)
 
 
 class EncodePerBeam(BeamSearch):
@@ -351,8 +347,7 @@ def threads(model, args, src_ids, ids, device) -> dict:
 def main() -> None:
     args = parse_args()
     device = common.setup(args)
-    if args.int8 and device.type != "cpu":
-        raise SystemExit("error: --int8 runs on the CPU only (use --device cpu)")
+    common.check_weights(device, int8=args.int8)
     doc: dict = {"benchmark": "decode_ablations", "environment": common.environment(device)}
     common.warn_if_loaded(device)
     vocab = common.joint_vocab(args)

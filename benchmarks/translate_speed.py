@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -284,41 +285,39 @@ def trained_model(name, vocab, args, device) -> Seq2Seq:
 # ----------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    args = parse_args()
-    device = common.setup(args)
-    if args.int8 and device.type != "cpu":
-        raise SystemExit("error: --int8 runs on the CPU only (use --device cpu)")
-    if args.int8 and args.dtype != "float32":
-        raise SystemExit("error: --int8 and --dtype exclude each other")
-    if args.dtype == "float16" and device.type != "cuda":
-        raise SystemExit("error: --dtype float16 needs CUDA; use bfloat16 on the CPU")
-    doc: dict = {"benchmark": "translate_speed", "environment": common.environment(device)}
-    common.log(f"device {device}, {torch.get_num_threads()} threads, load {common.load_average()}")
-    common.warn_if_loaded(device)
+@dataclass
+class Sentences:
+    """Which test sentences each measurement decodes (indices into the test set)."""
 
-    vocab = common.joint_vocab(args)
-    en = read_lines(common.data_file(args, "test_2016_flickr.en.gz"))
-    de = read_lines(common.data_file(args, "test_2016_flickr.de.gz"))
-    src_ids = vocab.encode_batch(en)
+    ids: list[int]  # the batch-size runs
+    by_len: list[int]  # ids sorted by source length
+    small: list[int]  # batch sizes below 8: a subset with the same length mix
+    reference: list[int]  # the naive reference beam search: a subset of those at reference_batch_size
+    reference_batch_size: int
+
+
+def choose_sentences(args, src_ids: list[list[int]]) -> Sentences:
     by_len = sorted(range(len(src_ids)), key=lambda i: (len(src_ids[i]), i))
     ids = sorted(spread(by_len, args.sentences))
     ids_by_len = sorted(ids, key=lambda i: (len(src_ids[i]), i))  # the smaller sets are subsets of ids
-    small_ids = sorted(spread(ids_by_len, min(args.small_batch_sentences, len(ids))))
+    small = sorted(spread(ids_by_len, min(args.small_batch_sentences, len(ids))))
     # the reference is compared with the batched beam search at ref_bs, so its sentences are a
     # subset of the ones decoded at that batch size
     ref_bs = 64 if 64 in args.batch_sizes else max(args.batch_sizes)
-    ref_pool = sorted(small_ids if ref_bs < 8 else ids, key=lambda i: (len(src_ids[i]), i))
+    ref_pool = sorted(small if ref_bs < 8 else ids, key=lambda i: (len(src_ids[i]), i))
     ref_ids = sorted(spread(ref_pool, min(args.ref_sentences, len(ref_pool)))) if args.ref_sentences else []
-    ref_de_tokens = sum(len(t) + 1 for t in vocab.encode_batch([de[i] for i in ids])) / len(ids)
+    return Sentences(ids, ids_by_len, small, ref_ids, ref_bs)
 
-    trained = args.train_steps > 0
-    doc["setup"] = {
+
+def setup_record(args, vocab, src_ids: list[list[int]], de: list[str], sents: Sentences) -> dict:
+    ids = sents.ids
+    ref_de_tokens = sum(len(t) + 1 for t in vocab.encode_batch([de[i] for i in ids])) / len(ids)
+    return {
         "data": {
             "test": str(common.data_file(args, "test_2016_flickr.en.gz")),
             "sentences": len(ids),
-            "sentences_small_batches": len(small_ids),
-            "sentences_reference": len(ref_ids),
+            "sentences_small_batches": len(sents.small),
+            "sentences_reference": len(sents.reference),
             "mean_source_tokens_with_eos": round(sum(len(src_ids[i]) + 1 for i in ids) / len(ids), 2),
             "mean_reference_de_tokens_with_eos": round(ref_de_tokens, 2),
             "subsets": "evenly spaced over the length-sorted test set (same length mix as the whole set)",
@@ -329,7 +328,7 @@ def main() -> None:
         "length_control": (
             f"(b) each model trained {args.train_steps} steps on Multi30k train (batch_tokens 4096) so it ends "
             f"sentences itself; caps max_len_a={args.max_len_a}, max_len_b={args.max_len_b}"
-            if trained else
+            if args.train_steps > 0 else
             f"(c) random seeded weights; output length capped at max_len_a*src_len+max_len_b with "
             f"max_len_a={args.max_len_a}, max_len_b={args.max_len_b} (src_len counts eos): a random model "
             f"rarely emits eos, so outputs are about as long as the source (compare "
@@ -346,88 +345,126 @@ def main() -> None:
         "quick": args.quick,
     }
 
-    doc["models"] = {}
-    for name in common.models_arg(args):
-        common.log(f"== {name}")
-        model = trained_model(name, vocab, args, device) if trained else common.make_model(
-            name, len(vocab), args.seed, device)
-        model.eval()
-        info = common.model_info(name, model)  # before quantizing: int8 layers hide their weights from parameters()
-        if args.int8:
-            quantize_int8(model)
-        elif args.dtype != "float32":
-            set_decoding_dtype(model, args.dtype, device, warn=common.log)
-        res: dict = {**info, "rss_after_model_mib": common.rss_mib(), "runs": []}
-        # warm-up (first-call allocations, kernel selection); not timed
-        warm = ids[: min(8, len(ids))]
+
+def decoding_model(name: str, vocab, args, device) -> tuple[Seq2Seq, dict]:
+    """The model as it will decode (trained or random; int8 or another dtype) and its description."""
+    model = trained_model(name, vocab, args, device) if args.train_steps > 0 else common.make_model(
+        name, len(vocab), args.seed, device)
+    model.eval()
+    info = common.model_info(name, model)  # before quantizing: int8 layers hide their weights from parameters()
+    if args.int8:
+        quantize_int8(model)
+    elif args.dtype != "float32":
+        set_decoding_dtype(model, args.dtype, device, warn=common.log)
+    return model, info
+
+
+def batch_size_runs(name: str, model, args, src_ids, sents: Sentences, device) -> tuple[list[dict], dict]:
+    """Greedy and beam at each batch size: the records, and the outputs by (search, batch size)."""
+    runs, outputs = [], {}
+    for bs in args.batch_sizes:
+        sel = sents.small if bs < 8 else sents.ids
         for kind in ("greedy", "beam"):
-            run_search(model, make_search(kind, args), src_ids, warm, 8, device)
+            rec, out = measure_search(model, make_search(kind, args), src_ids, sel, bs, device)
+            outputs[(kind, bs)] = out
+            runs.append(rec)
+            common.log(f"{name} {rec['search']:>6} batch {bs:>3}: {rec['sentences_per_s']:8.2f} sent/s "
+                       f"{rec['tokens_per_s']:9.1f} tok/s  peak +{rec['peak_delta_mib']} MiB  "
+                       f"load {common.load_average()}")
+    return runs, outputs
 
-        outputs: dict = {}
-        for bs in args.batch_sizes:
-            sel = small_ids if bs < 8 else ids
-            for kind in ("greedy", "beam"):
-                rec, out = measure_search(model, make_search(kind, args), src_ids, sel, bs, device)
-                outputs[(kind, bs)] = out
-                res["runs"].append(rec)
-                common.log(f"{name} {rec['search']:>6} batch {bs:>3}: {rec['sentences_per_s']:8.2f} sent/s "
-                           f"{rec['tokens_per_s']:9.1f} tok/s  peak +{rec['peak_delta_mib']} MiB  "
-                           f"load {common.load_average()}")
 
-        # greedy vs beam cost per sentence, at each batch size
-        per_bs = {}
-        for bs in args.batch_sizes:
-            g = next(r for r in res["runs"] if r["batch_size"] == bs and r["search"] == "greedy")
-            b = next(r for r in res["runs"] if r["batch_size"] == bs and r["search"] != "greedy")
-            per_bs[str(bs)] = {"greedy_ms_per_sentence": g["ms_per_sentence"], "beam_ms_per_sentence": b["ms_per_sentence"],
-                               "beam_over_greedy": round(b["ms_per_sentence"] / g["ms_per_sentence"], 2),
-                               "beam_over_greedy_cpu_time": round(b["cpu_ms_per_sentence"] / g["cpu_ms_per_sentence"], 2)}
-        res["greedy_vs_beam"] = per_bs
+def greedy_vs_beam(runs: list[dict], batch_sizes: list[int]) -> dict:
+    """Greedy and beam cost per sentence, at each batch size."""
+    per_bs = {}
+    for bs in batch_sizes:
+        g = next(r for r in runs if r["batch_size"] == bs and r["search"] == "greedy")
+        b = next(r for r in runs if r["batch_size"] == bs and r["search"] != "greedy")
+        per_bs[str(bs)] = {"greedy_ms_per_sentence": g["ms_per_sentence"], "beam_ms_per_sentence": b["ms_per_sentence"],
+                           "beam_over_greedy": round(b["ms_per_sentence"] / g["ms_per_sentence"], 2),
+                           "beam_over_greedy_cpu_time": round(b["cpu_ms_per_sentence"] / g["cpu_ms_per_sentence"], 2)}
+    return per_bs
 
-        if ref_ids:
-            common.log(f"{name}: naive reference beam search on {len(ref_ids)} sentences")
-            ref, ref_out = measure_reference(model, args, src_ids, ref_ids, device)
-            batched = next(r for r in res["runs"] if r["batch_size"] == ref_bs and r["search"] != "greedy")
-            batched_out = outputs[("beam", ref_bs)]
-            same = sum(batched_out.get(i) == ref_out[i] for i in ref_ids)
-            ref["same_output_as_batched"] = f"{same}/{len(ref_ids)}"
-            res["reference"] = ref
-            res["speedup_vs_reference"] = {
-                "batched": f"beam{args.beam} batch {ref_bs}",
-                "ratio_sentences_per_s": round(batched["sentences_per_s"] / ref["sentences_per_s"], 2),
-                "ratio_cpu_time_per_sentence": round(ref["cpu_ms_per_sentence"] / batched["cpu_ms_per_sentence"], 2),
-                "target": ">= 10 on CPU",
-            }
-            common.log(f"{name}: reference {ref['sentences_per_s']:.3f} sent/s -> speed-up "
-                       f"{res['speedup_vs_reference']['ratio_sentences_per_s']}x, same output {same}/{len(ref_ids)}")
 
-        res["beam_breakdown"] = []
-        for bs in args.breakdown:
-            sub = sorted(spread(ids_by_len, min(16 if bs < 8 else 128, len(ids))))
-            bd = breakdown(model, args, src_ids, sub, bs, device)
-            res["beam_breakdown"].append(bd)
-            common.log(f"{name}: beam breakdown at batch {bs}: "
-                       + ", ".join(f"{k} {v['share']:.0%}" for k, v in bd["parts"].items()))
+def against_reference(name: str, model, args, src_ids, sents: Sentences, runs, outputs, device) -> dict:
+    """The naive reference beam search on its sentences, and the batched search's speed-up over it."""
+    ref_ids, ref_bs = sents.reference, sents.reference_batch_size
+    common.log(f"{name}: naive reference beam search on {len(ref_ids)} sentences")
+    ref, ref_out = measure_reference(model, args, src_ids, ref_ids, device)
+    batched = next(r for r in runs if r["batch_size"] == ref_bs and r["search"] != "greedy")
+    batched_out = outputs[("beam", ref_bs)]
+    same = sum(batched_out.get(i) == ref_out[i] for i in ref_ids)
+    ref["same_output_as_batched"] = f"{same}/{len(ref_ids)}"
+    speedup = {
+        "batched": f"beam{args.beam} batch {ref_bs}",
+        "ratio_sentences_per_s": round(batched["sentences_per_s"] / ref["sentences_per_s"], 2),
+        "ratio_cpu_time_per_sentence": round(ref["cpu_ms_per_sentence"] / batched["cpu_ms_per_sentence"], 2),
+        "target": ">= 10 on CPU",
+    }
+    common.log(f"{name}: reference {ref['sentences_per_s']:.3f} sent/s -> speed-up "
+               f"{speedup['ratio_sentences_per_s']}x, same output {same}/{len(ref_ids)}")
+    return {"reference": ref, "speedup_vs_reference": speedup}
 
-        if not args.no_translator:
-            search = make_search("beam", args)
-            batch_tokens = DecodeConfig.batch_tokens
-            tr = Translator(model, vocab, vocab, search, device, batch_tokens=batch_tokens, warn=lambda m: None)
-            lines = [en[i] for i in ids]
-            with common.Measure(device) as m:
-                result = tr.translate(lines)
-            tokens = sum(len(vocab.encode(t.text)) + 1 for t in result)
-            res["translator"] = {
-                "what": f"Translator.translate(lines): encode, token batches of {batch_tokens}, beam{args.beam}, detokenise",
-                "batch_tokens": batch_tokens,
-                "sentences": len(lines),
-                "sentences_per_s": round(len(lines) / m.seconds, 3),
-                "tokens_per_s_approx": round(tokens / m.seconds, 2),
-                **m.record(),
-            }
-            common.log(f"{name}: translator {res['translator']['sentences_per_s']} sent/s")
-        doc["models"][name] = res
-        del model
+
+def translator_run(name: str, model, vocab, args, lines: list[str], device) -> dict:
+    """mt.translate.Translator end to end (beam) on `lines`."""
+    batch_tokens = DecodeConfig.batch_tokens
+    tr = Translator(model, vocab, vocab, make_search("beam", args), device, batch_tokens=batch_tokens,
+                    warn=lambda m: None)
+    with common.Measure(device) as m:
+        result = tr.translate(lines)
+    tokens = sum(len(vocab.encode(t.text)) + 1 for t in result)
+    rec = {
+        "what": f"Translator.translate(lines): encode, token batches of {batch_tokens}, beam{args.beam}, detokenise",
+        "batch_tokens": batch_tokens,
+        "sentences": len(lines),
+        "sentences_per_s": round(len(lines) / m.seconds, 3),
+        "tokens_per_s_approx": round(tokens / m.seconds, 2),
+        **m.record(),
+    }
+    common.log(f"{name}: translator {rec['sentences_per_s']} sent/s")
+    return rec
+
+
+def bench_model(name: str, args, vocab, en: list[str], src_ids, sents: Sentences, device) -> dict:
+    common.log(f"== {name}")
+    model, info = decoding_model(name, vocab, args, device)
+    res: dict = {**info, "rss_after_model_mib": common.rss_mib()}
+    # warm-up (first-call allocations, kernel selection); not timed
+    warm = sents.ids[: min(8, len(sents.ids))]
+    for kind in ("greedy", "beam"):
+        run_search(model, make_search(kind, args), src_ids, warm, 8, device)
+    res["runs"], outputs = batch_size_runs(name, model, args, src_ids, sents, device)
+    res["greedy_vs_beam"] = greedy_vs_beam(res["runs"], args.batch_sizes)
+    if sents.reference:
+        res.update(against_reference(name, model, args, src_ids, sents, res["runs"], outputs, device))
+    res["beam_breakdown"] = []
+    for bs in args.breakdown:
+        sub = sorted(spread(sents.by_len, min(16 if bs < 8 else 128, len(sents.ids))))
+        bd = breakdown(model, args, src_ids, sub, bs, device)
+        res["beam_breakdown"].append(bd)
+        common.log(f"{name}: beam breakdown at batch {bs}: "
+                   + ", ".join(f"{k} {v['share']:.0%}" for k, v in bd["parts"].items()))
+    if not args.no_translator:
+        res["translator"] = translator_run(name, model, vocab, args, [en[i] for i in sents.ids], device)
+    return res
+
+
+def main() -> None:
+    args = parse_args()
+    device = common.setup(args)
+    common.check_weights(device, args.dtype, args.int8)
+    doc: dict = {"benchmark": "translate_speed", "environment": common.environment(device)}
+    common.log(f"device {device}, {torch.get_num_threads()} threads, load {common.load_average()}")
+    common.warn_if_loaded(device)
+
+    vocab = common.joint_vocab(args)
+    en = read_lines(common.data_file(args, "test_2016_flickr.en.gz"))
+    de = read_lines(common.data_file(args, "test_2016_flickr.de.gz"))
+    src_ids = vocab.encode_batch(en)
+    sents = choose_sentences(args, src_ids)
+    doc["setup"] = setup_record(args, vocab, src_ids, de, sents)
+    doc["models"] = {name: bench_model(name, args, vocab, en, src_ids, sents, device) for name in common.models_arg(args)}
     common.emit(doc, args)
 
 
