@@ -24,6 +24,7 @@ from mt import MTError
 from mt.files import atomic_write, atomic_write_text, fsync_dir, publish, temp_dir
 from mt.rundir import CHECKPOINTS, LATEST, META, TRAINER_STATE, WEIGHTS, checkpoint_dirs, checkpoint_name
 
+
 # ----------------------------------------------------------------------------------------------
 # weights
 

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from mt.checkpoint import (
 from mt.config import Config, save_config
 from mt.data import TokenBatcher, filter_pairs
 from mt.device import resolve_device
-from mt.files import atomic_write_json, atomic_write_text
+from mt.files import atomic_copy, atomic_write_json, atomic_write_text
 from mt.models import build_model
 from mt.rundir import CONFIG, META, METRICS, TRAINER_STATE, WEIGHTS, is_run_dir, latest_checkpoint, vocab_files
 from mt.search import build_search
@@ -396,7 +395,7 @@ class Trainer:
                     f"this recipe {ours}); fine-tuning needs the same vocabulary"
                 )
         for src, dst in zip(vocab_files(parent_run, parent_cfg.vocab.joint), vocab_files(self.run_dir, self.cfg.vocab.joint)):
-            shutil.copyfile(src, dst)
+            atomic_copy(src, dst)  # never a half-copied vocabulary that a resume would take as trained
 
     def _build_model(self, data: TrainData) -> tuple[nn.Module, nn.Module]:
         """The model (initialised from train.init_from when fine-tuning), and the module the updates
