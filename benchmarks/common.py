@@ -23,10 +23,10 @@ import torch
 
 import mt
 from mt.config import RNNConfig, TransformerConfig, VocabConfig
-from mt.text import read_lines
+from mt.device import check_precision, cpu_flags, resolve_device
 from mt.models import build_model
 from mt.models.base import Seq2Seq
-from mt.device import check_precision, cpu_flags, resolve_device
+from mt.text import read_lines
 from mt.vocab import Vocab, train_vocab
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mt.text import read_lines  # noqa: E402
+from mt.device import set_decoding_dtype  # noqa: E402
 from mt.metrics import score  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
 from mt.search import build_search  # noqa: E402
-from mt.device import set_decoding_dtype  # noqa: E402
+from mt.text import read_lines  # noqa: E402
 from mt.translate import Translator, load_run  # noqa: E402
 
 TYPES = ("int8", "bfloat16")

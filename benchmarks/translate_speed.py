@@ -22,11 +22,11 @@ import common  # noqa: E402
 
 from mt.config import DecodeConfig  # noqa: E402
 from mt.data import TokenBatcher, source_tensor  # noqa: E402
-from mt.text import read_lines  # noqa: E402
-from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
-from mt.search import BeamSearch, GreedySearch, LengthPenalty, Search  # noqa: E402
-from mt.quantize import quantize_int8  # noqa: E402
 from mt.device import set_decoding_dtype  # noqa: E402
+from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
+from mt.quantize import quantize_int8  # noqa: E402
+from mt.search import BeamSearch, GreedySearch, LengthPenalty, Search  # noqa: E402
+from mt.text import read_lines  # noqa: E402
 from mt.translate import Translator  # noqa: E402
 
 NEG_INF = float("-inf")

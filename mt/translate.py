@@ -15,12 +15,13 @@ from mt.config import Config, load_config
 from mt.data import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq
-from mt.search import Hypothesis, Search
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
+from mt.search import Hypothesis, Search
 from mt.vocab import Vocab
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
 DEFAULT_MAX_INPUT_TOKENS = 1024
+
 
 @dataclass
 class Translation:
