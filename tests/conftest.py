@@ -121,6 +121,44 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+#: a small Transformer that learns the synthetic pair in 300 steps (tests/test_learning.py states
+#: its BLEU; tests/test_export.py compares CTranslate2's output of it with mt's)
+SMALL_TRANSFORMER = {
+    "data": {"corpus": "synthetic", "synthetic_train": 4000, "synthetic_valid": 100, "synthetic_test": 0,
+             "synthetic_max_clauses": 1, "max_len": 40},
+    "vocab": {"size": 400, "model_type": "word"},
+    "model": {"arch": "transformer", "d_model": 64, "heads": 4, "enc_layers": 2, "dec_layers": 2, "ff_dim": 128,
+              "dropout": 0.0, "share_embeddings": True},
+    "train": {"batch_tokens": 1500, "max_steps": 300, "lr": 0.003, "warmup": 60, "valid_every": 300,
+              "label_smoothing": 0.0},
+    "decode": {"search": "greedy"},
+}
+
+
+@dataclass
+class TrainedRun:
+    path: Path
+    summary: dict
+
+
+@pytest.fixture(scope="session")
+def small_transformer_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """SMALL_TRANSFORMER trained in-process with one thread (deterministic); read-only for tests."""
+    import torch
+
+    from mt.config import config_from_dict
+    from mt.train import Trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_dir = tmp_path_factory.mktemp("small") / "run"
+        summary = Trainer(config_from_dict(SMALL_TRANSFORMER), run_dir).train()
+    finally:
+        torch.set_num_threads(threads)
+    return TrainedRun(run_dir, summary)
+
+
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Tests use tiny tensors: one intra-op thread is faster, immune to a busy CPU, and gives the

@@ -1,0 +1,62 @@
+"""Export a trained Transformer run to another inference engine (CTranslate2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mt import MTError
+from mt.config import is_run_dir
+
+EPILOG = """\b
+Examples:
+  mt export -m runs/m30k --format ctranslate2 --out runs/m30k-ct2
+  mt export -m runs/m30k --format ctranslate2 --out runs/m30k-ct2-int8 --quantization int8
+\b
+Then, with the usual CTranslate2 code (pip install 'mt\\[ctranslate2]'):
+  python -c "import ctranslate2, sentencepiece as spm
+  sp = spm.SentencePieceProcessor('runs/m30k-ct2/spm.model')
+  tr = ctranslate2.Translator('runs/m30k-ct2', compute_type='int8')
+  out = tr.translate_batch(\\[sp.encode('A dog runs.', out_type=str)], beam_size=5)
+  print(sp.decode(out[0].hypotheses[0]))"
+"""
+
+FORMATS = ("ctranslate2",)
+
+
+def export(
+    model: Path = typer.Option(..., "--model", "-m", help="Run directory written by `mt train` (a Transformer)."),
+    format: str = typer.Option(..., "--format", "-f", help="Target format: ctranslate2."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to create (it must not exist, unless --force)."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", "-q", help="Weight type of the exported model: int8, int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16 or float32 \\[default: float32; CTranslate2 can still convert at load time with compute_type]."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    if format not in FORMATS:
+        raise MTError(f"unknown export format {format!r} (supported: {', '.join(FORMATS)})")
+    if not model.exists():
+        raise MTError(f"{model}: no such run directory")
+    if not is_run_dir(model):
+        raise MTError(f"{model}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
+    if out.exists() and not force:
+        raise MTError(f"{out}: already exists (use --force to replace it)")
+    if checkpoint not in ("best", "last") and not Path(checkpoint).exists():
+        raise MTError(f"{checkpoint}: no such checkpoint (use best, last, or a .safetensors file)")
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        raise MTError("exporting to CTranslate2 needs the ctranslate2 package: pip install 'mt[ctranslate2]'") from None
+
+    from mt.export import export_ctranslate2
+
+    written = export_ctranslate2(model, out, checkpoint, quantization, force)
+    info = json.loads((written / "mt_export.json").read_text(encoding="utf-8"))
+    for note in info["notes"]:
+        print(f"mt: note: {note}", file=sys.stderr)
+    options = ", ".join(f"{k}={v}" for k, v in info["translate_batch"].items())
+    print(f"mt export: wrote {written} (CTranslate2, {info['quantization']} weights); the run's decoding "
+          f"options for translate_batch: {options}", file=sys.stderr)
