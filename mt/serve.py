@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt import MTError, __version__
-from mt.config import DecodeConfig
+from mt.config import DecodeConfig, SettingError
 from mt.search import build_search
 from mt.translate import Run, Translation, Translator
 
@@ -162,6 +162,8 @@ def request_decode(base: DecodeConfig, req: TranslateRequest, max_beam: int) -> 
         changes["search"], changes["beam"] = "beam", max(base.beam, req.n_best)  # n_best alone: a wide enough beam
     try:
         decode = replace(base, **changes)
+    except SettingError as e:  # named as the request names them (beam, n_best), not decode.beam
+        raise ServeError(422, "invalid_options", e.worded(lambda key: key)) from None
     except MTError as e:
         raise ServeError(422, "invalid_options", str(e)) from None
     if decode.search == "greedy" and decode.n_best > 1:

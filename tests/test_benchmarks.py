@@ -117,3 +117,22 @@ def test_precision_quality_on_a_trained_run(tiny_run: Path) -> None:
             assert cmp["bleu_change"] == pytest.approx(entry[name]["bleu"] - entry["float32"]["bleu"], abs=0.011)
             same, total = map(int, cmp["identical_lines"].split("/"))
             assert total == 1000 and same > 0
+
+
+def test_serve_load(tiny_run: Path) -> None:
+    doc = bench("serve_load.py", str(tiny_run), "--requests", "6", "--concurrency", "1,3", device=False)
+    assert doc["mt_translate"]["lines"] == 6 and doc["mt_translate"]["sentences_per_second"] > 0
+    assert [r["clients"] for r in doc["serve"]] == [1, 3]
+    for r in doc["serve"]:
+        assert r["requests"] == 6 and r["errors"] == 0 and r["equal_to_mt_translate"] == 6, r
+        assert r["sentences_per_second"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+    assert doc["server_exit_status_after_sigterm"] == 0
+
+
+def test_ctranslate2_speed(tiny_run: Path) -> None:
+    doc = bench("ctranslate2_speed.py", str(tiny_run), "--lines", "10", device=False)
+    assert doc["lines"] == 10
+    assert [r["setting"] for r in doc["results"]] == ["float32-greedy", "float32-beam5", "int8-greedy", "int8-beam5"]
+    for r in doc["results"]:
+        assert r["mt_sentences_per_second"] > 0 and r["ctranslate2_sentences_per_second"] > 0
+        assert 0 <= r["identical_lines"] <= 10 and 0 <= r["bleu_ctranslate2"] <= 100

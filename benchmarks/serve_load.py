@@ -1,0 +1,219 @@
+"""Load test of `mt serve`: sentences/s and latency under C concurrent clients, beside `mt translate`
+on the same lines.
+
+    python benchmarks/serve_load.py RUN [--input FILE] [--requests 300] [--concurrency 1,8,64]
+        [--threads 2] [--max-seconds 120] [--serve-args "--batch-wait-ms 5"] [--output FILE]
+
+Starts `mt serve -m RUN` on 127.0.0.1 (a free port), sends --requests requests of one line each
+(the first --requests lines of --input, default the run's Multi30k test_2016_flickr source) from C
+concurrent httpx clients for each C, and records sentences/s, p50/p95/p99 latency, errors (non-200
+answers and transport errors) and whether every answer equals `mt translate`'s output for its line.
+`mt translate -m RUN` runs on the same lines first; its throughput excludes start-up (the time of
+the same command on an empty input is subtracted). Loopback only; every setting stops after
+--max-seconds, the server after SIGTERM (its exit status is recorded). Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from mt.config import load_config  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="run directory (mt train)")
+    p.add_argument("--input", type=Path, default=None,
+                   help="source lines (plain or .gz; default DATA/test_2016_flickr.SRC.gz, SRC the run's src_lang)")
+    p.add_argument("--data", default="/work/data/multi30k", help="folder with the Multi30k files")
+    p.add_argument("--requests", type=int, default=300, help="requests per setting, one line each (default 300)")
+    p.add_argument("--concurrency", default="1,8,64", help="concurrent clients, comma list (default 1,8,64)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of mt serve and mt translate (default 2)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long per setting")
+    p.add_argument("--serve-args", default="", help="more `mt serve` options, e.g. \"--int8 --batch-wait-ms 10\"")
+    p.add_argument("--translate-args", default="", help="more `mt translate` options (match --serve-args)")
+    p.add_argument("--output", default=None, help="also write the JSON document to this file")
+    return p.parse_args()
+
+
+def mt_command() -> list[str]:
+    script = Path(sys.executable).with_name("mt")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mt.cli.main"]
+
+
+def read_source(path: Path, n: int) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line, _ in zip(f, range(n))]
+    return lines
+
+
+def time_translate(run: Path, lines: list[str], threads: int, extra: list[str]) -> tuple[list[str], dict]:
+    """`mt translate` on the lines, and on no line (start-up only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, empty = Path(tmp) / "in.txt", Path(tmp) / "empty.txt"
+        src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        empty.write_text("", encoding="utf-8")
+        times = {}
+        for name, path in (("empty", empty), ("lines", src)):
+            t0 = time.perf_counter()
+            p = subprocess.run([*mt_command(), "translate", "-m", str(run), "-i", str(path), "--device", "cpu",
+                                "--threads", str(threads), *extra], capture_output=True, text=True, encoding="utf-8")
+            times[name] = time.perf_counter() - t0
+            if p.returncode != 0:
+                raise SystemExit(f"mt translate failed:\n{p.stderr}")
+        out = p.stdout.split("\n")[:-1]
+    decode = times["lines"] - times["empty"]
+    return out, {"lines": len(lines), "seconds_total": round(times["lines"], 2),
+                 "seconds_startup": round(times["empty"], 2), "seconds_translating": round(decode, 2),
+                 "sentences_per_second": round(len(lines) / decode, 2)}
+
+
+def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
+    proc = subprocess.Popen([*mt_command(), "serve", "-m", str(run), "--host", "127.0.0.1", "--port", "0",
+                             "--threads", str(threads), "--device", "cpu", "--log-level", "warning", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    found: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            log.append(line.rstrip("\n"))
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                found.append(m.group(1))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(300) or not found:
+        proc.kill()
+        raise SystemExit("mt serve did not start:\n" + "\n".join(log))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(found[0] + "/health", timeout=5).status_code == 200:
+                return proc, found[0], log
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("mt serve never became healthy:\n" + "\n".join(log))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+async def load(url: str, lines: list[str], expected: list[str], clients: int, max_seconds: float) -> dict:
+    """`clients` workers share a counter over the lines; each sends one line per request."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    mismatches = 0
+    next_index = 0
+    stop_at = time.monotonic() + max_seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal next_index, mismatches
+        while next_index < len(lines) and time.monotonic() < stop_at:
+            i = next_index
+            next_index += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(url + "/translate", json={"text": lines[i]})
+            except httpx.HTTPError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+            elif r.json()["translations"][0]["translation"] != expected[i]:
+                mismatches += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    done = len(latencies)
+    ms = [x * 1000 for x in latencies]
+    return {
+        "clients": clients, "requests": done, "seconds": round(wall, 2),
+        "sentences_per_second": round((done - len([e for e in errors if e[:3].isdigit()])) / wall, 2),
+        "latency_ms": {"p50": _r(percentile(ms, 50)), "p95": _r(percentile(ms, 95)), "p99": _r(percentile(ms, 99)),
+                       "max": _r(max(ms) if ms else None)},
+        "errors": len(errors), "error_examples": errors[:3],
+        "equal_to_mt_translate": done - mismatches - len([e for e in errors if e[:3].isdigit()]),
+        "stopped_by_time_limit": next_index < len(lines),
+    }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.run / "config.yaml")
+    source = args.input or Path(args.data) / f"test_2016_flickr.{cfg.data.src_lang}.gz"
+    lines = read_source(source, args.requests)
+    serve_extra, translate_extra = shlex.split(args.serve_args), shlex.split(args.translate_args)
+    import torch
+
+    torch.set_num_threads(args.threads)  # this process only measures; recorded as the servers' setting
+    env = common.environment(torch.device("cpu"))
+    common.log(f"mt translate on {len(lines)} lines of {source}")
+    expected, reference = time_translate(args.run, lines, args.threads, translate_extra)
+    proc, url, log = start_server(args.run, args.threads, serve_extra)
+    results = []
+    try:
+        for c in common.int_list(args.concurrency):
+            common.log(f"{len(lines)} requests from {c} clients")
+            asyncio.run(load(url, lines[:min(len(lines), 8)], expected, min(c, 8), 30))  # warm-up
+            results.append(asyncio.run(load(url, lines, expected, c, args.max_seconds)))
+            common.log(f"  {results[-1]['sentences_per_second']} sentences/s, p99 {results[-1]['latency_ms']['p99']} ms")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            exit_status = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            exit_status = "killed after 120 s"
+    doc = {
+        "benchmark": "serve_load",
+        "run": str(args.run),
+        "input": str(source),
+        "decoding": "the run's decode section" + (f" with {args.serve_args}" if args.serve_args else ""),
+        "threads": args.threads,
+        "serve_args": args.serve_args,
+        "mt_translate": reference,
+        "serve": results,
+        "server_exit_status_after_sigterm": exit_status,
+        "environment": {**env, "load_average_end": common.load_average(), "os_cpu_count": os.cpu_count()},
+    }
+    common.emit(doc, args)
+
+
+if __name__ == "__main__":
+    main()
