@@ -32,7 +32,7 @@ import common  # noqa: E402
 
 import ctranslate2  # noqa: E402
 
-from mt.data import read_lines  # noqa: E402
+from mt.text import read_lines  # noqa: E402
 from mt.export import export_ctranslate2  # noqa: E402
 from mt.metrics import score  # noqa: E402
 from mt.quantize import quantize_int8  # noqa: E402
