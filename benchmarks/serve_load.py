@@ -8,8 +8,8 @@ Starts `mt serve -m RUN` on 127.0.0.1 (a free port), sends --requests requests o
 (the first --requests lines of --input, default the run's Multi30k test_2016_flickr source) from C
 concurrent httpx clients for each C, and records sentences/s, p50/p95/p99 latency, errors (non-200
 answers and transport errors) and whether every answer equals `mt translate`'s output for its line.
-`mt translate -m RUN` runs on the same lines first; its throughput excludes start-up (the time of
-the same command on an empty input is subtracted). Loopback only; every setting stops after
+`mt translate -m RUN` runs on the same lines first (the reference output); its throughput is that
+of the same Translator call timed in this process (start-up excluded). Loopback only; every setting stops after
 --max-seconds, the server after SIGTERM (its exit status is recorded). Prints one JSON document.
 """
 
@@ -47,8 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,8,64", help="concurrent clients, comma list (default 1,8,64)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of mt serve and mt translate (default 2)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long per setting")
-    p.add_argument("--serve-args", default="", help="more `mt serve` options, e.g. \"--int8 --batch-wait-ms 10\"")
-    p.add_argument("--translate-args", default="", help="more `mt translate` options (match --serve-args)")
+    p.add_argument("--int8", action="store_true", help="int8 weights in mt serve and mt translate (--int8)")
+    p.add_argument("--serve-args", default="", help="more `mt serve` options, e.g. \"--batch-wait-ms 10\"")
     p.add_argument("--output", default=None, help="also write the JSON document to this file")
     return p.parse_args()
 
@@ -65,25 +65,37 @@ def read_source(path: Path, n: int) -> list[str]:
     return lines
 
 
-def time_translate(run: Path, lines: list[str], threads: int, extra: list[str]) -> tuple[list[str], dict]:
-    """`mt translate` on the lines, and on no line (start-up only)."""
+def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tuple[list[str], dict]:
+    """`mt translate` on the lines (its output is the reference; its wall time includes start-up), and
+    its throughput without start-up: the same Translator call in this process, timed."""
+    extra = ["--int8"] if int8 else []
     with tempfile.TemporaryDirectory() as tmp:
-        src, empty = Path(tmp) / "in.txt", Path(tmp) / "empty.txt"
+        src = Path(tmp) / "in.txt"
         src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        empty.write_text("", encoding="utf-8")
-        times = {}
-        for name, path in (("empty", empty), ("lines", src)):
-            t0 = time.perf_counter()
-            p = subprocess.run([*mt_command(), "translate", "-m", str(run), "-i", str(path), "--device", "cpu",
-                                "--threads", str(threads), *extra], capture_output=True, text=True, encoding="utf-8")
-            times[name] = time.perf_counter() - t0
-            if p.returncode != 0:
-                raise SystemExit(f"mt translate failed:\n{p.stderr}")
+        t0 = time.perf_counter()
+        p = subprocess.run([*mt_command(), "translate", "-m", str(run), "-i", str(src), "--device", "cpu",
+                            "--threads", str(threads), *extra], capture_output=True, text=True, encoding="utf-8")
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"mt translate failed:\n{p.stderr}")
         out = p.stdout.split("\n")[:-1]
-    decode = times["lines"] - times["empty"]
-    return out, {"lines": len(lines), "seconds_total": round(times["lines"], 2),
-                 "seconds_startup": round(times["empty"], 2), "seconds_translating": round(decode, 2),
-                 "sentences_per_second": round(len(lines) / decode, 2)}
+    from mt.search import build_search
+    from mt.translate import Translator, load_run
+
+    loaded = load_run(run)
+    if int8:
+        from mt.quantize import quantize_int8
+
+        quantize_int8(loaded.model)
+    d = loaded.config.decode
+    translator = Translator(loaded.model, loaded.src_vocab, loaded.tgt_vocab, build_search(d), "cpu", d.batch_tokens)
+    translator.translate(lines[:8])  # warm-up
+    t0 = time.perf_counter()
+    same = [t.text for t in translator.translate(lines)] == out
+    seconds = time.perf_counter() - t0
+    return out, {"lines": len(lines), "cli_seconds_with_startup": round(wall, 2),
+                 "seconds_translating": round(seconds, 2), "sentences_per_second": round(len(lines) / seconds, 2),
+                 "in_process_output_equals_cli": same}
 
 
 def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
@@ -178,13 +190,13 @@ def main() -> None:
     cfg = load_config(args.run / "config.yaml")
     source = args.input or Path(args.data) / f"test_2016_flickr.{cfg.data.src_lang}.gz"
     lines = read_source(source, args.requests)
-    serve_extra, translate_extra = shlex.split(args.serve_args), shlex.split(args.translate_args)
+    serve_extra = shlex.split(args.serve_args) + (["--int8"] if args.int8 else [])
     import torch
 
     torch.set_num_threads(args.threads)  # this process only measures; recorded as the servers' setting
     env = common.environment(torch.device("cpu"))
     common.log(f"mt translate on {len(lines)} lines of {source}")
-    expected, reference = time_translate(args.run, lines, args.threads, translate_extra)
+    expected, reference = time_translate(args.run, lines, args.threads, args.int8)
     proc, url, log = start_server(args.run, args.threads, serve_extra)
     results = []
     try:
@@ -204,7 +216,8 @@ def main() -> None:
         "benchmark": "serve_load",
         "run": str(args.run),
         "input": str(source),
-        "decoding": "the run's decode section" + (f" with {args.serve_args}" if args.serve_args else ""),
+        "decoding": "the run's decode section",
+        "int8": args.int8,
         "threads": args.threads,
         "serve_args": args.serve_args,
         "mt_translate": reference,

@@ -121,7 +121,8 @@ def test_precision_quality_on_a_trained_run(tiny_run: Path) -> None:
 
 def test_serve_load(tiny_run: Path) -> None:
     doc = bench("serve_load.py", str(tiny_run), "--requests", "6", "--concurrency", "1,3", device=False)
-    assert doc["mt_translate"]["lines"] == 6 and doc["mt_translate"]["sentences_per_second"] > 0
+    m = doc["mt_translate"]
+    assert m["lines"] == 6 and m["sentences_per_second"] > 0 and m["in_process_output_equals_cli"]
     assert [r["clients"] for r in doc["serve"]] == [1, 3]
     for r in doc["serve"]:
         assert r["requests"] == 6 and r["errors"] == 0 and r["equal_to_mt_translate"] == 6, r
