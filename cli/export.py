@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from mt import MTError
-from mt.config import is_run_dir
+from mt.rundir import check_run_dir
 
 EPILOG = """\b
 Examples:
@@ -38,10 +38,7 @@ def export(
 ) -> None:
     if format not in FORMATS:
         raise MTError(f"unknown export format {format!r} (supported: {', '.join(FORMATS)})")
-    if not model.exists():
-        raise MTError(f"{model}: no such run directory")
-    if not is_run_dir(model):
-        raise MTError(f"{model}: not a run directory (no config.yaml; train one with `mt train RECIPE.yaml`)")
+    check_run_dir(model)
     if out.exists() and not force:
         raise MTError(f"{out}: already exists (use --force to replace it)")
     if checkpoint not in ("best", "last") and not Path(checkpoint).exists():
