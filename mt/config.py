@@ -81,6 +81,12 @@ class VocabConfig:
     character_coverage: float = 1.0
     #: sentences sampled from the training data to train SentencePiece
     max_sentences: int = 1_000_000
+    #: characters outside the vocabulary become UTF-8 byte pieces (<0x..>) instead of the unknown
+    #: piece, so a name in another script, an emoji or a rare symbol can be copied through and is
+    #: decoded back into the character; adds 256 pieces. Runs trained before this option have
+    #: vocabularies without byte pieces and keep working as they were (the SentencePiece model
+    #: file, not this key, decides how an existing run segments)
+    byte_fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 8:

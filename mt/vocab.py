@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -36,6 +37,18 @@ class Vocab:
     def __len__(self) -> int:
         return self.sp.GetPieceSize()
 
+    @property
+    def byte_fallback(self) -> bool:
+        """Whether unseen characters become byte pieces (<0x..>) rather than the unknown piece."""
+        return any(self.sp.IsByte(i) for i in range(len(self)))
+
+    def same_as(self, other: "Vocab") -> bool:
+        """The same segmentation and ids: equal pieces, scores, types and normalisation rules. Two
+        models trained alike compare equal although their training options (a temporary file name)
+        differ."""
+        return self is other or _without_trainer_spec(self.sp.serialized_model_proto()) == _without_trainer_spec(
+            other.sp.serialized_model_proto())
+
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)
 
@@ -49,6 +62,39 @@ class Vocab:
         return [self.sp.IdToPiece(int(i)) for i in ids]
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _without_trainer_spec(proto: bytes) -> bytes:
+    """A serialised SentencePiece ModelProto without field 2 (TrainerSpec: how it was trained, not
+    how it segments). The protobuf wire format is read directly: the protobuf package is not a
+    dependency."""
+    out, pos = bytearray(), 0
+    while pos < len(proto):
+        start = pos
+        key, pos = _varint(proto, pos)
+        kind = key & 7
+        if kind == 2:  # length-delimited: pieces (1), trainer_spec (2), normalizer specs (3, 5)
+            size, pos = _varint(proto, pos)
+            pos += size
+        elif kind == 0:
+            pos = _varint(proto, pos)[1]
+        elif kind in (1, 5):
+            pos += 8 if kind == 1 else 4
+        else:
+            raise MTError("not a SentencePiece model (unexpected protobuf field)")
+        if key >> 3 != 2:
+            out += proto[start:pos]
+    return bytes(out)
+
+
 def train_vocab(sentences: Iterable[str], model_file: Path, cfg: VocabConfig, seed: int = 1) -> Vocab:
     """Train a SentencePiece model on `sentences` and write it atomically to `model_file`."""
     lines = [s for s in sentences if s.strip()]
@@ -59,20 +105,36 @@ def train_vocab(sentences: Iterable[str], model_file: Path, cfg: VocabConfig, se
     model_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=model_file.parent, prefix=".spm-") as tmp:
         prefix = Path(tmp) / "spm"
-        spm.SentencePieceTrainer.Train(
-            sentence_iterator=iter(lines),
-            model_prefix=str(prefix),
-            vocab_size=cfg.size,
-            model_type=cfg.model_type,
-            character_coverage=cfg.character_coverage,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            hard_vocab_limit=False,
-            num_threads=min(4, os.cpu_count() or 1),
-            minloglevel=2,
-        )
+        try:
+            _train(lines, prefix, cfg)
+        except RuntimeError as e:
+            need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+            if need:
+                fallback = "the 256 byte pieces (vocab.byte_fallback), " if cfg.byte_fallback else ""
+                raise MTError(
+                    f"vocab.size {cfg.size} is too small: {fallback}the characters of the training text and "
+                    f"4 special pieces need {need.group(1)}; raise vocab.size"
+                    + (" or set vocab.byte_fallback: false" if cfg.byte_fallback else "")
+                ) from None
+            raise MTError(f"SentencePiece training failed: {str(e).splitlines()[0]}") from None
         os.replace(f"{prefix}.model", model_file)
     return Vocab(model_file)
+
+
+def _train(lines: list[str], prefix: Path, cfg: VocabConfig) -> None:
+    spm.SentencePieceTrainer.Train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=cfg.size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        byte_fallback=cfg.byte_fallback,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        hard_vocab_limit=False,
+        num_threads=min(4, os.cpu_count() or 1),
+        minloglevel=2,
+    )
 

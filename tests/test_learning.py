@@ -28,7 +28,7 @@ def _rnn(attention: str, run_dir):
     cfg = config_from_dict({
         "data": {"corpus": "synthetic", "synthetic_train": 4000, "synthetic_valid": 50, "synthetic_test": 0,
                  "synthetic_max_clauses": 3, "max_len": 80},
-        "vocab": {"size": 400, "model_type": "word"},
+        "vocab": {"size": 400, "model_type": "word", "byte_fallback": False},
         "model": {"arch": "rnn", "cell": "gru", "attention": attention, "emb_dim": 64, "hidden": 96,
                   "enc_layers": 1, "dec_layers": 1, "bidirectional": True, "dropout": 0.0, "input_feeding": False},
         "train": {"batch_tokens": 2000, "max_steps": 250, "lr": 0.005, "schedule": "constant", "warmup": 50,

@@ -42,7 +42,7 @@ def recipe(**sections: dict) -> dict:
         "name": "tiny",
         "data": {"corpus": "synthetic", "synthetic_train": 120, "synthetic_valid": 12, "synthetic_test": 4,
                  "synthetic_max_clauses": 1},
-        "vocab": {"size": 100},
+        "vocab": {"size": 100, "byte_fallback": False},  # 100 pieces leave no room for 256 bytes
         "model": {"arch": "transformer", "d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1,
                   "ff_dim": 64, "dropout": 0.1},
         "train": {"batch_tokens": 250, "max_steps": 24, "save_every": 4, "valid_every": 8, "warmup": 4,
