@@ -86,6 +86,10 @@ class EnsembleModel(Seq2Seq):
         self.max_tgt_positions = _smallest(m.max_tgt_positions for m in models)
         self.log_n = math.log(len(models))
 
+    def set_attention_layer(self, layer: int) -> None:
+        for m in self.members:
+            m.set_attention_layer(layer)
+
     def _mix(self, log_probs: list[Tensor]) -> Tensor:
         """log of the mean of the members' probabilities, [..., V] each -> [..., V]."""
         if len(log_probs) == 1:

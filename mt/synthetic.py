@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["generate", "generate_pair", "splits", "translate_reference"]
+__all__ = ["generate", "generate_pair", "reference_alignment", "splits", "translate_reference"]
 
 # --------------------------------------------------------------------------------------------
 # Lexicon. Source forms and invented target stems; the target word is stem + ending.
@@ -357,6 +357,39 @@ def translate_reference(src: str) -> str:
     if _render(clauses, conjunctions, target=False) != src.strip():
         raise parser.error("not in canonical spacing")
     return _render(clauses, conjunctions, target=True)
+
+
+def _np_keys(np: NounPhrase, where: tuple, target: bool) -> list[tuple]:
+    """One key per word of NounPhrase.source() / .target(), naming the word's role."""
+    det = [where + ("det",)] if np.det else []
+    adjectives = [where + ("adj", i) for i in range(len(np.adjectives))]
+    noun = [where + ("noun",)]
+    return det + noun + adjectives if target else det + adjectives + noun
+
+
+def _clause_keys(clause: Clause, c: int, target: bool) -> list[tuple]:
+    """One key per word of Clause.source() / .target()."""
+    subject = _np_keys(clause.subject, (c, "subj"), target)
+    obj = _np_keys(clause.obj, (c, "obj"), target)
+    pp = [] if clause.pp is None else [(c, "prep")] + _np_keys(clause.pp[1], (c, "pp"), target)
+    verb = [(c, "verb")]
+    return subject + pp + obj + verb if target else subject + verb + obj + pp
+
+
+def reference_alignment(src: str) -> list[tuple[int, int]]:
+    """The true word alignment of a source sentence and its reference translation: (source word,
+    target word) index pairs over whitespace-separated words (a "," or "." belongs to the word it is
+    attached to). Every word has exactly one partner: determiner to determiner, adjective to
+    adjective (in order), noun, verb, preposition and conjunction to their translation."""
+    clauses, conjunctions = _Parser(src).sentence()
+    sides = []
+    for target in (False, True):
+        keys = _clause_keys(clauses[0], 0, target)
+        for i, clause in enumerate(clauses[1:], start=1):
+            keys += [("conj", i)] + _clause_keys(clause, i, target)
+        sides.append({key: position for position, key in enumerate(keys)})
+    source, target = sides
+    return sorted((position, target[key]) for key, position in source.items())
 
 
 # --------------------------------------------------------------------------------------------

@@ -120,6 +120,10 @@ class Seq2Seq(nn.Module):
     max_src_positions: int | None = None
     max_tgt_positions: int | None = None
 
+    def set_attention_layer(self, layer: int) -> None:
+        """Which attention `decode_step` returns when asked for it (alignments, plots). Models with
+        one attention (RNNs) have nothing to choose; the Transformer picks a decoder layer."""
+
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOut:  # pragma: no cover - abstract
         """src [B, S] token ids padded with pad_id; src_lengths [B]."""
         raise NotImplementedError

@@ -268,6 +268,14 @@ class Transformer(Seq2Seq):
             nn.init.normal_(self.output.weight, 0.0, d**-0.5)
         self.max_src_positions = cfg.max_positions
         self.max_tgt_positions = cfg.max_positions
+        #: decoder layer whose cross-attention (mean over heads) decode_step returns (negative: from the top)
+        self.attention_layer = cfg.dec_layers - 1
+
+    def set_attention_layer(self, layer: int) -> None:
+        n = len(self.decoder)
+        if not -n <= layer < n:
+            raise MTError(f"attention layer {layer} does not exist: the decoder has {n} layers (0..{n - 1}, or -1..-{n})")
+        self.attention_layer = layer % n
 
     # -- encoder ------------------------------------------------------------------------------
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOut:
@@ -299,7 +307,7 @@ class Transformer(Seq2Seq):
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
         x = self.tgt_embed(prev_tokens[:, None], start=state.step)  # [B, 1, D]
-        last = len(self.decoder) - 1
+        chosen = self.attention_layer
         weights = None
         for i, layer in enumerate(self.decoder):
             x, w = layer(
@@ -307,7 +315,7 @@ class Transformer(Seq2Seq):
                 (state.static[f"k{i}"], state.static[f"v{i}"]),
                 state.static["src_mask"],
                 cache=state.dynamic[f"cache{i}"],
-                need_weights=state.need_attention and i == last,
+                need_weights=state.need_attention and i == chosen,
                 group=state.group,
             )
             if w is not None:
