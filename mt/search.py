@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from mt import MTError
 from mt.config import DecodeConfig
 from mt.models.base import DecoderState, Seq2Seq
 
@@ -27,6 +29,20 @@ class Hypothesis:
     score: float  # log-probability after the length penalty (what the search ranks by)
     log_prob: float  # sum of token log-probabilities (eos included)
     attention: Tensor | None = None  # [len(tokens) + 1, source length] (the eos step included)
+    token_scores: list[float] | None = None  # log-probability of each token, then of eos
+
+
+def forced_prefixes(prefixes: Sequence[Sequence[int]] | None, batch: int, device: torch.device) -> Tensor | None:
+    """Target prefixes (token ids, one list per sentence, [] for none) -> [batch, longest] padded with
+    -1, or None when no sentence has one."""
+    if prefixes is None or not any(prefixes):
+        return None
+    if len(prefixes) != batch:
+        raise ValueError(f"{len(prefixes)} prefixes for {batch} sentences")
+    forced = torch.full((batch, max(len(p) for p in prefixes)), -1, dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        forced[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
+    return forced.to(device)
 
 
 class LengthPenalty:
@@ -46,7 +62,17 @@ class LengthPenalty:
 
 
 class Search:
-    """Shared setup and finalising. Subclasses implement `_search`."""
+    """Shared setup and finalising. Subclasses implement `_search`.
+
+    Target prefixes: `search(model, src, src_lengths, prefixes)` forces sentence i's output to start
+    with prefixes[i] (token ids; [] for none). The search decodes the prefix's tokens as if it had
+    chosen them, then continues as usual. The prefix is part of the hypothesis: its tokens are in
+    `tokens`, its log-probabilities in `log_prob` and `score` (as `mt score` of the whole output
+    gives them), and it counts toward min_len, the length penalty and the length limit. A prefix as
+    long as the limit (a * source length + b) or longer raises that sentence's limit to the
+    prefix's length: the output is the prefix as it is, then eos. A prefix the model cannot
+    represent (more than its target positions) is an MTError.
+    """
 
     def __init__(
         self,
@@ -64,11 +90,20 @@ class Search:
     rows_per_sentence = 1
 
     @torch.inference_mode()
-    def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor) -> list[list[Hypothesis]]:
-        enc = model.encode(src, src_lengths)
+    def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor,
+                 prefixes: Sequence[Sequence[int]] | None = None) -> list[list[Hypothesis]]:
+        forced = forced_prefixes(prefixes, src.size(0), src.device)
         max_lens = self.max_lengths(model, src_lengths)
+        if forced is not None:
+            prefix_lens = (forced >= 0).sum(dim=1)
+            limit = model.max_tgt_positions
+            if limit is not None and int(prefix_lens.max()) > limit - 1:
+                raise MTError(f"a target prefix of {int(prefix_lens.max())} tokens is longer than the model's "
+                              f"{limit - 1} target positions")
+            max_lens = torch.maximum(max_lens, prefix_lens)
+        enc = model.encode(src, src_lengths)
         state = model.init_state(enc, int(max_lens.max()) + 1, need_attention=self.return_attention)
-        return self._search(model, state, max_lens, src_lengths)
+        return self._search(model, state, max_lens, src_lengths, forced)
 
     def max_lengths(self, model: Seq2Seq, src_lengths: Tensor) -> Tensor:
         """Longest hypothesis (tokens before eos) per sentence: a * source length + b."""
@@ -79,19 +114,29 @@ class Search:
         return lens
 
     def _search(
-        self, model: Seq2Seq, state: DecoderState, max_lens: Tensor, src_lengths: Tensor
+        self, model: Seq2Seq, state: DecoderState, max_lens: Tensor, src_lengths: Tensor, forced: Tensor | None = None
     ) -> list[list[Hypothesis]]:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _mask_scores(self, lp: Tensor, step: int, max_lens: Tensor, model: Seq2Seq, first_limit: int) -> Tensor:
+    def _mask_scores(self, lp: Tensor, step: int, max_lens: Tensor, model: Seq2Seq, first_limit: int,
+                     forced: Tensor | None = None) -> Tensor:
         """Never pad or bos; no eos before min_len; only eos once a row reaches its max length
         (max_lens is per row). No row reaches its limit before step `first_limit` (the smallest
-        limit of the batch): until then the rows are not looked at (a device sync on CUDA)."""
+        limit of the batch): until then the rows are not looked at (a device sync on CUDA).
+        forced [N, P] (-1: none): a row whose prefix reaches this step gets only its prefix token,
+        with the model's log-probability."""
         eos = model.eos_id
         lp[:, model.pad_id] = NEG_INF
         lp[:, model.bos_id] = NEG_INF
         if step < self.min_len:
             lp[:, eos] = NEG_INF
+        if forced is not None and step < forced.size(1):
+            tok = forced[:, step]
+            rows = (tok >= 0).nonzero()[:, 0]
+            if rows.numel():
+                kept = lp[rows, tok[rows]]
+                lp[rows] = NEG_INF
+                lp[rows, tok[rows]] = kept
         if step < first_limit:
             return lp
         at_max = max_lens <= step
@@ -112,15 +157,17 @@ class _RowSearch(Search):
     def _choose(self, lp: Tensor) -> Tensor:  # [N, V] -> [N]
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _search(self, model, state, max_lens, src_lengths):
+    def _search(self, model, state, max_lens, src_lengths, forced=None):
         b, n, eos = src_lengths.size(0), self.rows_per_sentence, model.eos_id
         device = src_lengths.device
         if n > 1:
             state = state.expand(n)
         rows = torch.arange(b * n, device=device)  # original row id of each active row
         row_max = max_lens.repeat_interleave(n)
+        row_forced = forced.repeat_interleave(n, dim=0) if forced is not None else None
         prev = torch.full((b * n,), model.bos_id, dtype=torch.long, device=device)
         seqs = torch.empty((b * n, 0), dtype=torch.long, device=device)
+        token_lps = torch.empty((b * n, 0), device=device)
         scores = torch.zeros(b * n, device=device)
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
@@ -128,24 +175,28 @@ class _RowSearch(Search):
         step = 0
         while rows.numel():
             lp, attn = model.decode_step(prev, state)
-            lp = self._mask_scores(lp, step, row_max, model, first_limit)
+            lp = self._mask_scores(lp, step, row_max, model, first_limit, row_forced)
             tok = self._choose(lp)
-            scores = scores + lp.gather(1, tok[:, None])[:, 0]
+            tok_lp = lp.gather(1, tok[:, None])
+            scores = scores + tok_lp[:, 0]
             seqs = torch.cat([seqs, tok[:, None]], dim=1)
+            token_lps = torch.cat([token_lps, tok_lp], dim=1)
             if attn is not None and self.return_attention:
                 attn_rows = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
             finished = tok == eos
             if bool(finished.any()):
                 idx = finished.nonzero()[:, 0]
                 # one transfer per tensor, not one per hypothesis (each is a device sync on CUDA)
-                for k, (row, raw, tokens) in enumerate(zip(rows[idx].tolist(), scores[idx].tolist(),
-                                                           seqs[idx, :-1].tolist())):
+                for k, (row, raw, tokens, tok_scores) in enumerate(zip(
+                        rows[idx].tolist(), scores[idx].tolist(), seqs[idx, :-1].tolist(), token_lps[idx].tolist())):
                     sent = row // n
                     attention = self._attention(attn_rows[idx[k]] if attn_rows is not None else None, src_len[sent])
-                    done[sent].append(Hypothesis(tokens, raw, raw, attention))
+                    done[sent].append(Hypothesis(tokens, raw, raw, attention, tok_scores))
                 # finished sentences leave the batch
                 keep = (~finished).nonzero()[:, 0]
                 rows, row_max, tok, seqs, scores = rows[keep], row_max[keep], tok[keep], seqs[keep], scores[keep]
+                token_lps = token_lps[keep]
+                row_forced = row_forced[keep] if row_forced is not None else None
                 attn_rows = attn_rows[keep] if attn_rows is not None else None
                 state.select_(keep)
             prev = tok
@@ -168,9 +219,9 @@ class SamplingSearch(_RowSearch):
         self.rows_per_sentence = self.n_best  # samples per sentence
         self.seed = seed
 
-    def __call__(self, model, src, src_lengths):
+    def __call__(self, model, src, src_lengths, prefixes=None):
         self.generator = torch.Generator(device=src.device).manual_seed(self.seed)
-        return super().__call__(model, src, src_lengths)
+        return super().__call__(model, src, src_lengths, prefixes)
 
     def _choose(self, lp: Tensor) -> Tensor:
         logits = lp / self.temperature
@@ -208,7 +259,7 @@ class BeamSearch(Search):
         self.lp = len_penalty or LengthPenalty("none")
         self.early_stop = early_stop
 
-    def _search(self, model, state, max_lens, src_lengths):
+    def _search(self, model, state, max_lens, src_lengths, forced=None):
         b, k, eos = src_lengths.size(0), self.beam, model.eos_id
         device = src_lengths.device
         # the first step runs once per sentence (its beams would all be the same); the state is
@@ -220,6 +271,7 @@ class BeamSearch(Search):
         scores = torch.zeros((b, 1), device=device)
         prev = torch.full((b,), model.bos_id, dtype=torch.long, device=device)
         seqs = torch.empty((b, 0), dtype=torch.long, device=device)
+        token_lps = torch.empty((b, 0), device=device)
         attn_rows: Tensor | None = None
         done: list[list[Hypothesis]] = [[] for _ in range(b)]
         src_len, first_limit = src_lengths.tolist(), int(max_lens.min())
@@ -228,7 +280,8 @@ class BeamSearch(Search):
             nb = sent_ids.numel()
             lp, attn = model.decode_step(prev, state)  # [nb * width, V]
             vocab = lp.size(-1)
-            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(width), model, first_limit)
+            row_forced = forced.repeat_interleave(width, dim=0) if forced is not None else None
+            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(width), model, first_limit, row_forced)
             if attn is not None and self.return_attention:
                 attn_all = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
             else:
@@ -239,6 +292,7 @@ class BeamSearch(Search):
                 short = 2 * k - top_scores.size(1)
                 top_scores = torch.cat([top_scores, top_scores.new_full((nb, short), NEG_INF)], dim=1)
                 top_idx = torch.cat([top_idx, top_idx.new_zeros((nb, short))], dim=1)
+            top_lp = lp.view(nb, width * vocab).gather(1, top_idx)  # each candidate's token log-probability
             top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
             top_tok = top_idx % vocab
             is_eos = top_tok == eos
@@ -247,7 +301,8 @@ class BeamSearch(Search):
             ends = is_eos & torch.isfinite(top_scores)
             ends[:, k:] = False
             if bool(ends.any()):
-                self._collect(ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_len, step, width, done)
+                self._collect(ends, top_scores, top_beam, top_lp, seqs, token_lps, attn_all, sent_ids, src_len, step,
+                              width, done)
                 n_done = n_done + ends.sum(dim=1)
 
             # the best k candidates that do not end continue
@@ -257,6 +312,7 @@ class BeamSearch(Search):
             prev = top_tok.gather(1, pick).view(-1)
             rows = (torch.arange(nb, device=device)[:, None] * width + beam_src).view(-1)
             seqs = torch.cat([seqs[rows], prev[:, None]], dim=1)
+            token_lps = torch.cat([token_lps[rows], top_lp.gather(1, pick).view(-1, 1)], dim=1)
             attn_rows = attn_all[rows] if attn_all is not None else None
             if width < k:  # after the first step: each sentence's row becomes its k beams
                 state = state.expand(k)  # the model may share static tensors among beams
@@ -269,22 +325,25 @@ class BeamSearch(Search):
                 keep = (~finished).nonzero()[:, 0]
                 keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
                 sent_ids, sent_max, scores, n_done = sent_ids[keep], sent_max[keep], scores[keep], n_done[keep]
-                prev, seqs = prev[keep_rows], seqs[keep_rows]
+                prev, seqs, token_lps = prev[keep_rows], seqs[keep_rows], token_lps[keep_rows]
+                forced = forced[keep] if forced is not None else None
                 attn_rows = attn_rows[keep_rows] if attn_rows is not None else None
                 state.keep_sentences_(keep, k)
             step += 1
         return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
 
-    def _collect(self, ends, top_scores, top_beam, seqs, attn_all, sent_ids, src_len, step, width, done) -> None:
+    def _collect(self, ends, top_scores, top_beam, top_lp, seqs, token_lps, attn_all, sent_ids, src_len, step, width,
+                 done) -> None:
         """The hypotheses that end at this step, into `done` (per original sentence)."""
         length_norm = float(self.lp(float(step + 1)))
         i, j = ends.nonzero().unbind(1)
         rows = i * width + top_beam[i, j]
+        tok_scores = torch.cat([token_lps[rows], top_lp[i, j][:, None]], dim=1)
         # one transfer per tensor, not one per hypothesis (each is a device sync on CUDA)
-        for k, (sent, raw, tokens) in enumerate(zip(sent_ids[i].tolist(), top_scores[i, j].tolist(),
-                                                    seqs[rows].tolist())):
+        for k, (sent, raw, tokens, per_token) in enumerate(zip(sent_ids[i].tolist(), top_scores[i, j].tolist(),
+                                                               seqs[rows].tolist(), tok_scores.tolist())):
             attention = self._attention(attn_all[rows[k]] if attn_all is not None else None, src_len[sent])
-            done[sent].append(Hypothesis(tokens, raw / length_norm, raw, attention))
+            done[sent].append(Hypothesis(tokens, raw / length_norm, raw, attention, per_token))
 
     def _finished(self, scores: Tensor, n_done: Tensor, sent_ids: Tensor, sent_max: Tensor, done, k: int) -> Tensor:
         """[nb] bool: sentences whose search is over."""
