@@ -48,11 +48,12 @@ def _root(
 
 
 def _register() -> None:
-    from mt.cli import average, data, evaluate, export, serve, train, translate
+    from mt.cli import average, data, evaluate, export, score, serve, train, translate
 
     app.command("train", help=train.__doc__, epilog=train.EPILOG)(train.train)
     app.command("translate", help=translate.__doc__, epilog=translate.EPILOG)(translate.translate)
     app.command("evaluate", help=evaluate.__doc__, epilog=evaluate.EPILOG)(evaluate.evaluate)
+    app.command("score", help=score.__doc__, epilog=score.EPILOG)(score.score)
     app.command("average", help=average.__doc__, epilog=average.EPILOG)(average.average)
     app.command("serve", help=serve.__doc__, epilog=serve.EPILOG)(serve.serve)
     app.command("export", help=export.__doc__, epilog=export.EPILOG)(export.export)

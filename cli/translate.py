@@ -26,6 +26,10 @@ Examples:
   mt translate -m runs/m30k --n-best 3 --beam 5 < in.txt        # Moses format: i ||| text ||| score
   mt translate -m runs/m30k --json < in.txt                     # one JSON object per input line
   mt translate -m runs/demo --attention-plot plots/ < in.txt    # one PNG heatmap per sentence
+  mt translate -m runs/a -m runs/b -i test.en -o test.hyp       # an ensemble (same vocabulary)
+  mt translate -m runs/m30k --prefix-file starts.de < in.txt    # outputs start with these (empty: free)
+  mt translate -m runs/m30k --input-format jsonl < in.jsonl     # {"text": "...", "prefix": "..."}
+  mt translate -m runs/demo --alignments < in.txt               # text<TAB>0-0 1-2 2-1 (Pharaoh)
 """
 
 
@@ -38,11 +42,14 @@ def _one_line(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
-def _format(tr, index: int, n_best: int, scores: bool, as_json: bool) -> str:
+def _format(tr, index: int, n_best: int, scores: bool, as_json: bool, alignments: bool) -> str:
+    from mt.align import pharaoh
+
     text = _one_line(tr.text)
     nbest = [(_one_line(t), s) for t, s in tr.nbest] or [("", 0.0)]
     if as_json:
-        obj = {"id": index, "translation": text, "score": nbest[0][1]}
+        obj = {"id": index, "translation": text, "score": nbest[0][1], "tokens": tr.tokens,
+               "token_scores": tr.token_scores, "alignment": [list(link) for link in tr.alignment or []]}
         if n_best > 1:
             obj["nbest"] = [{"translation": t, "score": s} for t, s in nbest]
         if tr.pieces > 1:
@@ -51,7 +58,9 @@ def _format(tr, index: int, n_best: int, scores: bool, as_json: bool) -> str:
     if n_best > 1:
         return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in nbest)
     if scores:
-        return f"{text}\t{nbest[0][1]:.4f}\n"
+        text = f"{text}\t{nbest[0][1]:.4f}"
+    if alignments:
+        text = f"{text}\t{pharaoh(tr.alignment or [])}"
     return text + "\n"
 
 
@@ -80,7 +89,7 @@ def _decode_config(base: DecodeConfig, greedy: bool, sample: bool, **options) ->
 
 
 def translate(
-    model: Path = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`."),
+    model: list[Path] = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`; repeat for an ensemble (the log of the runs' mean probability; same SentencePiece models)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input file (plain or .gz) \\[default: stdin]."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: stdout]."),
     beam: Optional[int] = typer.Option(None, "--beam", "-b", help="Beam size (beam search) \\[default: the run's decode.beam]."),
@@ -91,7 +100,7 @@ def translate(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input line."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded source tokens x beam size per batch (default: the run's decode.batch_tokens, 4096)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`)."),
+    checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`); once for every -m or once per -m."),
     len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Length penalty exponent."),
     max_len_a: Optional[float] = typer.Option(None, "--max-len-a", help="Max target length = a * source length + b."),
@@ -107,6 +116,10 @@ def translate(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): 2-5x faster for base-sized models; -0.1 BLEU on Multi30k."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (about 2x faster on GPUs and on CPUs with AVX512-BF16 or AMX) or float16 (CUDA only)."),
+    prefix_file: Optional[Path] = typer.Option(None, "--prefix-file", help="Target text each translation starts with, one line per input line (empty: none); the search continues from it."),
+    input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
+    alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
+    alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention (mean over heads) aligns words; negative: from the top \[default: the run's decode.alignment_layer, -1]."),
 ) -> None:
     # every check that needs no model comes first, before `import torch` (seconds)
     if greedy + sample + (beam is not None) > 1:
@@ -119,32 +132,46 @@ def translate(
         raise MTError("--n-best > 1 needs beam search or sampling, not --greedy")
     check_device(device)
     check_precision(dtype, device, int8)
-    if input is not None and not input.exists():
-        raise MTError(f"{input}: no such file")
-    if input is not None and input.is_dir():
-        raise MTError(f"{input}: is a directory, not a text file")
+    for path, what in ((input, ""), (prefix_file, "--prefix-file ")):
+        if path is not None and not path.exists():
+            raise MTError(f"{what}{path}: no such file")
+        if path is not None and path.is_dir():
+            raise MTError(f"{what}{path}: is a directory, not a text file")
+    if input_format not in ("text", "jsonl"):
+        raise MTError(f"--input-format must be text or jsonl, got {input_format!r}")
+    if input_format == "jsonl" and prefix_file is not None:
+        raise MTError('--prefix-file and --input-format jsonl exclude each other: put the prefix in the "prefix" field')
+    if alignments and n_best is not None and n_best > 1 and not as_json:
+        raise MTError("--alignments with --n-best > 1: the Moses n-best format has no place for them; use --json")
     check_output_path(output)
     if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
-    decode = _decode_config(load_config(check_run_dir(model) / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
+    for run_dir in model:
+        check_run_dir(run_dir)
+    decode = _decode_config(load_config(model[0] / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
                             n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
                             max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
-                            topk=topk, topp=topp, seed=seed)
-    if checkpoint not in ("best", "last") and not Path(checkpoint).exists():
-        raise MTError(f"{checkpoint}: no such checkpoint (use best, last, or a .safetensors file)")
+                            topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer)
+    if len(checkpoint) not in (1, len(model)):
+        raise MTError(f"give --checkpoint once (for every -m) or once per -m: {len(model)} runs, "
+                      f"{len(checkpoint)} checkpoints")
+    for c in checkpoint:
+        if c not in ("best", "last") and not Path(c).exists():
+            raise MTError(f"{c}: no such checkpoint (use best, last, or a .safetensors file)")
 
     import torch
 
     from mt.device import resolve_device, set_decoding_dtype
     from mt.text import iter_lines, open_binary
     from mt.plot import save_attention_plot
-    from mt.translate import Translator, load_run
+    from mt.ensemble import load_models
+    from mt.translate import Translator, jsonl_items, with_prefixes
 
     dev = resolve_device("cpu" if int8 else device)  # before loading anything: `--device cuda` without a GPU fails at once
     if threads:
         torch.set_num_threads(threads)
 
-    run = load_run(model, dev, checkpoint)
+    run = load_models(model, dev, checkpoint)  # several: an ensemble
     if int8:
         from mt.quantize import quantize_int8
 
@@ -153,9 +180,12 @@ def translate(
         set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
     from mt.search import build_search
 
+    need_attention = attention_plot is not None or alignments or as_json
+    if need_attention:
+        run.model.set_attention_layer(decode.alignment_layer)
     translator = Translator(run.model, run.src_vocab, run.tgt_vocab,
-                            build_search(decode, return_attention=attention_plot is not None), dev,
-                            decode.batch_tokens, max_input_tokens)
+                            build_search(decode, return_attention=need_attention), dev,
+                            decode.batch_tokens, max_input_tokens, alignments=alignments or as_json)
     if attention_plot is not None:
         try:
             attention_plot.mkdir(parents=True, exist_ok=True)
@@ -163,14 +193,20 @@ def translate(
             raise MTError(f"--attention-plot {attention_plot}: cannot create the folder ({e.strerror})") from None
 
     source = open_binary(input) if input is not None else sys.stdin.buffer
+    prefixes = open_binary(prefix_file) if prefix_file is not None else None
     try:
         name = str(input) if input is not None else "stdin"
         interactive = input is None and sys.stdin.isatty()
         buffer = buffer_lines or (1 if interactive else 1000)
+        items = iter_lines(source, name)
+        if input_format == "jsonl":
+            items = jsonl_items(items, name)
+        elif prefixes is not None:
+            items = with_prefixes(items, iter_lines(prefixes, str(prefix_file)), name, str(prefix_file))
         out = Output(output)
         try:
-            for index, tr in enumerate(translator.stream(iter_lines(source, name), buffer)):
-                out.write(_format(tr, index, decode.n_best, scores, as_json))
+            for index, tr in enumerate(translator.stream(items, buffer)):
+                out.write(_format(tr, index, decode.n_best, scores, as_json, alignments))
                 if attention_plot is not None and tr.attention is not None:
                     save_attention_plot(attention_plot / f"{index + 1:06d}.png", tr.attention, tr.src_pieces,
                                         tr.tgt_pieces)
@@ -181,3 +217,5 @@ def translate(
     finally:
         if input is not None:
             source.close()
+        if prefixes is not None:
+            prefixes.close()

@@ -216,6 +216,9 @@ class DecodeConfig:
     topp: float = 1.0
     temperature: float = 1.0
     seed: int = 1
+    #: Transformer decoder layer whose cross-attention (mean over heads) gives word alignments
+    #: (--alignments, --json "alignment") and attention plots; negative counts from the top
+    alignment_layer: int = -1
 
     def __post_init__(self) -> None:
         rules = (

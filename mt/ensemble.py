@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -149,3 +150,24 @@ def check_compatible(runs: Sequence[tuple[str, object]]) -> None:
                     f"({a.path}: {len(a)} pieces, {b.path}: {len(b)} pieces); ensemble members must be "
                     f"trained with the same SentencePiece model(s)"
                 )
+
+
+def load_models(run_dirs: Sequence[str | Path], device: torch.device | str = "cpu",
+                checkpoints: Sequence[str] = ("best",)):
+    """Load one run, or several as an ensemble: a Run (mt.translate.Run) whose model is the
+    EnsembleModel of the runs' models, with the first run's config and vocabularies. `checkpoints`
+    has one entry for all runs or one per run."""
+    from mt.translate import Run, load_run
+
+    if not run_dirs:
+        raise MTError("no run to load")
+    if len(checkpoints) not in (1, len(run_dirs)):
+        raise MTError(f"give --checkpoint once (for every run) or once per run: {len(run_dirs)} runs, "
+                      f"{len(checkpoints)} checkpoints")
+    which = list(checkpoints) * len(run_dirs) if len(checkpoints) == 1 else list(checkpoints)
+    runs = [load_run(d, device, c) for d, c in zip(run_dirs, which)]
+    if len(runs) == 1:
+        return runs[0]
+    check_compatible([(str(d), r) for d, r in zip(run_dirs, runs)])
+    first = runs[0]
+    return Run(first.config, EnsembleModel([r.model for r in runs]).eval(), first.src_vocab, first.tgt_vocab)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from mt import MTError
+from mt.align import word_alignment, word_ids
 from mt.checkpoint import load_weights, read_json
 from mt.config import Config, load_config
 from mt.data import source_tensor, token_batches
@@ -31,6 +33,10 @@ class Translation:
     tgt_pieces: list[str] = field(default_factory=list)
     attention: torch.Tensor | None = None  # [target pieces + eos, source pieces + eos]
     pieces: int = 1  # > 1 when a too-long line was cut into pieces
+    tokens: list[str] = field(default_factory=list)  # best hypothesis: target pieces, then "</s>"
+    token_scores: list[float] = field(default_factory=list)  # log-probability of each of `tokens`
+    #: (source word, target word) pairs over whitespace-separated words; None unless asked for
+    alignment: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -77,8 +83,13 @@ class Translator:
         batch_tokens: int = 4096,
         max_input_tokens: int | None = None,
         warn: Callable[[str], None] | None = None,
+        alignments: bool = False,
     ) -> None:
+        """alignments=True: each Translation gets its word alignment (the search must return attention)."""
         self.model, self.src_vocab, self.tgt_vocab, self.search = model, src_vocab, tgt_vocab, search
+        if alignments and not search.return_attention:
+            raise ValueError("word alignments need a search built with return_attention=True")
+        self.alignments = alignments
         self.device = torch.device(device)
         self.batch_tokens = batch_tokens
         limit = max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
@@ -88,30 +99,42 @@ class Translator:
         self.warn = warn or (lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
 
     # -- ids ----------------------------------------------------------------------------------
-    def search_ids(self, src_ids: Sequence[Sequence[int]]) -> list[list[Hypothesis]]:
-        """Run the search over token-id sequences (each at most max_input_tokens long); results in
-        input order. Sentences are sorted by length and grouped into batches of at most
-        batch_tokens padded source tokens x decoder rows per sentence (beam size)."""
+    def search_ids(self, src_ids: Sequence[Sequence[int]],
+                   prefixes: Sequence[Sequence[int]] | None = None) -> list[list[Hypothesis]]:
+        """Run the search over token-id sequences (each at most max_input_tokens long), each output
+        starting with its prefix (target ids, [] for none) when given; results in input order.
+        Sentences are sorted by length and grouped into batches of at most batch_tokens padded
+        source tokens x decoder rows per sentence (beam size)."""
         order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]), reverse=True)
         lengths = [len(s) + 1 for s in src_ids]
         results: list[list[Hypothesis]] = [[] for _ in src_ids]
         budget = max(self.batch_tokens // max(self.search.rows_per_sentence, 1), 1)
         for batch in token_batches(lengths, budget, order):
             src, src_lengths = source_tensor([src_ids[i] for i in batch])
-            hyps = self.search(self.model, src.to(self.device), src_lengths.to(self.device))
+            batch_prefixes = [prefixes[i] for i in batch] if prefixes is not None else None
+            hyps = self.search(self.model, src.to(self.device), src_lengths.to(self.device), batch_prefixes)
             for i, h in zip(batch, hyps):
                 results[i] = h
         return results
 
     # -- text ---------------------------------------------------------------------------------
-    def translate(self, lines: Sequence[str], first_line: int = 1) -> list[Translation]:
+    def translate(self, lines: Sequence[str], first_line: int = 1,
+                  prefixes: Sequence[str] | None = None) -> list[Translation]:
         """Translate a list of lines. Empty lines give empty translations; a line longer than
-        max_input_tokens is cut into pieces that are translated one after the other."""
+        max_input_tokens is cut into pieces that are translated one after the other.
+
+        prefixes: target text each translation must start with ("" for none), one per line; the
+        search continues from it (see mt.search.Search). A line cut into pieces has its prefix
+        forced on the first piece. An empty line with a prefix translates to the prefix."""
         encoded = self.src_vocab.encode_batch(lines)
+        prefix_ids = self.tgt_vocab.encode_batch(list(prefixes)) if prefixes is not None else [[] for _ in lines]
+        if len(prefix_ids) != len(lines):
+            raise ValueError(f"{len(prefix_ids)} prefixes for {len(lines)} lines")
         items: list[list[int]] = []  # pieces to translate
         owner: list[int] = []  # line index of each piece
+        item_prefixes: list[list[int]] = []
         for i, ids in enumerate(encoded):
-            if not ids:
+            if not ids and not prefix_ids[i]:
                 continue
             pieces = self._split(ids)
             if len(pieces) > 1:
@@ -122,18 +145,21 @@ class Translator:
                 )
             items.extend(pieces)
             owner.extend([i] * len(pieces))
-        hyps = self.search_ids(items)
+            item_prefixes.extend([prefix_ids[i]] + [[] for _ in pieces[1:]])
+        hyps = self.search_ids(items, item_prefixes if any(item_prefixes) else None)
         grouped: list[list[list[Hypothesis]]] = [[] for _ in lines]
-        for i, h in zip(owner, hyps):
+        sources: list[list[list[int]]] = [[] for _ in lines]
+        for i, h, ids in zip(owner, hyps, items):
             grouped[i].append(h)
-        return [self._result(encoded[i], parts) for i, parts in enumerate(grouped)]
+            sources[i].append(ids)
+        return [self._result(encoded[i], parts, sources[i]) for i, parts in enumerate(grouped)]
 
     def _split(self, ids: list[int]) -> list[list[int]]:
         """A line's ids in pieces of at most max_input_tokens, each cut before a word (a piece
         that starts with SentencePiece's '▁') where the piece holds one, so no word is split."""
         step = self.max_input_tokens
         if len(ids) <= step:
-            return [ids]
+            return [ids]  # an empty line (with a prefix) too
         word_start = [p.startswith("\u2581") for p in self.src_vocab.pieces(ids)]
         pieces, pos = [], 0
         while len(ids) - pos > step:
@@ -143,35 +169,100 @@ class Translator:
         pieces.append(ids[pos:])
         return pieces
 
-    def _result(self, src_ids: list[int], parts: list[list[Hypothesis]]) -> Translation:
+    def _result(self, src_ids: list[int], parts: list[list[Hypothesis]], sources: list[list[int]]) -> Translation:
         if not parts:
-            return Translation(text="", nbest=[("", 0.0)])
+            return Translation(text="", nbest=[("", 0.0)], alignment=[] if self.alignments else None)
+        best = [p[0] for p in parts if p]
+        tokens = [t for h in best for t in h.tokens]
+        pieces = self.tgt_vocab.pieces(tokens) + ["</s>"]
+        # a cut line: one </s> at the end, the pieces' own eos scores summed into it
+        token_scores = [s for h in best for s in (h.token_scores or [])[:-1]]
+        token_scores.append(sum((h.token_scores or [0.0])[-1] for h in best))
+        alignment = self._alignment(sources, best) if self.alignments else None
         if len(parts) > 1:
             # one detokenisation of all pieces' tokens: the spaces between them are the vocabulary's
             # (none for a language written without spaces), not a join's
-            text = self.tgt_vocab.decode([t for p in parts if p for t in p[0].tokens])
-            score = sum(p[0].score for p in parts if p)
-            return Translation(text=text, nbest=[(text, score)], pieces=len(parts))
+            text = self.tgt_vocab.decode(tokens)
+            score = sum(h.score for h in best)
+            return Translation(text=text, nbest=[(text, score)], pieces=len(parts), tokens=pieces,
+                               token_scores=token_scores, alignment=alignment)
         nbest = [(self.tgt_vocab.decode(h.tokens), h.score) for h in parts[0]]
-        best = parts[0][0] if parts[0] else None
         return Translation(
             text=nbest[0][0] if nbest else "",
             nbest=nbest,
             src_pieces=self.src_vocab.pieces(src_ids) + ["</s>"],
-            tgt_pieces=(self.tgt_vocab.pieces(best.tokens) + ["</s>"]) if best else [],
-            attention=best.attention if best else None,
+            tgt_pieces=pieces if best else [],
+            attention=best[0].attention if best else None,
+            tokens=pieces,
+            token_scores=token_scores,
+            alignment=alignment,
         )
 
-    def stream(self, lines: Iterable[str], buffer_lines: int = 1000) -> Iterator[Translation]:
-        """Translate an iterable of lines chunk by chunk, yielding results in order: memory stays
-        bounded by `buffer_lines` whatever the input size."""
+    def _alignment(self, sources: list[list[int]], best: list[Hypothesis]) -> list[tuple[int, int]]:
+        """Word alignment of a line from its pieces' attention; the words of a cut line's later pieces
+        are numbered after those of the earlier ones (pieces are cut before a word)."""
+        links: list[tuple[int, int]] = []
+        src_offset = tgt_offset = 0
+        for src_ids, h in zip(sources, best):
+            src_pieces, tgt_pieces = self.src_vocab.pieces(src_ids), self.tgt_vocab.pieces(h.tokens)
+            if h.attention is not None:
+                links += [(s + src_offset, t + tgt_offset)
+                          for s, t in word_alignment(h.attention, src_pieces, tgt_pieces)]
+            src_offset += len(set(word_ids(src_pieces)))
+            tgt_offset += len(set(word_ids(tgt_pieces)))
+        return links
+
+    def stream(self, lines: Iterable[str | tuple[str, str]], buffer_lines: int = 1000) -> Iterator[Translation]:
+        """Translate an iterable of lines, or of (line, target prefix) pairs, chunk by chunk,
+        yielding results in order: memory stays bounded by `buffer_lines` whatever the input size."""
         chunk: list[str] = []
+        prefixes: list[str] = []
         first = 1
-        for line in lines:
+        for item in lines:
+            line, prefix = item if isinstance(item, tuple) else (item, "")
             chunk.append(line)
+            prefixes.append(prefix)
             if len(chunk) >= buffer_lines:
-                yield from self.translate(chunk, first)
+                yield from self.translate(chunk, first, prefixes if any(prefixes) else None)
                 first += len(chunk)
-                chunk = []
+                chunk, prefixes = [], []
         if chunk:
-            yield from self.translate(chunk, first)
+            yield from self.translate(chunk, first, prefixes if any(prefixes) else None)
+
+
+def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:
+    """(text, prefix) from JSON lines: {"text": "...", "prefix": "..."} ("prefix" optional)."""
+    for n, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MTError(f"{name}:{n}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise MTError(f'{name}:{n}: expected a JSON object with a "text" string, got {line.strip()[:60]!r}')
+        prefix = obj.get("prefix", "")
+        if prefix is None:
+            prefix = ""
+        if not isinstance(prefix, str):
+            raise MTError(f'{name}:{n}: "prefix" must be a string, got {type(prefix).__name__}')
+        yield obj["text"], prefix
+
+
+def with_prefixes(lines: Iterator[str], prefixes: Iterator[str], name: str, prefix_name: str) -> Iterator[tuple[str, str]]:
+    """(line, prefix) pairs of two line-aligned streams; an MTError when one is longer."""
+    return paired_lines(lines, prefixes, name, prefix_name, ": one prefix per input line (an empty line for none)")
+
+
+def paired_lines(a: Iterator[str], b: Iterator[str], name_a: str, name_b: str, hint: str = "") -> Iterator[tuple[str, str]]:
+    """Pairs of two line-aligned streams, lazily; when one ends before the other, an MTError naming
+    both files and their line counts (the rest of the longer one is counted, not kept)."""
+    n = 0
+    while True:
+        x, y = next(a, None), next(b, None)
+        if x is None or y is None:
+            break
+        n += 1
+        yield x, y
+    if x is not None or y is not None:
+        rest_a = (x is not None) + sum(1 for _ in a)
+        rest_b = (y is not None) + sum(1 for _ in b)
+        raise MTError(f"{name_a} has {n + rest_a} lines but {name_b} has {n + rest_b}{hint}")

@@ -18,6 +18,13 @@ from mt.config import VocabConfig
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _control_replacement(match: re.Match) -> str:
+    return " " if match.group() in "\t\n\r" else ""
+
+
 class Vocab:
     """A loaded SentencePiece model."""
 
@@ -56,7 +63,12 @@ class Vocab:
         return self.sp.Encode(list(texts), out_type=int, num_threads=min(4, os.cpu_count() or 1))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.sp.DecodeIds([int(i) for i in ids if i > EOS_ID or i == UNK_ID])
+        """Detokenised text; byte pieces that form a UTF-8 character become it (one U+FFFD per byte
+        of a broken sequence). Control characters, which only byte pieces can produce and no
+        training text holds after SentencePiece's normalisation, are left out (a tab or a line
+        break would also break the line- and TAB-based output formats)."""
+        text = self.sp.DecodeIds([int(i) for i in ids if i > EOS_ID or i == UNK_ID])
+        return _CONTROL.sub(_control_replacement, text) if _CONTROL.search(text) else text
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.sp.IdToPiece(int(i)) for i in ids]

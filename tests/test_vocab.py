@@ -34,6 +34,9 @@ def test_byte_fallback_round_trips_unseen_characters(lines: list[str], tmp_path:
     # U+FFFD (replacement character) each, as SentencePiece decodes them
     cut = [vocab.sp.PieceToId("<0xE6>"), vocab.sp.PieceToId("<0x9D>")]
     assert vocab.decode(vocab.encode("the dog") + cut) == "the dog\ufffd\ufffd"
+    # control characters only byte pieces can make: left out (a tab or line break becomes a space)
+    byte = lambda b: vocab.sp.PieceToId(f"<0x{b:02X}>")  # noqa: E731
+    assert vocab.decode(vocab.encode("the") + [byte(0x19), byte(0x09)] + vocab.encode("dog")) == "the  dog"
 
 
 def test_without_byte_fallback_unseen_characters_are_unknown(lines: list[str], tmp_path: Path) -> None:

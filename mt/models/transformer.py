@@ -274,7 +274,7 @@ class Transformer(Seq2Seq):
     def set_attention_layer(self, layer: int) -> None:
         n = len(self.decoder)
         if not -n <= layer < n:
-            raise MTError(f"attention layer {layer} does not exist: the decoder has {n} layers (0..{n - 1}, or -1..-{n})")
+            raise MTError(f"alignment layer {layer} does not exist: the decoder has {n} layers (0..{n - 1}, or -1..-{n})")
         self.attention_layer = layer % n
 
     # -- encoder ------------------------------------------------------------------------------

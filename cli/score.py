@@ -1,0 +1,190 @@
+"""Score given translations with a trained run (forced decoding): one output line per pair, in order.
+
+Each line gets the model's total log-probability of the target (every subword piece and the final eos) and its length-normalised score (the search's length penalty: what beam search ranks by). Higher is better: filter a noisy corpus, rerank an n-best list. Several -m runs score as an ensemble.
+
+Input: --src and --tgt files, line by line; without them, TAB-separated 'source<TAB>target' lines on stdin. --n-best-input reads --tgt as `mt translate --n-best` output (Moses 'i ||| text ||| score', i the 0-based source line) and writes the same format with this model's scores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import typer
+
+from mt import MTError
+from mt.device import check_device
+from mt.files import Output, check_output_path
+from mt.rundir import check_run_dir
+
+EPILOG = """\b
+Examples:
+  mt score -m runs/m30k --src test.en --tgt test.hyp                # log_prob<TAB>score per line
+  paste test.en test.de | mt score -m runs/m30k > scores.txt        # TAB-separated pairs on stdin
+  mt score -m runs/m30k --src train.en --tgt train.de --json -o train.scores.jsonl   # per-piece scores
+  mt score -m runs/a -m runs/b --src test.en --tgt test.hyp         # an ensemble scores
+  mt translate -m runs/a --n-best 8 -i test.en -o nbest.txt
+  mt score -m runs/b --src test.en --tgt nbest.txt --n-best-input   # rerank with another model
+  mt score -m runs/demo --src a.src --tgt a.tgt --alignments        # score<TAB>...<TAB>0-0 1-2 ...
+"""
+
+
+def score(
+    model: list[Path] = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`; repeat for an ensemble."),
+    src: Optional[Path] = typer.Option(None, "--src", help="Source sentences (plain or .gz); with --tgt. Without both: TAB-separated pairs on stdin."),
+    tgt: Optional[Path] = typer.Option(None, "--tgt", help="Target sentences to score, line-aligned with --src."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: stdout]."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per pair: log_prob, score, tokens, token_scores."),
+    n_best_input: bool = typer.Option(False, "--n-best-input", help="--tgt is an n-best list ('i ||| text ||| score'); writes one back."),
+    alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the word alignment (Pharaoh 'src-tgt' pairs)."),
+    alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention aligns (negative: from the top) \\[default: the run's decode.alignment_layer]."),
+    len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none \\[default: the run's]."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Length penalty exponent \\[default: the run's]."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded tokens per batch \\[default: the run's decode.batch_tokens]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file; once for all runs or once per -m."),
+    buffer_lines: int = typer.Option(1000, "--buffer-lines", help="Pairs read before scoring."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+) -> None:
+    _check(model, src, tgt, output, device, n_best_input, len_penalty, alpha, batch_tokens, buffer_lines, threads,
+           checkpoint)
+    import torch
+
+    from mt.text import iter_lines, open_binary
+    from mt.ensemble import load_models
+    from mt.score import Scorer
+    from mt.translate import paired_lines
+    from mt.search import LengthPenalty
+    from mt.device import resolve_device
+
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    run = load_models(model, dev, checkpoint)
+    decode = run.config.decode
+    if alignment_layer is not None or alignments:
+        run.model.set_attention_layer(alignment_layer if alignment_layer is not None else decode.alignment_layer)
+    scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab,
+                    LengthPenalty(len_penalty or decode.len_penalty, decode.alpha if alpha is None else alpha),
+                    dev, batch_tokens or decode.batch_tokens, return_attention=alignments)
+    streams = []
+    try:
+        if src is None:
+            streams.append(sys.stdin.buffer)
+            items = enumerate(_tab_pairs(iter_lines(sys.stdin.buffer, "stdin")))
+        else:
+            streams += [open_binary(src), open_binary(tgt)]
+            src_lines, tgt_lines = iter_lines(streams[0], str(src)), iter_lines(streams[1], str(tgt))
+            if n_best_input:
+                items = _nbest_pairs(src_lines, list_nbest(tgt_lines, str(tgt)), str(src), str(tgt))
+            else:
+                items = enumerate(paired_lines(src_lines, tgt_lines, str(src), str(tgt)))
+        pending: deque[tuple[int, str]] = deque()  # (id, target text) of the pairs being scored
+
+        def pairs() -> Iterator[tuple[str, str]]:
+            for index, (s, t) in items:
+                pending.append((index, t))
+                yield s, t
+
+        out = Output(output)
+        try:
+            for scored in scorer.stream(pairs(), buffer_lines):
+                index, text = pending.popleft()
+                out.write(_format(scored, index, text, run, as_json, n_best_input, alignments))
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+    finally:
+        for stream in streams[1:] if src is None else streams:
+            stream.close()
+
+
+def _check(model, src, tgt, output, device, n_best_input, len_penalty, alpha, batch_tokens, buffer_lines, threads,
+           checkpoint) -> None:
+    """Every check that needs no model, before torch is imported."""
+    check_device(device)
+    check_output_path(output)
+    if (src is None) != (tgt is None):
+        raise MTError("give both --src and --tgt, or neither (TAB-separated pairs on stdin)")
+    if n_best_input and src is None:
+        raise MTError("--n-best-input needs --src and --tgt (the n-best list)")
+    for path in (src, tgt):
+        if path is not None and not path.exists():
+            raise MTError(f"{path}: no such file")
+        if path is not None and path.is_dir():
+            raise MTError(f"{path}: is a directory, not a text file")
+    for name, value in (("--batch-tokens", batch_tokens), ("--buffer-lines", buffer_lines), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise MTError(f"{name} must be >= 1, got {value}")
+    if len_penalty is not None and len_penalty not in ("gnmt", "d2l", "none"):
+        raise MTError(f"--len-penalty must be gnmt, d2l or none, got {len_penalty!r}")
+    if alpha is not None and alpha < 0:
+        raise MTError(f"--alpha must not be negative, got {alpha}")
+    for run in model:
+        check_run_dir(run)
+    if len(checkpoint) not in (1, len(model)):
+        raise MTError(f"give --checkpoint once (for every run) or once per -m: {len(model)} runs, "
+                      f"{len(checkpoint)} checkpoints")
+    for c in checkpoint:
+        if c not in ("best", "last") and not Path(c).exists():
+            raise MTError(f"{c}: no such checkpoint (use best, last, or a .safetensors file)")
+
+
+def _tab_pairs(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    for n, line in enumerate(lines, start=1):
+        if line.count("\t") != 1:
+            raise MTError(f"stdin:{n}: expected 'source<TAB>target' (one TAB), found {line.count(chr(9))} TABs; "
+                          f"or give --src and --tgt")
+        s, t = line.split("\t")
+        yield s, t
+
+
+def list_nbest(lines: Iterator[str], name: str) -> Iterator[tuple[int, str]]:
+    """(source line, hypothesis) of each line of a Moses-format n-best list, ids never decreasing."""
+    last = -1
+    for n, line in enumerate(lines, start=1):
+        fields = line.split(" ||| ")
+        if len(fields) < 2 or not fields[0].strip().isdigit():
+            raise MTError(f"{name}:{n}: not an n-best line ('i ||| text ||| score')")
+        i = int(fields[0])
+        if i < last:
+            raise MTError(f"{name}:{n}: source line {i} after {last}: an n-best list is ordered by source line")
+        last = i
+        yield i, fields[1]
+
+
+def _nbest_pairs(src_lines: Iterator[str], entries: Iterator[tuple[int, str]], src_name: str,
+                 tgt_name: str) -> Iterator[tuple[int, tuple[str, str]]]:
+    """(source line id, (source, hypothesis)) for each n-best entry."""
+    current, line = -1, None
+    for i, text in entries:
+        while current < i:
+            line = next(src_lines, None)
+            current += 1
+            if line is None:
+                raise MTError(f"{tgt_name}: an entry for source line {i}, but {src_name} has only {current} lines")
+        yield i, (line, text)
+
+
+def _format(s, index: int, text: str, run, as_json: bool, n_best_input: bool, alignments: bool) -> str:
+    from mt.align import pharaoh, word_alignment
+
+    links = None
+    if alignments:
+        links = word_alignment(s.attention, run.src_vocab.pieces(s.src_tokens), run.tgt_vocab.pieces(s.tokens))
+    if as_json:
+        obj = {"id": index, "log_prob": s.log_prob, "score": s.score,
+               "tokens": run.tgt_vocab.pieces(s.tokens) + ["</s>"], "token_scores": s.token_log_probs}
+        if n_best_input:
+            obj["translation"] = text
+        if links is not None:
+            obj["alignment"] = [list(link) for link in links]
+        return json.dumps(obj, ensure_ascii=False) + "\n"
+    tail = f"\t{pharaoh(links)}" if links is not None else ""
+    if n_best_input:
+        return f"{index} ||| {text} ||| {s.score:.4f}{tail}\n"
+    return f"{s.log_prob:.4f}\t{s.score:.4f}{tail}\n"

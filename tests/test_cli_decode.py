@@ -1,0 +1,200 @@
+"""`mt translate` with ensembles, target prefixes, alignments and token scores, and `mt score`, end to
+end on the tiny run (installed console script in subprocesses, started at once on a few threads)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import Result, assert_clean_failure, copy_run, run_mt
+
+SOURCES = ["the big apple helps a blue door.", "three quiet men see the dog.", "", "a cat sees the house.",
+           "clever kings see two apples, while a warm letter chases three quiet cats."]
+PREFIXES = ["der grote", "", "dat", "ena katza klina", ""]  # a prefix for the empty line too
+PHARAOH = re.compile(r"^(\d+-\d+( \d+-\d+)*)?$")
+
+
+def _other_vocab_run(run: Path, dest: Path) -> Path:
+    """The tiny run with another SentencePiece model of the same size (the weights still load)."""
+    import sentencepiece as spm
+
+    copy_run(run, dest)
+    from mt.synthetic import generate
+
+    text = [" ".join(w[::-1] for w in s.split()) for pair in generate(1000, seed=3) for s in pair]  # words reversed
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(text), model_prefix=str(dest / "spm"), vocab_size=200,
+                                   pad_id=0, unk_id=1, bos_id=2, eos_id=3, hard_vocab_limit=False, minloglevel=2)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
+    ws = tmp_path_factory.mktemp("decode")
+    paths = {"run": tiny_run, "twin": copy_run(tiny_run, ws / "twin"), "other": _other_vocab_run(tiny_run, ws / "other")}
+    for name, lines in (("src", SOURCES), ("prefixes", PREFIXES), ("short_prefixes", PREFIXES[:3]), ("one", SOURCES[:1])):
+        paths[name] = ws / f"{name}.txt"
+        paths[name].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    paths["jsonl"] = ws / "in.jsonl"
+    paths["jsonl"].write_text("".join(json.dumps({"text": s, "prefix": p}) + "\n" for s, p in zip(SOURCES, PREFIXES)),
+                              encoding="utf-8")
+    paths["bad_jsonl"] = ws / "bad.jsonl"
+    paths["bad_jsonl"].write_text('{"text": "a dog."}\n["not", "an", "object"]\n', encoding="utf-8")
+    paths["long_prefix"] = ws / "long_prefix.txt"
+    paths["long_prefix"].write_text(" ".join(["der hund"] * 200) + "\n", encoding="utf-8")
+    paths["nbest"] = ws / "nbest.txt"
+    paths["ensemble_out"] = ws / "ensemble.txt"
+    commands = {
+        "plain-greedy": "translate -m {run} --greedy -i {src}",
+        "plain-beam": "translate -m {run} --beam 3 -i {src}",
+        "prefix-greedy": "translate -m {run} --greedy -i {src} --prefix-file {prefixes}",
+        "prefix-beam": "translate -m {run} --beam 3 -i {src} --prefix-file {prefixes}",
+        "prefix-sample": "translate -m {run} --sample --topk 5 -i {src} --prefix-file {prefixes}",
+        "prefix-ensemble": "translate -m {run} -m {twin} --beam 3 -i {src} --prefix-file {prefixes}",
+        "jsonl-beam": "translate -m {run} --beam 3 -i {jsonl} --input-format jsonl",
+        "ensemble-beam": "translate -m {run} -m {twin} --beam 3 -i {src} --checkpoint last --checkpoint last "
+                         "--scores -o {ensemble_out}",
+        "json": "translate -m {run} --greedy -i {src} --json",
+        "alignments": "translate -m {run} --beam 3 -i {src} --alignments --scores",
+        "nbest": "translate -m {run} --beam 4 --n-best 4 -i {src} -o {nbest}",
+        "score": "score -m {run} --src {src} --tgt {src} --json --alignments",
+        "score-ensemble": "score -m {run} -m {twin} --src {src} --tgt {src}",
+        # failures
+        "bad-ensemble": "translate -m {run} -m {other} -i {src}",
+        "bad-prefix-count": "translate -m {run} -i {src} --prefix-file {short_prefixes}",
+        "bad-jsonl": "translate -m {run} -i {bad_jsonl} --input-format jsonl",
+        "bad-input-format": "translate -m {run} -i {src} --input-format xml",
+        "bad-prefix-and-jsonl": "translate -m {run} -i {jsonl} --input-format jsonl --prefix-file {prefixes}",
+        "bad-layer": "translate -m {run} -i {src} --alignments --alignment-layer 5",
+        "bad-checkpoints": "translate -m {run} -m {twin} -i {src} --checkpoint best --checkpoint last --checkpoint best",
+        "bad-long-prefix": "translate -m {run} -i {one} --prefix-file {long_prefix}",
+        "bad-score-count": "score -m {run} --src {src} --tgt {short_prefixes}",
+        "bad-score-tabs": "score -m {run}",
+        "bad-score-half": "score -m {run} --src {src}",
+        "bad-score-ensemble": "score -m {run} -m {other} --src {src} --tgt {src}",
+    }
+    stdin = {"bad-score-tabs": b"a dog\tein hund\nno tab here\n"}
+    quoted = {k: shlex.quote(str(v)) for k, v in paths.items()}
+    with ThreadPoolExecutor(3) as pool:
+        futures = {name: pool.submit(run_mt, *shlex.split(cmd.format(**quoted)), stdin=stdin.get(name), cwd=ws)
+                   for name, cmd in commands.items() if name != "nbest"}
+        futures["nbest"] = pool.submit(run_mt, *shlex.split(commands["nbest"].format(**quoted)), cwd=ws)
+        out = {name: f.result() for name, f in futures.items()}
+    out["rescore"] = run_mt("score", "-m", tiny_run, "--src", paths["src"], "--tgt", paths["nbest"], "--n-best-input",
+                            "--len-penalty", "gnmt", cwd=ws)
+    out["nbest-text"] = paths["nbest"].read_text(encoding="utf-8")
+    out["ensemble-text"] = paths["ensemble_out"].read_text(encoding="utf-8")
+    paths["ensemble_hyp"] = ws / "ensemble.hyp"
+    paths["ensemble_hyp"].write_text("".join(line.split("\t")[0] + "\n" for line in out["ensemble-text"].splitlines()),
+                                     encoding="utf-8")
+    out["score-ensemble-output"] = run_mt("score", "-m", tiny_run, "--checkpoint", "last", "--src", paths["src"],
+                                          "--tgt", paths["ensemble_hyp"], "--len-penalty", "gnmt", cwd=ws)
+    return out
+
+
+def lines(r: Result) -> list[str]:
+    assert r.returncode == 0, r.explain()
+    assert r.stdout.endswith("\n"), r.explain()
+    return r.stdout[:-1].split("\n")
+
+
+@pytest.mark.parametrize("name", ["prefix-greedy", "prefix-beam", "prefix-sample", "prefix-ensemble", "jsonl-beam"])
+def test_translations_start_with_their_prefix(results: dict, name: str) -> None:
+    out = lines(results[name])
+    assert len(out) == len(SOURCES)
+    for text, prefix in zip(out, PREFIXES):
+        assert text.startswith(prefix), (text, prefix)
+    if name in ("prefix-greedy", "prefix-beam"):  # an empty prefix gives the ordinary output
+        plain = lines(results[name.replace("prefix", "plain")])
+        for text, ordinary, prefix in zip(out, plain, PREFIXES):
+            if not prefix:
+                assert text == ordinary
+    if name == "jsonl-beam":  # the same as --prefix-file
+        assert out == lines(results["prefix-beam"])
+
+
+def test_an_ensemble_of_a_run_and_its_copy_scores_like_the_run(results: dict) -> None:
+    """The beam scores of an ensemble of two copies of a run (--checkpoint given per run) are the
+    run's own scores of those translations (the mixture of a model with itself is the model)."""
+    assert results["ensemble-beam"].returncode == 0, results["ensemble-beam"].explain()
+    ensemble = [line.split("\t") for line in results["ensemble-text"].splitlines()]
+    single = [line.split("\t") for line in lines(results["score-ensemble-output"])]
+    assert len(ensemble) == len(single) == len(SOURCES)
+    for (text, beam_score), (_, normalised), src in zip(ensemble, single, SOURCES):
+        if src:  # an empty line is not translated
+            assert float(beam_score) == pytest.approx(float(normalised), abs=2e-4), text
+
+
+def test_json_has_tokens_token_scores_and_alignment(results: dict) -> None:
+    objs = [json.loads(line) for line in lines(results["json"])]
+    assert [o["translation"] for o in objs] == lines(results["plain-greedy"])
+    for o, src in zip(objs, SOURCES):
+        if not src:
+            assert o["tokens"] == [] and o["alignment"] == []
+            continue
+        assert o["tokens"][-1] == "</s>" and len(o["token_scores"]) == len(o["tokens"])
+        assert sum(o["token_scores"]) == pytest.approx(o["score"], abs=1e-3)  # greedy: no length penalty
+        n_src, n_tgt = len(src.split()), len(o["translation"].split())
+        assert {t for _, t in o["alignment"]} == set(range(n_tgt))  # every target word has one source word
+        assert all(0 <= s < n_src for s, _ in o["alignment"])
+
+
+def test_alignments_follow_a_tab_in_pharaoh_format(results: dict) -> None:
+    for line, plain, src in zip(lines(results["alignments"]), lines(results["plain-beam"]), SOURCES):
+        text, score, links = line.split("\t")
+        assert text == plain and float(score) < 0 if src else True
+        assert PHARAOH.match(links), links
+        assert all(int(p.split("-")[0]) < len(src.split()) for p in links.split())
+
+
+def test_score_reports_per_token_scores(results: dict) -> None:
+    objs = [json.loads(line) for line in lines(results["score"])]
+    assert len(objs) == len(SOURCES)
+    for o in objs:
+        assert o["tokens"][-1] == "</s>" and len(o["token_scores"]) == len(o["tokens"])
+        assert sum(o["token_scores"]) == pytest.approx(o["log_prob"], abs=1e-3)
+    assert objs[2]["tokens"] == ["</s>"]  # the empty target: the eos alone
+    # an ensemble of a run and its copy scores what the run scores
+    ens = [line.split("\t") for line in lines(results["score-ensemble"])]
+    assert [float(lp) for lp, _ in ens] == pytest.approx([o["log_prob"] for o in objs], abs=1e-3)
+    for o, src in zip(objs, SOURCES):
+        assert all(0 <= s < len(src.split()) for s, _ in o["alignment"])
+
+
+def test_rescoring_the_beams_n_best_list_gives_its_scores(results: dict) -> None:
+    """The beam's hypotheses scored by the same model: the same scores (gnmt penalty of the run)."""
+    nbest = results["nbest-text"].splitlines()
+    rescored = lines(results["rescore"])
+    assert len(rescored) == len(nbest) and nbest
+    for a, b in zip(nbest, rescored):
+        ia, ta, sa = a.split(" ||| ")
+        ib, tb, sb = b.split(" ||| ")
+        assert (ia, ta) == (ib, tb)
+        if ta:  # a hypothesis detokenised to "" cannot be told from an empty line's
+            assert float(sb) == pytest.approx(float(sa), abs=2e-4)
+
+
+FAILURES = {
+    "bad-ensemble": ("cannot ensemble", "/other", "target vocabulary differs"),
+    "bad-prefix-count": ("has 5 lines but", "short_prefixes.txt has 3", "one prefix per input line"),
+    "bad-jsonl": ("bad.jsonl:2", '"text" string'),
+    "bad-input-format": ("--input-format must be text or jsonl",),
+    "bad-prefix-and-jsonl": ("--prefix-file and --input-format jsonl exclude each other",),
+    "bad-layer": ("alignment layer 5 does not exist", "1 layers"),
+    "bad-checkpoints": ("--checkpoint once", "2 runs, 3 checkpoints"),
+    "bad-long-prefix": ("target prefix of", "longer than the model's 127 target positions"),
+    "bad-score-count": ("src.txt has 5 lines but", "short_prefixes.txt has 3"),
+    "bad-score-tabs": ("stdin:2", "one TAB"),
+    "bad-score-half": ("both --src and --tgt",),
+    "bad-score-ensemble": ("cannot ensemble", "target vocabulary differs"),
+}
+
+
+@pytest.mark.parametrize("name", FAILURES)
+def test_bad_input_is_one_clear_error(results: dict, name: str) -> None:
+    assert_clean_failure(results[name], *FAILURES[name])
