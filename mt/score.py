@@ -21,9 +21,9 @@ from torch import Tensor
 
 from mt import MTError
 from mt.data import pad, source_tensor, token_batches
-from mt.models.base import BOS_ID, EOS_ID, Seq2Seq
+from mt.models.base import Seq2Seq
 from mt.search import LengthPenalty
-from mt.vocab import Vocab
+from mt.vocab import BOS_ID, EOS_ID, Vocab
 
 
 @dataclass

@@ -111,8 +111,11 @@ class Translator:
         budget = max(self.batch_tokens // max(self.search.rows_per_sentence, 1), 1)
         for batch in token_batches(lengths, budget, order):
             src, src_lengths = source_tensor([src_ids[i] for i in batch])
-            batch_prefixes = [prefixes[i] for i in batch] if prefixes is not None else None
-            hyps = self.search(self.model, src.to(self.device), src_lengths.to(self.device), batch_prefixes)
+            src, src_lengths = src.to(self.device), src_lengths.to(self.device)
+            if prefixes is None:
+                hyps = self.search(self.model, src, src_lengths)
+            else:
+                hyps = self.search(self.model, src, src_lengths, [prefixes[i] for i in batch])
             for i, h in zip(batch, hyps):
                 results[i] = h
         return results
@@ -199,18 +202,24 @@ class Translator:
         )
 
     def _alignment(self, sources: list[list[int]], best: list[Hypothesis]) -> list[tuple[int, int]]:
-        """Word alignment of a line from its pieces' attention; the words of a cut line's later pieces
-        are numbered after those of the earlier ones (pieces are cut before a word)."""
-        links: list[tuple[int, int]] = []
-        src_offset = tgt_offset = 0
-        for src_ids, h in zip(sources, best):
-            src_pieces, tgt_pieces = self.src_vocab.pieces(src_ids), self.tgt_vocab.pieces(h.tokens)
+        """Word alignment of a line from its pieces' attention. A cut line's words are numbered over
+        the whole line (the pieces of all parts together, as the text is detokenised)."""
+        src_parts = [self.src_vocab.pieces(ids) for ids in sources]
+        tgt_parts = [self.tgt_vocab.pieces(h.tokens) for h in best]
+        src_words = word_ids([p for part in src_parts for p in part])
+        tgt_words = word_ids([p for part in tgt_parts for p in part])
+        links: set[tuple[int, int]] = set()
+        src_start = tgt_start = 0
+        for src_pieces, tgt_pieces, h in zip(src_parts, tgt_parts, best):
             if h.attention is not None:
-                links += [(s + src_offset, t + tgt_offset)
-                          for s, t in word_alignment(h.attention, src_pieces, tgt_pieces)]
-            src_offset += len(set(word_ids(src_pieces)))
-            tgt_offset += len(set(word_ids(tgt_pieces)))
-        return links
+                # a part's own word k starts at its k-th word-initial piece: the line's word there
+                src_first = _word_starts(src_pieces)
+                tgt_first = _word_starts(tgt_pieces)
+                for s, t in word_alignment(h.attention, src_pieces, tgt_pieces):
+                    links.add((src_words[src_start + src_first[s]], tgt_words[tgt_start + tgt_first[t]]))
+            src_start += len(src_pieces)
+            tgt_start += len(tgt_pieces)
+        return sorted(links)
 
     def stream(self, lines: Iterable[str | tuple[str, str]], buffer_lines: int = 1000) -> Iterator[Translation]:
         """Translate an iterable of lines, or of (line, target prefix) pairs, chunk by chunk,
@@ -228,6 +237,12 @@ class Translator:
                 chunk, prefixes = [], []
         if chunk:
             yield from self.translate(chunk, first, prefixes if any(prefixes) else None)
+
+
+def _word_starts(pieces: list[str]) -> list[int]:
+    """Index of the first piece of each word (mt.align.word_ids' words)."""
+    ids = word_ids(pieces)
+    return [i for i, w in enumerate(ids) if i == 0 or w != ids[i - 1]]
 
 
 def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:

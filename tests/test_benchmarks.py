@@ -137,3 +137,14 @@ def test_ctranslate2_speed(tiny_run: Path) -> None:
     for r in doc["results"]:
         assert r["mt_sentences_per_second"] > 0 and r["ctranslate2_sentences_per_second"] > 0
         assert 0 <= r["identical_lines"] <= 10 and 0 <= r["bleu_ctranslate2"] <= 100
+
+
+def test_unseen_characters_on_a_trained_run(tiny_run: Path) -> None:
+    """The tiny run has no byte pieces: its source segmentation turns every unseen character into
+    the unknown piece, and the counts say so."""
+    doc = bench("unseen_characters.py", str(tiny_run), "--threads", "1", device=False)
+    (run,) = doc["runs"]
+    assert run["byte_fallback"] is False and run["lines"] == 20 and len(run["outputs"]) == 20
+    assert run["unseen_characters_in_input"] > 50 and run["unknown_pieces_in_source"] > 10
+    assert run["unseen_kept_by_segmentation"] == 0
+    assert 0 <= run["unseen_in_output"] <= run["unseen_characters_in_input"]

@@ -661,8 +661,12 @@ def test_translate_json(jobs: Jobs) -> None:
     assert [row["id"] for row in rows] == list(range(N_INPUT))
     assert [row["translation"] for row in rows] == _file_output(jobs)
     assert all(isinstance(row["score"], float) for row in rows)
-    assert rows[1] == {"id": 1, "translation": "", "score": 0.0}
+    assert rows[1] == {"id": 1, "translation": "", "score": 0.0, "tokens": [], "token_scores": [], "alignment": []}
     assert rows[LONG_INDEX]["pieces"] >= 5
+    for row in rows:  # the long line's pieces too: one </s> at the end, every target word aligned
+        if row["translation"]:
+            assert row["tokens"][-1] == "</s>" and len(row["token_scores"]) == len(row["tokens"])
+            assert {t for _, t in row["alignment"]} == set(range(len(row["translation"].split())))
 
 
 def test_translate_small_batches_keep_order(jobs: Jobs) -> None:

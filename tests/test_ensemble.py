@@ -14,7 +14,7 @@ import torch
 from mt import MTError
 from mt.config import VocabConfig
 from mt.ensemble import EnsembleModel, check_compatible
-from mt.models.base import BOS_ID, EOS_ID
+from mt.vocab import BOS_ID, EOS_ID
 from mt.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
 from mt.synthetic import generate
 from mt.vocab import train_vocab

@@ -9,7 +9,7 @@ import torch
 
 from mt import MTError
 from mt.ensemble import EnsembleModel
-from mt.models.base import BOS_ID, EOS_ID
+from mt.vocab import BOS_ID, EOS_ID
 from mt.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
 from test_search import (
     LENGTHS,

@@ -8,7 +8,7 @@ import torch
 
 from mt import MTError
 from mt.ensemble import EnsembleModel
-from mt.models.base import BOS_ID, EOS_ID
+from mt.vocab import BOS_ID, EOS_ID
 from mt.score import Scorer
 from mt.search import BeamSearch, LengthPenalty, SamplingSearch
 from test_search import LENGTHS, MODELS, random_batch, random_model

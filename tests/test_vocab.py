@@ -9,7 +9,7 @@ import pytest
 
 from mt import MTError
 from mt.config import VocabConfig
-from mt.models.base import UNK_ID
+from mt.vocab import UNK_ID
 from mt.synthetic import generate
 from mt.vocab import Vocab, train_vocab
 
