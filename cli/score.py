@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import sys
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import typer
 
 from mt import MTError
+from mt.config import DecodeConfig, SettingError, load_config
 from mt.device import check_device
 from mt.files import Output, check_output_path
-from mt.rundir import check_run_dir
+from mt.rundir import CONFIG, check_run_dir
 
 EPILOG = """\b
 Examples:
@@ -49,31 +51,29 @@ def score(
     buffer_lines: int = typer.Option(1000, "--buffer-lines", help="Pairs read before scoring."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
 ) -> None:
-    _check(model, src, tgt, output, device, n_best_input, len_penalty, alpha, batch_tokens, buffer_lines, threads,
-           checkpoint)
+    _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads, checkpoint)
+    decode = _decode_config(model[0], len_penalty=len_penalty, alpha=alpha, batch_tokens=batch_tokens,
+                            alignment_layer=alignment_layer)
     import torch
 
-    from mt.text import iter_lines, open_binary
+    from mt.device import resolve_device
     from mt.ensemble import load_models
     from mt.score import Scorer
-    from mt.translate import paired_lines
     from mt.search import LengthPenalty
-    from mt.device import resolve_device
+    from mt.text import iter_lines, open_binary
+    from mt.translate import paired_lines
 
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    run = load_models(model, dev, checkpoint)
-    decode = run.config.decode
-    if alignment_layer is not None or alignments:
-        run.model.set_attention_layer(alignment_layer if alignment_layer is not None else decode.alignment_layer)
-    scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab,
-                    LengthPenalty(len_penalty or decode.len_penalty, decode.alpha if alpha is None else alpha),
-                    dev, batch_tokens or decode.batch_tokens, return_attention=alignments)
-    streams = []
+    run = load_models(model, dev, checkpoint)  # several: an ensemble
+    if alignments:
+        run.model.set_attention_layer(decode.alignment_layer)
+    scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab, LengthPenalty(decode.len_penalty, decode.alpha), dev,
+                    decode.batch_tokens, return_attention=alignments)
+    streams = []  # the files opened here
     try:
         if src is None:
-            streams.append(sys.stdin.buffer)
             items = enumerate(_tab_pairs(iter_lines(sys.stdin.buffer, "stdin")))
         else:
             streams += [open_binary(src), open_binary(tgt)]
@@ -99,12 +99,21 @@ def score(
             out.abort()
             raise
     finally:
-        for stream in streams[1:] if src is None else streams:
+        for stream in streams:
             stream.close()
 
 
-def _check(model, src, tgt, output, device, n_best_input, len_penalty, alpha, batch_tokens, buffer_lines, threads,
-           checkpoint) -> None:
+def _decode_config(run_dir: Path, **options) -> DecodeConfig:
+    """The first run's decode settings with the command line's (None: not given), checked by
+    DecodeConfig and named by their flags in its messages."""
+    base = load_config(check_run_dir(run_dir) / CONFIG).decode
+    try:
+        return replace(base, **{k: v for k, v in options.items() if v is not None})
+    except SettingError as e:
+        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
+
+
+def _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads, checkpoint) -> None:
     """Every check that needs no model, before torch is imported."""
     check_device(device)
     check_output_path(output)
@@ -117,13 +126,9 @@ def _check(model, src, tgt, output, device, n_best_input, len_penalty, alpha, ba
             raise MTError(f"{path}: no such file")
         if path is not None and path.is_dir():
             raise MTError(f"{path}: is a directory, not a text file")
-    for name, value in (("--batch-tokens", batch_tokens), ("--buffer-lines", buffer_lines), ("--threads", threads)):
+    for name, value in (("--buffer-lines", buffer_lines), ("--threads", threads)):
         if value is not None and value < 1:
             raise MTError(f"{name} must be >= 1, got {value}")
-    if len_penalty is not None and len_penalty not in ("gnmt", "d2l", "none"):
-        raise MTError(f"--len-penalty must be gnmt, d2l or none, got {len_penalty!r}")
-    if alpha is not None and alpha < 0:
-        raise MTError(f"--alpha must not be negative, got {alpha}")
     for run in model:
         check_run_dir(run)
     if len(checkpoint) not in (1, len(model)):

@@ -77,6 +77,7 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "bad-score-tabs": "score -m {run}",
         "bad-score-half": "score -m {run} --src {src}",
         "bad-score-ensemble": "score -m {run} -m {other} --src {src} --tgt {src}",
+        "bad-score-alpha": "score -m {run} --src {src} --tgt {src} --alpha -1",
     }
     stdin = {"bad-score-tabs": b"a dog\tein hund\nno tab here\n"}
     quoted = {k: shlex.quote(str(v)) for k, v in paths.items()}
@@ -192,6 +193,7 @@ FAILURES = {
     "bad-score-tabs": ("stdin:2", "one TAB"),
     "bad-score-half": ("both --src and --tgt",),
     "bad-score-ensemble": ("cannot ensemble", "target vocabulary differs"),
+    "bad-score-alpha": ("--alpha must not be negative",),
 }
 
 
