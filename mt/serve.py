@@ -189,6 +189,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     # jobs batch together when their keys are equal; sampling depends on the batch, so it never does
     key: Any = None
+    arrived: float = field(default_factory=time.monotonic)
     started: bool = False
     cancelled: bool = False
 
@@ -227,6 +228,7 @@ class Batcher:
         self.stopping = False
         self.rate = 0.0  # texts per second, moving average (for Retry-After)
         self.batches = self.requests = self.texts = 0  # decoded so far (GET /health)
+        self.busy = 0.0  # seconds spent decoding
         self.thread = threading.Thread(target=self._work, name=f"mt-serve-{served.name}", daemon=True)
 
     def start(self) -> None:
@@ -259,15 +261,16 @@ class Batcher:
                 self.pending_texts -= len(job.texts)
 
     def _take(self) -> list[Job] | None:
-        """Wait for a job, then up to batch_wait for more (less once the budget is full); take the
-        first job and every queued job with its key, in arrival order, within the token budget."""
+        """Wait for a job, then for more until the first has waited batch_wait (a job that queued
+        while the previous batch decoded waits no longer) or the budget is full; take the first job
+        and every queued job with its key, in arrival order, within the token budget."""
         with self.cond:
             while not self.pending:
                 if self.stopping:
                     return None
                 self.cond.wait()
             budget = self.served.batch_tokens or self.pending[0].decode.batch_tokens
-            deadline = time.monotonic() + self.limits.batch_wait
+            deadline = self.pending[0].arrived + self.limits.batch_wait
             while not self.stopping:
                 key = self.pending[0].key
                 if sum(j.cost for j in self.pending if j.key == key) >= budget:
@@ -310,6 +313,7 @@ class Batcher:
                 job.resolve(results[pos: pos + len(job.texts)])
                 pos += len(job.texts)
             self.batches, self.requests, self.texts = self.batches + 1, self.requests + len(jobs), self.texts + len(results)
+            self.busy += time.monotonic() - started
             rate = len(results) / max(time.monotonic() - started, 1e-6)
             self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
 
@@ -530,12 +534,14 @@ def create_app(service: TranslationService) -> FastAPI:
 
     @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {
         "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,
-                                                        "texts": 160}}}}}}})
+                                                        "texts": 160, "decoding_seconds": 3.2}}}}}}})
     async def health() -> dict[str, Any]:
         """200 once the models are loaded and their workers run; per model: texts waiting, and the
-        batches, requests and texts decoded so far (requests / batches > 1: requests were batched together)."""
+        batches, requests and texts decoded so far (requests / batches > 1: requests were batched together)
+        and the seconds spent decoding them (near the wall time: the model is the bottleneck)."""
         return {"status": "ok", "models": {name: {"queued_texts": b.pending_texts, "batches": b.batches,
-                                                  "requests": b.requests, "texts": b.texts}
+                                                  "requests": b.requests, "texts": b.texts,
+                                                  "decoding_seconds": round(b.busy, 3)}
                                            for name, b in service.batchers.items()}}
 
     @app.get("/info", summary="Served models, decoding defaults, limits, version")
