@@ -104,6 +104,10 @@ class TranslateRequest(BaseModel):
     topk: int | None = Field(None, ge=0, description="Sample from the k most likely tokens (0: all).")
     topp: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int | None = Field(None, description="Sampling seed.")
+    alignments: bool = Field(False, description="Add each translation's word alignment from the attention "
+                                                "(pairs [source word, target word], as `mt translate --alignments`).")
+    alignment_layer: int | None = Field(None, description="Decoder layer whose cross-attention aligns words "
+                                                          "(negative: from the top; default: the run's).")
 
 
 class Hyp(BaseModel):
@@ -116,6 +120,9 @@ class TranslationOut(BaseModel):
     score: float = Field(description="Log-probability after the length penalty.", examples=[-0.42])
     nbest: list[Hyp] | None = Field(None, description="With n_best > 1: the hypotheses, best first.")
     pieces: int | None = Field(None, description="Set when a text longer than the model's limit was cut into pieces.")
+    tokens: list[str] = Field(description="The best hypothesis's target pieces, then </s>.", examples=[["▁Ein", "▁Mann", "</s>"]])
+    token_scores: list[float] = Field(description="Log-probability of each of `tokens`.", examples=[[-0.1, -0.2, -0.05]])
+    alignment: list[list[int]] | None = Field(None, description="With alignments: [source word, target word] pairs.")
 
 
 class TranslateResponse(BaseModel):
@@ -129,6 +136,7 @@ REQUEST_EXAMPLES = {
     "text": {"summary": "One text, greedy", "value": {"text": "A little girl is climbing a tree.", "greedy": True}},
     "nbest": {"summary": "3-best list of a beam of 5",
               "value": {"text": "A woman sings on a stage.", "beam": 5, "n_best": 3}},
+    "alignments": {"summary": "Word alignments", "value": {"text": "Two dogs play in the snow.", "alignments": True}},
 }
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "status": {"type": "integer"}, "type": {"type": "string"}, "message": {"type": "string"}}}}}
@@ -148,7 +156,7 @@ def request_decode(base: DecodeConfig, req: TranslateRequest, max_beam: int) -> 
         if value is not None and value > max_beam:
             raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit ({max_beam})")
     changes = {k: getattr(req, k) for k in ("beam", "n_best", "len_penalty", "alpha", "max_len_a", "max_len_b",
-                                            "min_len", "temperature", "topk", "topp", "seed")
+                                            "min_len", "temperature", "topk", "topp", "seed", "alignment_layer")
                if getattr(req, k) is not None}
     if req.beam is not None:
         changes["search"] = "beam"
@@ -187,6 +195,7 @@ class Job:
     cost: int  # source tokens (eos included) x decoder rows per text: the batch budget's unit
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    alignments: bool = False
     # jobs batch together when their keys are equal; sampling depends on the batch, so it never does
     key: Any = None
     arrived: float = field(default_factory=time.monotonic)
@@ -301,7 +310,7 @@ class Batcher:
                 return
             started = time.monotonic()
             try:
-                results = self.translate(jobs[0].decode, [t for j in jobs for t in j.texts])
+                results = self.translate(jobs[0].decode, [t for j in jobs for t in j.texts], jobs[0].alignments)
             except Exception as e:  # noqa: BLE001 - the worker outlives a failing batch
                 log.exception("batch of %d requests failed", len(jobs))
                 error = ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
@@ -317,11 +326,14 @@ class Batcher:
             rate = len(results) / max(time.monotonic() - started, 1e-6)
             self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
 
-    def translate(self, decode: DecodeConfig, texts: list[str]) -> list[Translation]:
+    def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False) -> list[Translation]:
         s = self.served
-        translator = Translator(s.run.model, s.run.src_vocab, s.run.tgt_vocab, build_search(decode), s.device,
+        if alignments:  # the one worker thread decodes: the model's setting holds for this batch
+            s.run.model.set_attention_layer(decode.alignment_layer)
+        translator = Translator(s.run.model, s.run.src_vocab, s.run.tgt_vocab,
+                                build_search(decode, return_attention=alignments), s.device,
                                 s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
-                                warn=lambda msg: log.warning("%s", msg))
+                                warn=lambda msg: log.warning("%s", msg), alignments=alignments)
         return translator.translate(texts)
 
 
@@ -374,7 +386,7 @@ class TranslationService:
             "precision": m.precision,
         }
 
-    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig]:
+    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig, bool]:
         """A request body -> (model, texts, decoding options), or a ServeError saying what is wrong."""
         try:
             text = body.decode("utf-8")
@@ -407,16 +419,17 @@ class TranslationService:
         if name not in self.models:
             raise ServeError(404, "unknown_model", f"no model named {name!r} (served: {', '.join(self.models)})")
         model = self.models[name]
-        return model, texts, request_decode(model.run.config.decode, req, self.limits.max_beam)
+        return model, texts, request_decode(model.run.config.decode, req, self.limits.max_beam), req.alignments
 
-    async def translate(self, model: ServedModel, texts: list[str], decode: DecodeConfig, arrived: float) -> list[Translation]:
+    async def translate(self, model: ServedModel, texts: list[str], decode: DecodeConfig, arrived: float,
+                        alignments: bool = False) -> list[Translation]:
         if not texts:
             return []
         loop = asyncio.get_running_loop()
         rows = max(build_search(decode).rows_per_sentence, 1)
         cost = sum(len(ids) + 1 for ids in model.run.src_vocab.encode_batch(texts)) * rows
-        key = object() if decode.search == "sampling" else decode
-        job = Job(texts, decode, cost, loop.create_future(), loop, key)
+        key = object() if decode.search == "sampling" else (decode, alignments)
+        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, key)
         batcher = self.batchers[model.name]
         try:
             batcher.submit(job)
@@ -445,10 +458,13 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def format_translation(tr: Translation, n_best: int) -> dict[str, Any]:
+def format_translation(tr: Translation, n_best: int, alignments: bool = False) -> dict[str, Any]:
     """One answer, in the shape of `mt translate --json` (without the line id)."""
     nbest = tr.nbest or [("", 0.0)]
-    out: dict[str, Any] = {"translation": tr.text, "score": nbest[0][1]}
+    out: dict[str, Any] = {"translation": tr.text, "score": nbest[0][1], "tokens": tr.tokens,
+                           "token_scores": tr.token_scores}
+    if alignments:
+        out["alignment"] = [list(link) for link in tr.alignment or []]
     if n_best > 1:
         out["nbest"] = [{"translation": t, "score": s} for t, s in nbest]
     if tr.pieces > 1:
@@ -528,9 +544,9 @@ def create_app(service: TranslationService) -> FastAPI:
     async def translate(request: Request) -> dict[str, Any]:
         arrived = time.monotonic()
         body = await read_body(request, service.limits.max_body)
-        model, texts, decode = service.parse(body)
-        results = await service.translate(model, texts, decode, arrived)
-        return {"model": model.name, "translations": [format_translation(r, decode.n_best) for r in results]}
+        model, texts, decode, alignments = service.parse(body)
+        results = await service.translate(model, texts, decode, arrived, alignments)
+        return {"model": model.name, "translations": [format_translation(r, decode.n_best, alignments) for r in results]}
 
     @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {
         "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,

@@ -140,6 +140,23 @@ def test_translate_equals_mt_translate(server: Server, tiny_run: Path, tmp_path:
     assert all(isinstance(t["score"], float) and "nbest" not in t for t in body["translations"])
 
 
+def test_alignments_and_token_scores_as_mt_translate_json(server: Server, tiny_run: Path, tmp_path: Path) -> None:
+    texts = TEXTS[:3]
+    r = post(server, {"texts": texts, "alignments": True})
+    assert r.status_code == 200, r.text
+    got = r.json()["translations"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cli = run_mt("translate", "-m", tiny_run, "-i", tmp_path / "in.txt", "--json", "--device", "cpu")
+    assert cli.returncode == 0, cli.explain()
+    expected = [json.loads(line) for line in cli.stdout.splitlines()]
+    for g, e in zip(got, expected):
+        assert (g["translation"], g["tokens"], g["alignment"]) == (e["translation"], e["tokens"], e["alignment"])
+        assert g["token_scores"] == pytest.approx(e["token_scores"], abs=1e-4)
+        assert g["tokens"][-1] == "</s>" and len(g["token_scores"]) == len(g["tokens"])
+    plain = post(server, {"texts": texts}).json()["translations"]
+    assert all("alignment" not in t and t["tokens"] for t in plain)
+
+
 def test_single_text_and_empty_list(server: Server, unbatched) -> None:
     r = post(server, {"text": TEXTS[0]})
     assert r.status_code == 200, r.text
