@@ -48,10 +48,12 @@ def score(
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded tokens per batch \\[default: the run's decode.batch_tokens]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file; once for all runs or once per -m."),
+    ensemble_weights: Optional[str] = typer.Option(None, "--ensemble-weights", metavar="W1,W2,...", help="Each -m run's share of the ensemble's mixture (normalised; default equal)."),
     buffer_lines: int = typer.Option(1000, "--buffer-lines", help="Pairs read before scoring."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
 ) -> None:
     _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads, checkpoint)
+    weights = parse_weights(ensemble_weights, len(model))
     decode = _decode_config(model[0], len_penalty=len_penalty, alpha=alpha, batch_tokens=batch_tokens,
                             alignment_layer=alignment_layer)
     import torch
@@ -66,7 +68,7 @@ def score(
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    run = load_models(model, dev, checkpoint)  # several: an ensemble
+    run = load_models(model, dev, checkpoint, weights)  # several: an ensemble
     if alignments:
         run.model.set_attention_layer(decode.alignment_layer)
     scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab, LengthPenalty(decode.len_penalty, decode.alpha), dev,
@@ -101,6 +103,21 @@ def score(
     finally:
         for stream in streams:
             stream.close()
+
+
+def parse_weights(text: Optional[str], runs: int) -> Optional[list[float]]:
+    """--ensemble-weights 'W1,W2,...' -> one number >= 0 per -m run (not all 0), or None."""
+    if text is None:
+        return None
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise MTError(f"--ensemble-weights: expected numbers separated by commas, got {text!r}") from None
+    if len(weights) != runs:
+        raise MTError(f"--ensemble-weights: {len(weights)} weights for {runs} runs (-m)")
+    if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise MTError(f"--ensemble-weights: weights must be >= 0 and not all 0, got {text!r}")
+    return weights
 
 
 def _decode_config(run_dir: Path, **options) -> DecodeConfig:

@@ -13,6 +13,7 @@ import typer
 from mt import MTError
 from mt.config import DecodeConfig, SettingError, load_config
 from mt.device import check_device, check_precision
+from mt.cli.score import parse_weights
 from mt.files import Output, check_output_path
 from mt.rundir import CONFIG, check_run_dir
 
@@ -101,6 +102,7 @@ def translate(
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded source tokens x beam size per batch (default: the run's decode.batch_tokens, 4096)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`); once for every -m or once per -m."),
+    ensemble_weights: Optional[str] = typer.Option(None, "--ensemble-weights", metavar="W1,W2,...", help="Each -m run's share of the ensemble's mixture (normalised; default equal)."),
     len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Length penalty exponent."),
     max_len_a: Optional[float] = typer.Option(None, "--max-len-a", help="Max target length = a * source length + b."),
@@ -152,6 +154,7 @@ def translate(
                             n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
                             max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
                             topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer)
+    weights = parse_weights(ensemble_weights, len(model))
     if len(checkpoint) not in (1, len(model)):
         raise MTError(f"give --checkpoint once (for every -m) or once per -m: {len(model)} runs, "
                       f"{len(checkpoint)} checkpoints")
@@ -171,7 +174,7 @@ def translate(
     if threads:
         torch.set_num_threads(threads)
 
-    run = load_models(model, dev, checkpoint)  # several: an ensemble
+    run = load_models(model, dev, checkpoint, weights)  # several: an ensemble
     if int8:
         from mt.quantize import quantize_int8
 

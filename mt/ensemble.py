@@ -4,7 +4,8 @@
     hyps = search(model, src, src_lengths)          # any search, unchanged
 
 Every step asks each member for its log-probabilities and returns the log of their mean
-probability, log((p_1 + ... + p_n) / n), as fairseq and Marian do. It is a mixture of the
+probability, log((p_1 + ... + p_n) / n), as fairseq and Marian do (or of a weighted mean,
+log(w_1 p_1 + ... + w_n p_n) with weights summing to 1, as Marian's --weights). It is a mixture of the
 members' distributions: the result is again a normalised distribution (so beam scores, length
 penalties and `mt score` keep their meaning), and a token that one member rules out
 (probability ~0) is only down-weighted, not vetoed, as it would be by averaging log-probabilities
@@ -74,10 +75,15 @@ class EnsembleState(DecoderState):
 class EnsembleModel(Seq2Seq):
     """The mixture of `models` (same source and target vocabularies) as one Seq2Seq."""
 
-    def __init__(self, models: Sequence[Seq2Seq]) -> None:
+    def __init__(self, models: Sequence[Seq2Seq], weights: Sequence[float] | None = None) -> None:
+        """weights: each member's share of the mixture (normalised to sum 1; default: equal), as
+        Marian's --weights; a member with weight 0 takes no part in the distribution."""
         super().__init__()
         if not models:
             raise MTError("an ensemble needs at least one model")
+        weights = list(weights) if weights is not None else [1.0] * len(models)
+        if len(weights) != len(models) or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+            raise MTError(f"ensemble weights must be {len(models)} numbers >= 0, not all 0; got {weights}")
         self.members = nn.ModuleList(models)
         for name in ("pad_id", "bos_id", "eos_id"):
             ids = {getattr(m, name) for m in models}
@@ -85,20 +91,22 @@ class EnsembleModel(Seq2Seq):
                 raise MTError(f"the ensemble's models disagree on {name}: {sorted(ids)}")
         self.max_src_positions = _smallest(m.max_src_positions for m in models)
         self.max_tgt_positions = _smallest(m.max_tgt_positions for m in models)
-        self.log_n = math.log(len(models))
+        total = sum(weights)
+        #: log of each member's normalised weight (Python floats: no device, no dtype to follow)
+        self.log_weights = [math.log(w / total) if w > 0 else float("-inf") for w in weights]
 
     def set_attention_layer(self, layer: int) -> None:
         for m in self.members:
             m.set_attention_layer(layer)
 
     def _mix(self, log_probs: list[Tensor]) -> Tensor:
-        """log of the mean of the members' probabilities, [..., V] each -> [..., V]."""
+        """log of the (weighted) mean of the members' probabilities, [..., V] each -> [..., V]."""
         if len(log_probs) == 1:
             return log_probs[0]
         sizes = {lp.size(-1) for lp in log_probs}
         if len(sizes) > 1:
             raise MTError(f"the ensemble's models have different target vocabulary sizes: {sorted(sizes)}")
-        return torch.logsumexp(torch.stack(log_probs), dim=0) - self.log_n
+        return torch.logsumexp(torch.stack([lp + w for lp, w in zip(log_probs, self.log_weights)]), dim=0)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> EnsembleEncoderOut:
         outs = [m.encode(src, src_lengths) for m in self.members]
@@ -153,10 +161,10 @@ def check_compatible(runs: Sequence[tuple[str, object]]) -> None:
 
 
 def load_models(run_dirs: Sequence[str | Path], device: torch.device | str = "cpu",
-                checkpoints: Sequence[str] = ("best",)):
+                checkpoints: Sequence[str] = ("best",), weights: Sequence[float] | None = None):
     """Load one run, or several as an ensemble: a Run (mt.translate.Run) whose model is the
-    EnsembleModel of the runs' models, with the first run's config and vocabularies. `checkpoints`
-    has one entry for all runs or one per run."""
+    EnsembleModel of the runs' models (with `weights`), with the first run's config and
+    vocabularies. `checkpoints` has one entry for all runs or one per run."""
     from mt.translate import Run, load_run
 
     if not run_dirs:
@@ -165,9 +173,12 @@ def load_models(run_dirs: Sequence[str | Path], device: torch.device | str = "cp
         raise MTError(f"give --checkpoint once (for every run) or once per run: {len(run_dirs)} runs, "
                       f"{len(checkpoints)} checkpoints")
     which = list(checkpoints) * len(run_dirs) if len(checkpoints) == 1 else list(checkpoints)
+    if weights is not None and len(weights) != len(run_dirs):
+        raise MTError(f"--ensemble-weights: {len(weights)} weights for {len(run_dirs)} runs")
     runs = [load_run(d, device, c) for d, c in zip(run_dirs, which)]
     if len(runs) == 1:
         return runs[0]
     check_compatible([(str(d), r) for d, r in zip(run_dirs, runs)])
     first = runs[0]
-    return Run(first.config, EnsembleModel([r.model for r in runs]).eval(), first.src_vocab, first.tgt_vocab)
+    return Run(first.config, EnsembleModel([r.model for r in runs], weights).to(device).eval(), first.src_vocab,
+               first.tgt_vocab)

@@ -58,7 +58,7 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "prefix-ensemble": "translate -m {run} -m {twin} --beam 3 -i {src} --prefix-file {prefixes}",
         "jsonl-beam": "translate -m {run} --beam 3 -i {jsonl} --input-format jsonl",
         "ensemble-beam": "translate -m {run} -m {twin} --beam 3 -i {src} --checkpoint last --checkpoint last "
-                         "--scores -o {ensemble_out}",
+                         "--ensemble-weights 1,3 --scores -o {ensemble_out}",
         "json": "translate -m {run} --greedy -i {src} --json",
         "alignments": "translate -m {run} --beam 3 -i {src} --alignments --scores",
         "nbest": "translate -m {run} --beam 4 --n-best 4 -i {src} -o {nbest}",
@@ -78,6 +78,7 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "bad-score-half": "score -m {run} --src {src}",
         "bad-score-ensemble": "score -m {run} -m {other} --src {src} --tgt {src}",
         "bad-score-alpha": "score -m {run} --src {src} --tgt {src} --alpha -1",
+        "bad-weights": "translate -m {run} -m {twin} -i {src} --ensemble-weights 1,-2",
     }
     stdin = {"bad-score-tabs": b"a dog\tein hund\nno tab here\n"}
     quoted = {k: shlex.quote(str(v)) for k, v in paths.items()}
@@ -194,6 +195,7 @@ FAILURES = {
     "bad-score-half": ("both --src and --tgt",),
     "bad-score-ensemble": ("cannot ensemble", "target vocabulary differs"),
     "bad-score-alpha": ("--alpha must not be negative",),
+    "bad-weights": ("--ensemble-weights", "must be >= 0"),
 }
 
 

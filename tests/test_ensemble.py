@@ -126,3 +126,25 @@ def test_members_with_other_vocabularies_are_refused(tmp_path: Path) -> None:
         small = Scripted(random_table(1, vocab=7), vocab=7)
         large = Scripted(random_table(1, vocab=9), vocab=9)
         GreedySearch(max_len_b=2)(EnsembleModel([small, large]), *batch([[4, 5]]))
+
+
+def test_weights_mix_the_members_in_proportion() -> None:
+    """Weights (1, 3): beam search equals brute force over 0.25 p_a + 0.75 p_b; weights (1, 0): member a."""
+    a, b = random_table(seed=3, scale=2.0), random_table(seed=11, scale=2.0)
+
+    def weighted(src: tuple, prefix: tuple) -> torch.Tensor:
+        lps = torch.stack([a(src, prefix).double() + math.log(0.25), b(src, prefix).double() + math.log(0.75)])
+        return torch.logsumexp(lps, 0).float()
+
+    pen = LengthPenalty("gnmt", 0.6)
+    src, lengths = batch(SOURCES)
+    search = BeamSearch(90, pen, early_stop=False, max_len_a=0.5, max_len_b=1, n_best=8)
+    out = search(EnsembleModel([Scripted(a, vocab=7), Scripted(b, vocab=7)], weights=[1, 3]), src, lengths)
+    for sent, hyps in zip(SOURCES, out):
+        assert_same(hyps, brute_force(Scripted(weighted, 7), tuple(sent), max_length(len(sent), 0.5, 1, 0), 0, pen)[:8])
+    only_a = search(EnsembleModel([Scripted(a, 7), Scripted(b, 7)], weights=[2, 0]), src, lengths)
+    alone = search(Scripted(a, 7), src, lengths)
+    assert [[(h.tokens, h.score) for h in x] for x in only_a] == [[(h.tokens, h.score) for h in x] for x in alone]
+    for bad in ([1], [1, -1], [0, 0]):
+        with pytest.raises(MTError, match="ensemble weights"):
+            EnsembleModel([Scripted(a, 7), Scripted(b, 7)], weights=bad)
