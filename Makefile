@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/translate_speed.py --int8 --ref-sentences 0 --breakdown none
 	$(BIN)/python benchmarks/decode_ablations.py
 	$(BIN)/python benchmarks/train_speed.py --ablations
+	$(BIN)/python benchmarks/data_scale.py --sizes 100000 --work $(or $(BENCH_DATA),/tmp/mt-bench-data)
 
 clean:
 	rm -rf $(VENV) runs data/synthetic .pytest_cache

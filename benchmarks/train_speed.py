@@ -190,7 +190,7 @@ def main() -> None:
     common.warn_if_loaded(device)
     vocab = common.joint_vocab(args)
     src, tgt = common.train_pairs(args, vocab)
-    batcher = TokenBatcher(src, tgt, args.batch_tokens, args.seed)
+    batcher = TokenBatcher.from_lists(src, tgt, args.batch_tokens, args.seed)
     batches = pick_batches(batcher, args.warmup_steps + args.steps)
     doc["setup"] = {
         "data": {"train": str(common.data_file(args, "train.en.gz")), "pairs": len(src),

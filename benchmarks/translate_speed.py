@@ -268,7 +268,7 @@ def trained_model(name, vocab, args, device) -> Seq2Seq:
         common.log(f"{name}: loaded {path.name}")
         return model
     src, tgt = common.train_pairs(args, vocab)
-    batches = TokenBatcher(src, tgt, 4096, args.seed)
+    batches = TokenBatcher.from_lists(src, tgt, 4096, args.seed)
     stepper = common.Stepper(name, model, device, lr=5e-4, warmup=min(4000, max(args.train_steps // 4, 1)))
     order = [b for e in range(100) for b in batches.epoch_batches(e)]
     t = time.perf_counter()

@@ -48,8 +48,9 @@ def _root(
 
 
 def _register() -> None:
-    from mt.cli import average, data, evaluate, export, score, serve, train, translate
+    from mt.cli import average, data, evaluate, export, prepare, score, serve, train, translate
 
+    app.command("prepare", help=prepare.__doc__, epilog=prepare.EPILOG)(prepare.prepare)
     app.command("train", help=train.__doc__, epilog=train.EPILOG)(train.train)
     app.command("translate", help=translate.__doc__, epilog=translate.EPILOG)(translate.translate)
     app.command("evaluate", help=evaluate.__doc__, epilog=evaluate.EPILOG)(evaluate.evaluate)

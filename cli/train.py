@@ -1,4 +1,4 @@
-"""Train a model from a YAML recipe and write a run directory (config, vocabulary, checkpoints, metrics)."""
+"""Train a model from a YAML recipe and write a run directory (config, vocabulary, checkpoints, metrics). The training corpora are read from a directory written by `mt prepare` (data.prepared), or prepared into RUN_DIR/prepared on the first start."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ Examples:
   mt train recipes/multi30k/transformer.yaml --run-dir runs/m30k --set train.max_steps=20000
   mt train --resume runs/m30k                      # continue a stopped or killed run exactly
   mt train --resume runs/m30k --set train.max_steps=40000
+  mt prepare big.yaml --out data/big-prep && mt train big.yaml --set data.prepared=data/big-prep
   torchrun --nproc_per_node 4 -m mt.cli.main train recipes/multi30k/transformer.yaml   # several GPUs
 """
 

@@ -32,6 +32,32 @@ class SettingError(MTError):
 
 
 @dataclass(frozen=True)
+class TrainCorpus:
+    """One training corpus of several (data.train): a pair of files or a known corpus, with a weight."""
+
+    #: files: the pair src / tgt below; synthetic / multi30k / tatoeba: the known corpus's training split
+    corpus: Literal["files", "synthetic", "multi30k", "tatoeba"] = "files"
+    src: str | None = None
+    tgt: str | None = None
+    #: how much of each epoch comes from this corpus (see data.temperature for the formula)
+    weight: float = 1.0
+    #: a name for logs and the manifest [default: the corpus, or the source file's name]
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.corpus == "files" and not (self.src and self.tgt):
+            raise MTError("data.train: a corpus of files needs src and tgt")
+        if self.corpus != "files" and (self.src or self.tgt):
+            raise MTError(f"data.train: corpus {self.corpus} takes no src / tgt files")
+        if not self.weight > 0:
+            raise MTError(f"data.train: weight must be > 0, got {self.weight}")
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.src).name if self.corpus == "files" and self.src else self.corpus)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     #: synthetic: the built-in generated pair; files: paths below; multi30k / tatoeba: known corpora
     corpus: Literal["synthetic", "files", "multi30k", "tatoeba"] = "synthetic"
@@ -48,8 +74,30 @@ class DataConfig:
     valid_tgt: str | None = None
     test_src: str | None = None
     test_tgt: str | None = None
+    #: several training corpora with weights, instead of train_src / train_tgt (or the corpus's own
+    #: training split); validation and test still come from the fields above
+    train: tuple[TrainCorpus, ...] = ()
+    #: corpus i (n_i pairs, weight w_i) gives round(N * (w_i n_i)^(1/T) / sum_j (w_j n_j)^(1/T)) pairs
+    #: of every epoch of N = sum_j n_j pairs: T = 1 is in proportion to weight x size, a larger T
+    #: flattens the mix towards equal shares (fairseq's multilingual temperature sampling)
+    temperature: float = 1.0
+    #: a directory written by `mt prepare` (memory-mapped token ids); without it, `mt train`
+    #: prepares the recipe's corpora into RUN_DIR/prepared
+    prepared: str | None = None
     #: training pairs longer than this many subword tokens (either side) are skipped
     max_len: int = 128
+    #: training pairs whose longer side has more than max_ratio x the tokens of the shorter are
+    #: skipped (0: no limit; 9 is the classic Moses clean-corpus-n rule)
+    max_ratio: float = 9.0
+    #: skip exact duplicate pairs (within each training corpus)
+    dedup: bool = True
+    #: skip pairs whose source is identical to their target (untranslated copies)
+    drop_identical: bool = True
+    #: lines with invalid UTF-8 or over the reader's byte limit: false: an error naming file and
+    #: line; true: the pair is skipped and counted
+    skip_invalid: bool = False
+    #: worker processes that encode while preparing (0: one per CPU core)
+    workers: int = 0
     #: tatoeba has no official split: this many pairs (chosen by seed) become valid / test
     valid_size: int = 1000
     test_size: int = 1000
@@ -63,7 +111,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_len < 1:
             raise MTError(f"data.max_len must be >= 1, got {self.max_len}")
-        if self.corpus == "files" and not (self.train_src and self.train_tgt):
+        if self.max_ratio < 0 or 0 < self.max_ratio < 1:
+            raise MTError(f"data.max_ratio must be 0 (no limit) or >= 1, got {self.max_ratio}")
+        if not self.temperature > 0:
+            raise MTError(f"data.temperature must be > 0, got {self.temperature}")
+        if self.workers < 0:
+            raise MTError(f"data.workers must be >= 0, got {self.workers}")
+        if self.train and (self.train_src or self.train_tgt):
+            raise MTError("data.train lists the training corpora: leave data.train_src / train_tgt unset")
+        if self.corpus == "files" and not self.train and not (self.train_src and self.train_tgt):
             raise MTError("data.corpus=files needs data.train_src and data.train_tgt")
         for split in ("train", "valid", "test"):
             src, tgt = getattr(self, f"{split}_src"), getattr(self, f"{split}_tgt")
@@ -281,6 +337,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise MTError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if dataclasses.is_dataclass(args[0]):
+                return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise MTError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))

@@ -1,14 +1,16 @@
-"""Tensor batches: padded source / target tensors and token-based, length-bucketed batches."""
+"""Tensor batches: padded source / target tensors, and token-based, length-bucketed batches over
+memory-mapped token arrays (mt/dataset.py)."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from mt.dataset import TokenArray
 from mt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -75,38 +77,117 @@ def token_batches(lengths: Sequence[int], batch_tokens: int, order: Sequence[int
     return batches
 
 
-class TokenBatcher:
-    """Length-bucketed token batches over an encoded parallel corpus.
+def greedy_bounds(padded: np.ndarray, batch_tokens: int) -> np.ndarray:
+    """Batch boundaries over items sorted by padded length (non-decreasing): each batch takes as many
+    items as fit, count x longest <= batch_tokens (token_batches' rule; an item over the budget gets
+    a batch of its own). One numpy search per batch, not per item."""
+    n, bounds, i = len(padded), [0], 0
+    while i < n:
+        most = max(1, batch_tokens // int(padded[i]))  # no batch starting here holds more
+        window = padded[i : i + most].astype(np.int64)
+        fits = window * np.arange(1, len(window) + 1) <= batch_tokens  # True, then False (monotone)
+        i += max(1, int(fits.sum()))
+        bounds.append(i)
+    return np.asarray(bounds, dtype=np.int64)
 
-    Sentences are sorted by (target, source) length with a seeded random tie-break, cut
-    into batches of at most `batch_tokens` padded tokens per side, and the batch order is
-    shuffled per epoch. `epoch_batches(epoch)` is a pure function of (seed, epoch), so a
-    resumed run sees exactly the batches it would have seen.
+
+def epoch_shares(sizes: Sequence[int], weights: Sequence[float], temperature: float = 1.0) -> list[int]:
+    """Pairs per epoch from each corpus: corpus i (n_i pairs, weight w_i) gives
+    round(N * (w_i n_i)^(1/T) / sum_j (w_j n_j)^(1/T)) of the N = sum_j n_j pairs of an epoch.
+    T = 1: in proportion to weight x size (all weights 1: every pair once); a larger T flattens the
+    mix towards equal shares, as fairseq's multilingual temperature sampling."""
+    mass = np.array([(w * n) ** (1.0 / temperature) if n else 0.0 for n, w in zip(sizes, weights)])
+    if not mass.sum():
+        return [0] * len(mass)
+    return [int(x) for x in np.rint(sum(sizes) * mass / mass.sum())]
+
+
+class TokenBatcher:
+    """Length-bucketed token batches over memory-mapped (or in-memory) token arrays, computed with
+    numpy from the offsets: no token is copied into Python objects.
+
+    An epoch draws its pairs from the corpora (`corpora`: (start, end, weight) pair ranges, shares
+    by `epoch_shares`: a corpus's pairs are repeated whole as often as its share allows, the rest
+    is a random subset), sorts them by padded length max(source, target) + 1, then target and
+    source length, with a random tie-break, cuts them greedily into batches of at most
+    `batch_tokens` padded tokens (`greedy_bounds`), and shuffles the batch order. `epoch_batches(epoch)` is a pure
+    function of (seed, epoch), so a resumed run sees exactly the batches it would have seen, and
+    every rank of a distributed run computes the same epoch and takes its own share of it.
     """
 
-    def __init__(self, src: list[list[int]], tgt: list[list[int]], batch_tokens: int, seed: int) -> None:
+    def __init__(self, src: TokenArray, tgt: TokenArray, batch_tokens: int, seed: int,
+                 corpora: Sequence[tuple[int, int, float]] = (), temperature: float = 1.0, max_len: int = 0) -> None:
         self.src, self.tgt = src, tgt
-        self.batch_tokens = batch_tokens
-        self.seed = seed
-        rng = random.Random(seed)
-        tie = [rng.random() for _ in src]
-        order = sorted(range(len(src)), key=lambda i: (len(tgt[i]), len(src[i]), tie[i]))
-        lengths = [max(len(s), len(t)) + 1 for s, t in zip(src, tgt)]
-        self.batches = token_batches(lengths, batch_tokens, order)
+        self.batch_tokens, self.seed = batch_tokens, seed
+        ls, lt = src.lengths(), tgt.lengths()
+        # sort key without its random bits: padded length, target length, source length (12 bits each)
+        self.key = ((np.minimum(np.maximum(ls, lt) + 1, 4095) << 24) | (np.minimum(lt, 4095) << 12)
+                    | np.minimum(ls, 4095)).astype(np.int64)
+        self.padded = (np.maximum(ls, lt) + 1).astype(np.int32)
+        fits = (ls <= max_len) & (lt <= max_len) if max_len else None
+        index = np.int32 if len(ls) < 2**31 else np.int64
+        self.members = []  # pair indices of each corpus that the batches may use
+        for start, end, _ in corpora or [(0, len(ls), 1.0)]:
+            ids = np.arange(start, end, dtype=index)
+            self.members.append(ids if fits is None else ids[fits[start:end]])
+        self.skipped = len(ls) - sum(len(m) for m in self.members)
+        weights = [w for _, _, w in corpora] or [1.0]
+        self.shares = epoch_shares([len(m) for m in self.members], weights, temperature)
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], batch_tokens: int,
+                   seed: int) -> "TokenBatcher":
+        return cls(TokenArray.from_lists(src), TokenArray.from_lists(tgt), batch_tokens, seed)
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pairs in length order, batch starts (+ the end), batch order) of an epoch."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1:]
+        rng = np.random.default_rng([self.seed, epoch])
+        parts = []
+        for members, share in zip(self.members, self.shares):
+            if not len(members):
+                continue
+            full, rest = divmod(share, len(members))
+            parts += [members] * full
+            if rest:
+                parts.append(members[np.sort(rng.choice(len(members), rest, replace=False))])
+        pairs = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        key = (self.key[pairs] << 24) | rng.integers(0, 1 << 24, len(pairs))
+        pairs = pairs[np.argsort(key, kind="stable")]
+        del key
+        bounds = greedy_bounds(self.padded[pairs], self.batch_tokens)
+        order = rng.permutation(len(bounds) - 1)
+        self._cache = (epoch, pairs, bounds, order)
+        return pairs, bounds, order
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self._epoch(0)[2])
 
-    def epoch_batches(self, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-        order = list(range(len(self.batches)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+    def epoch_batches(self, epoch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+        """This rank's batches of `epoch` (arrays of pair indices), in the order it trains on them;
+        every rank gets the same number of batches, and no two ranks share one."""
+        pairs, bounds, order = self._epoch(epoch)
         if world > 1:
-            usable = len(order) - len(order) % world  # every rank gets the same number of batches
-            order = order[:usable][rank::world]
-        return [self.batches[i] for i in order]
+            order = order[: len(order) - len(order) % world][rank::world]
+        return [pairs[bounds[i] : bounds[i + 1]] for i in order]
 
-    def collate(self, indices: Sequence[int]) -> Batch:
-        return collate([self.src[i] for i in indices], [self.tgt[i] for i in indices])
+    @property
+    def batches(self) -> list[np.ndarray]:
+        """The batches of epoch 0 in length order (validation)."""
+        pairs, bounds, _ = self._epoch(0)
+        return [pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def collate(self, indices: Sequence[int] | np.ndarray) -> Batch:
+        indices = np.asarray(indices, dtype=np.int64)
+        src = self.src.rows(indices, PAD_ID, after=EOS_ID)
+        lengths = self.src.offsets[indices + 1] - self.src.offsets[indices] + 1
+        tgt_lengths = self.tgt.offsets[indices + 1] - self.tgt.offsets[indices]
+        return Batch(torch.from_numpy(src), torch.from_numpy(lengths.astype(np.int64)),
+                     torch.from_numpy(self.tgt.rows(indices, PAD_ID, before=BOS_ID)),
+                     torch.from_numpy(self.tgt.rows(indices, PAD_ID, after=EOS_ID)),
+                     int(tgt_lengths.sum()) + len(indices))
 
 
 def filter_pairs(src: list[list[int]], tgt: list[list[int]], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:

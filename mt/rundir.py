@@ -9,6 +9,8 @@ they are, and the one check that a folder is a run.
       metrics.jsonl          one JSON object per log line / validation
       checkpoints/step_00001000/{model.safetensors, trainer_state.pt, meta.json}
       checkpoints/latest     name of the newest complete checkpoint
+      prepared/              the training corpora, prepared by the first start (mt/dataset.py), when
+                             the recipe names no data.prepared directory
       averaged.safetensors   `mt average`'s output (by default)
 
 Paths only, no torch: the command line checks a run directory before importing it. Writing and
@@ -29,6 +31,7 @@ TRAINER_STATE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # checkpoints/latest: the newest complete checkpoint's folder name
 AVERAGED = "averaged.safetensors"
+PREPARED = "prepared"  # RUN/prepared: the corpora prepared by `mt train` itself
 JOINT_VOCAB, SRC_VOCAB, TGT_VOCAB = "spm.model", "spm.src.model", "spm.tgt.model"
 
 

@@ -117,7 +117,8 @@ def grouped_split(src: list[str], tgt: list[str], valid: int, test: int, seed: i
     return {name: ([src[i] for i in sorted(idx)], [tgt[i] for i in sorted(idx)]) for name, idx in out.items()}
 
 
-def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
+def resolve_path(cfg: DataConfig, name: str | None) -> Path | None:
+    """A corpus file named by the recipe: as given, or under data.data_dir."""
     if name is None:
         return None
     p = Path(name)
@@ -130,8 +131,9 @@ def _resolve(cfg: DataConfig, name: str | None) -> Path | None:
     return under
 
 
-def load_corpus(cfg: DataConfig, seed: int = 1) -> dict[str, Split]:
-    """The train / valid / test splits named by the recipe (valid and test may be absent)."""
+def load_corpus(cfg: DataConfig, seed: int = 1, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict[str, Split]:
+    """The train / valid / test splits named by the recipe (valid and test may be absent); files are
+    read for the `splits` asked for only (the generated and split corpora are made whole)."""
     if cfg.corpus == "synthetic":
         from mt import synthetic
 
@@ -145,7 +147,7 @@ def load_corpus(cfg: DataConfig, seed: int = 1) -> dict[str, Split]:
         dest = Path(cfg.data_dir)
         download.fetch("multi30k", dest, Path(cfg.mirror) if cfg.mirror else None, langs=[cfg.src_lang, cfg.tgt_lang])
         paths = download.multi30k_split_paths(dest, cfg.src_lang, cfg.tgt_lang)
-        return {name: read_parallel(s, t) for name, (s, t) in paths.items()}
+        return {name: read_parallel(s, t) for name, (s, t) in paths.items() if name in splits}
     if cfg.corpus == "tatoeba":
         from mt import download
 
@@ -156,9 +158,9 @@ def load_corpus(cfg: DataConfig, seed: int = 1) -> dict[str, Split]:
         if {cfg.src_lang, cfg.tgt_lang} != {"en", "fr"}:
             raise MTError(f"the tatoeba corpus is English-French, not {cfg.src_lang}-{cfg.tgt_lang}")
         return grouped_split(src, tgt, cfg.valid_size, cfg.test_size, seed)
-    out = {"train": read_parallel(_resolve(cfg, cfg.train_src), _resolve(cfg, cfg.train_tgt))}
-    if cfg.valid_src and cfg.valid_tgt:
-        out["valid"] = read_parallel(_resolve(cfg, cfg.valid_src), _resolve(cfg, cfg.valid_tgt))
-    if cfg.test_src and cfg.test_tgt:
-        out["test"] = read_parallel(_resolve(cfg, cfg.test_src), _resolve(cfg, cfg.test_tgt))
+    out = {}
+    for name in splits:
+        src, tgt = getattr(cfg, f"{name}_src"), getattr(cfg, f"{name}_tgt")
+        if src and tgt:
+            out[name] = read_parallel(resolve_path(cfg, src), resolve_path(cfg, tgt))
     return out

@@ -29,15 +29,19 @@ from mt.checkpoint import (
     write_checkpoint,
 )
 from mt.config import Config, save_config
-from mt.data import TokenBatcher, filter_pairs
+from mt.data import TokenBatcher
+from mt.dataset import MANIFEST, PreparedData, sha256_file
 from mt.device import resolve_device
 from mt.files import atomic_copy, atomic_write_json, atomic_write_text
 from mt.models import build_model
-from mt.rundir import CONFIG, META, METRICS, TRAINER_STATE, WEIGHTS, is_run_dir, latest_checkpoint, vocab_files
+from mt.prepare import check_prepared, prepare
+from mt.rundir import (
+    CONFIG, META, METRICS, PREPARED, TRAINER_STATE, WEIGHTS, is_run_dir, latest_checkpoint, vocab_files,
+)
 from mt.search import build_search
 from mt.text import load_corpus
 from mt.translate import Translator
-from mt.vocab import PAD_ID, Vocab, train_vocab
+from mt.vocab import PAD_ID, Vocab
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,20 +333,31 @@ class Trainer:
         return min(self.cfg.data.max_len, positions - 1) if positions else self.cfg.data.max_len
 
     def _load_data(self) -> TrainData:
-        """Read the corpus, train (or copy) the vocabularies, encode and filter the training pairs."""
+        """The prepared training corpus (data.prepared, or RUN_DIR/prepared made here by rank 0 on
+        the first start), the run's vocabularies, and the validation set."""
         cfg, t = self.cfg, self.cfg.train
-        corpus = load_corpus(cfg.data, t.seed)
-        src_vocab, tgt_vocab = self._vocabs(corpus)
-        src, tgt = corpus["train"]
-        max_len = self._max_len()
-        train_src, train_tgt, dropped = filter_pairs(src_vocab.encode_batch(src), tgt_vocab.encode_batch(tgt), max_len)
-        if not train_src:
-            raise MTError(f"no training pairs left after filtering to {max_len} tokens (data.max_len, model.max_positions)")
-        self.log.info(f"{len(train_src)} training pairs ({dropped} filtered), vocab {len(src_vocab)}/{len(tgt_vocab)}")
-        batcher = TokenBatcher(train_src, train_tgt, t.batch_tokens, t.seed)
+        root = Path(cfg.data.prepared) if cfg.data.prepared else self.run_dir / PREPARED
+        if self.is_main and not cfg.data.prepared and not (root / MANIFEST).is_file():
+            own = vocab_files(self.run_dir, cfg.vocab.joint)[: 1 if cfg.vocab.joint else 2]
+            # a run started before prepared corpora existed keeps its vocabulary
+            vocab = own if own[0].is_file() else self._parent_vocab() if t.init_from else None
+            prepare(cfg, root, log=self.log.info, vocab_from=vocab, force=self.resume)
+        _barrier(self.world)
+        prepared = PreparedData.open(root)
+        check_prepared(prepared, cfg)
+        src_vocab, tgt_vocab = self._vocabs(prepared)
+        batcher = TokenBatcher(prepared.src, prepared.tgt, t.batch_tokens, t.seed,
+                               corpora=[(c["start"], c["end"], float(c["weight"])) for c in prepared.corpora],
+                               temperature=cfg.data.temperature, max_len=self._max_len())
         if len(batcher) < self.world:
             raise MTError(f"only {len(batcher)} batches for {self.world} processes; use a smaller train.batch_tokens")
-        valid, valid_batcher = self._validation_set(corpus.get("valid"), src_vocab, tgt_vocab)
+        shares = ", ".join(f"{c['name']} {n}" for c, n in zip(prepared.corpora, batcher.shares))
+        self.log.info(f"{prepared.manifest['pairs']} training pairs from {root}"
+                      + (f" ({batcher.skipped} longer than {self._max_len()} tokens skipped)" if batcher.skipped else "")
+                      + (f"; per epoch: {shares}" if len(prepared.corpora) > 1 else "")
+                      + f"; vocab {len(src_vocab)}/{len(tgt_vocab)}")
+        valid = load_corpus(cfg.data, t.seed, splits=("valid",)).get("valid")
+        valid, valid_batcher = self._validation_set(valid, src_vocab, tgt_vocab)
         return TrainData(src_vocab, tgt_vocab, batcher, valid, valid_batcher)
 
     def _validation_set(self, valid, src_vocab: Vocab, tgt_vocab: Vocab):
@@ -359,31 +374,35 @@ class Trainer:
                if not positions or max(len(a), len(b)) < positions]
         if len(ids) < len(vs):
             self.log.info(f"validation loss over {len(ids)} of {len(vs)} pairs (the others exceed model.max_positions)")
-        return (vs, vt), TokenBatcher([a for a, _ in ids], [b for _, b in ids], t.batch_tokens, 0)
+        return (vs, vt), TokenBatcher.from_lists([a for a, _ in ids], [b for _, b in ids], t.batch_tokens, 0)
 
-    def _vocabs(self, corpus) -> tuple[Vocab, Vocab]:
-        src_file, tgt_file = vocab_files(self.run_dir, self.cfg.vocab.joint)
-        init = self.cfg.train.init_from
-        if self.is_main and not src_file.is_file():
-            if init:
-                self._copy_parent_vocab(Path(init))
-            else:
-                src, tgt = corpus["train"]
-                v = self.cfg.vocab
-                self.log.info(f"training SentencePiece ({v.model_type}, {v.size} pieces, {'joint' if v.joint else 'separate'})")
-                if v.joint:
-                    train_vocab(src + tgt, src_file, v, self.cfg.train.seed)
-                else:
-                    train_vocab(src, src_file, v, self.cfg.train.seed)
-                    train_vocab(tgt, tgt_file, v, self.cfg.train.seed)
+    def _vocabs(self, prepared: PreparedData) -> tuple[Vocab, Vocab]:
+        """The run's SentencePiece model(s): those of the prepared corpus, copied into the run
+        directory on the first start and the same file on every resume."""
+        files = vocab_files(self.run_dir, self.cfg.vocab.joint)
+        theirs = prepared.vocab_files()
+        if t_init := self.cfg.train.init_from:
+            parent = self._parent_vocab()
+            if [sha256_file(p) for p in parent] != [sha256_file(p) for p in theirs]:
+                raise MTError(f"train.init_from: {t_init} has another vocabulary than the prepared corpus {prepared.root}; "
+                              "fine-tuning needs the same vocabulary (prepare with the parent's)")
+        for mine, source in zip(files, theirs):
+            if not mine.is_file():
+                if self.is_main:
+                    atomic_copy(source, mine)
+            elif sha256_file(mine) != prepared.manifest["vocab"][source.name]:
+                raise MTError(f"{mine} is not the vocabulary {prepared.root} was prepared with; "
+                              "a run keeps the vocabulary it started with")
         _barrier(self.world)
-        src_vocab = Vocab(src_file)
-        return src_vocab, (src_vocab if tgt_file == src_file else Vocab(tgt_file))
+        src_vocab = Vocab(files[0])
+        return src_vocab, (src_vocab if files[1] == files[0] else Vocab(files[1]))
 
-    def _copy_parent_vocab(self, parent: Path) -> None:
-        parent_run = parent if parent.is_dir() else parent.parent
+    def _parent_vocab(self) -> tuple[Path, ...]:
+        """train.init_from's SentencePiece model(s), after checking they fit this recipe."""
+        init = Path(self.cfg.train.init_from)
+        parent_run = init if init.is_dir() else init.parent
         if not is_run_dir(parent_run):
-            raise MTError(f"train.init_from: {parent} is not a run directory (no {CONFIG})")
+            raise MTError(f"train.init_from: {init} is not a run directory (no {CONFIG})")
         from mt.config import load_config
 
         parent_cfg = load_config(parent_run / CONFIG)
@@ -394,8 +413,8 @@ class Trainer:
                     f"train.init_from: the vocabulary differs ({parent_run} has vocab.{key}={theirs}, "
                     f"this recipe {ours}); fine-tuning needs the same vocabulary"
                 )
-        for src, dst in zip(vocab_files(parent_run, parent_cfg.vocab.joint), vocab_files(self.run_dir, self.cfg.vocab.joint)):
-            atomic_copy(src, dst)  # never a half-copied vocabulary that a resume would take as trained
+        files = vocab_files(parent_run, parent_cfg.vocab.joint)
+        return files[:1] if parent_cfg.vocab.joint else files
 
     def _build_model(self, data: TrainData) -> tuple[nn.Module, nn.Module]:
         """The model (initialised from train.init_from when fine-tuning), and the module the updates

@@ -260,8 +260,8 @@ USAGE_ERRORS = {
     "unknown-command": ("transl8", ("transl8",)),
 }
 
-HELP = ["", "train", "translate", "score", "evaluate", "average", "serve", "export", "data", "data get", "data list",
-        "data synthetic"]
+HELP = ["", "prepare", "train", "translate", "score", "evaluate", "average", "serve", "export", "data", "data get",
+        "data list", "data synthetic"]
 HELP_WITHOUT_EXAMPLES: dict[str, str] = {}  # commands whose help still lacks examples
 
 
