@@ -262,33 +262,38 @@ class Batcher:
             self.cond.notify_all()
 
     def cancel(self, job: Job) -> None:
-        """A request that timed out: drop it if no batch has taken it yet."""
+        """A request that timed out: drop it if no batch has taken it yet (and wake the worker, which
+        may be waiting on this job's batch wait)."""
         with self.cond:
             if not job.started and not job.cancelled:
                 job.cancelled = True
                 self.pending.remove(job)
                 self.pending_texts -= len(job.texts)
+                self.cond.notify_all()
 
     def _take(self) -> list[Job] | None:
         """Wait for a job, then for more until the first has waited batch_wait (a job that queued
         while the previous batch decoded waits no longer) or the budget is full; take the first job
-        and every queued job with its key, in arrival order, within the token budget."""
+        and every queued job with its key, in arrival order, within the token budget. The first job
+        may leave (timed out) during a wait: then the next one, if any, sets the wait and the budget."""
         with self.cond:
-            while not self.pending:
+            while True:
+                while not self.pending:
+                    if self.stopping:
+                        return None
+                    self.cond.wait()
                 if self.stopping:
-                    return None
-                self.cond.wait()
-            budget = self.served.batch_tokens or self.pending[0].decode.batch_tokens
-            deadline = self.pending[0].arrived + self.limits.batch_wait
-            while not self.stopping:
-                key = self.pending[0].key
-                if sum(j.cost for j in self.pending if j.key == key) >= budget:
                     break
-                left = deadline - time.monotonic()
+                first = self.pending[0]
+                budget = self.served.batch_tokens or first.decode.batch_tokens
+                if sum(j.cost for j in self.pending if j.key == first.key) >= budget:
+                    break
+                left = first.arrived + self.limits.batch_wait - time.monotonic()
                 if left <= 0:
                     break
                 self.cond.wait(left)
             first = self.pending[0]
+            budget = self.served.batch_tokens or first.decode.batch_tokens
             taken, used = [], 0
             for job in list(self.pending):
                 if job.key != first.key:
@@ -305,26 +310,33 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            jobs = self._take()
-            if jobs is None:
-                return
-            started = time.monotonic()
+            jobs: list[Job] = []
             try:
-                results = self.translate(jobs[0].decode, [t for j in jobs for t in j.texts], jobs[0].alignments)
+                taken = self._take()
+                if taken is None:
+                    return
+                jobs = taken
+                self._decode(jobs)
             except Exception as e:  # noqa: BLE001 - the worker outlives a failing batch
                 log.exception("batch of %d requests failed", len(jobs))
                 error = ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
                 for job in jobs:
                     job.resolve(error=error)
-                continue
-            pos = 0
-            for job in jobs:
-                job.resolve(results[pos: pos + len(job.texts)])
-                pos += len(job.texts)
-            self.batches, self.requests, self.texts = self.batches + 1, self.requests + len(jobs), self.texts + len(results)
-            self.busy += time.monotonic() - started
-            rate = len(results) / max(time.monotonic() - started, 1e-6)
-            self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
+
+    def _decode(self, jobs: list[Job]) -> None:
+        started = time.monotonic()
+        results = self.translate(jobs[0].decode, [t for j in jobs for t in j.texts], jobs[0].alignments)
+        pos = 0
+        for job in jobs:
+            job.resolve(results[pos: pos + len(job.texts)])
+            pos += len(job.texts)
+        self.batches, self.requests, self.texts = self.batches + 1, self.requests + len(jobs), self.texts + len(results)
+        self.busy += time.monotonic() - started
+        rate = len(results) / max(time.monotonic() - started, 1e-6)
+        self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
 
     def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False) -> list[Translation]:
         s = self.served
@@ -550,15 +562,19 @@ def create_app(service: TranslationService) -> FastAPI:
 
     @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {
         "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,
-                                                        "texts": 160, "decoding_seconds": 3.2}}}}}}})
-    async def health() -> dict[str, Any]:
-        """200 once the models are loaded and their workers run; per model: texts waiting, and the
-        batches, requests and texts decoded so far (requests / batches > 1: requests were batched together)
-        and the seconds spent decoding them (near the wall time: the model is the bottleneck)."""
-        return {"status": "ok", "models": {name: {"queued_texts": b.pending_texts, "batches": b.batches,
-                                                  "requests": b.requests, "texts": b.texts,
-                                                  "decoding_seconds": round(b.busy, 3)}
-                                           for name, b in service.batchers.items()}}
+                                                        "texts": 160, "decoding_seconds": 3.2,
+                                                        "worker": "running"}}}}}},
+        503: {"description": "A model's worker thread has stopped"}})
+    async def health() -> JSONResponse:
+        """200 once the models are loaded and their workers run (503 when a model's worker has stopped);
+        per model: texts waiting, and the batches, requests and texts decoded so far (requests / batches > 1:
+        requests were batched together) and the seconds spent decoding them (near the wall time: the model
+        is the bottleneck)."""
+        models = {name: {"queued_texts": b.pending_texts, "batches": b.batches, "requests": b.requests,
+                         "texts": b.texts, "decoding_seconds": round(b.busy, 3), "worker": "running" if b.alive() else "stopped"}
+                  for name, b in service.batchers.items()}
+        ok = all(b.alive() for b in service.batchers.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, 200 if ok else 503)
 
     @app.get("/info", summary="Served models, decoding defaults, limits, version")
     async def info() -> dict[str, Any]:
