@@ -54,6 +54,7 @@ def serve(
     max_beam: int = typer.Option(16, "--max-beam", help="Largest beam / n-best a request may ask for."),
     queue_size: int = typer.Option(1024, "--queue-size", help="Texts waiting per model; beyond: 503 with Retry-After."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds a request may take (queue included); beyond: 504."),
+    max_output_tokens: int = typer.Option(1024, "--max-output-tokens", help="Longest translation in tokens (of a text, or of each piece of a long one): a request's min_len, max_len_a or max_len_b above it is refused, a * length + b is cut to it."),
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer texts are translated in pieces \\[default: 1024 or the model's limit]."),
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug (access log at info)."),
 ) -> None:
@@ -63,7 +64,7 @@ def serve(
         if value is not None and value < 1:
             raise MTError(f"{name} must be >= 1, got {value}")
     for name, value in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-body", max_body),
-                        ("--max-beam", max_beam), ("--queue-size", queue_size)):
+                        ("--max-beam", max_beam), ("--queue-size", queue_size), ("--max-output-tokens", max_output_tokens)):
         if value < 1:
             raise MTError(f"{name} must be >= 1, got {value}")
     if queue_size < max_texts:
@@ -90,7 +91,8 @@ def serve(
     from mt.serve import Limits
 
     limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body=max_body, queue_size=queue_size,
-                    timeout=timeout, batch_wait=batch_wait_ms / 1000, max_beam=max_beam)
+                    timeout=timeout, batch_wait=batch_wait_ms / 1000, max_beam=max_beam,
+                    max_output_tokens=max_output_tokens)
     sock = _listen(host, port)  # before loading: a port in use fails at once
     try:
         service = _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens)

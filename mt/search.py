@@ -81,8 +81,10 @@ class Search:
         min_len: int = 0,
         n_best: int = 1,
         return_attention: bool = False,
+        max_len_cap: int | None = None,
     ) -> None:
         self.max_len_a, self.max_len_b, self.min_len = max_len_a, max_len_b, min_len
+        self.max_len_cap = max_len_cap  # a bound on a * source length + b (mt serve's --max-output-tokens)
         self.n_best = n_best
         self.return_attention = return_attention
 
@@ -109,6 +111,8 @@ class Search:
         """Longest hypothesis (tokens before eos) per sentence: a * source length + b."""
         lens = (src_lengths.float() * self.max_len_a + self.max_len_b).floor().long()
         lens = lens.clamp(min=max(self.min_len, 1))
+        if self.max_len_cap is not None:
+            lens = lens.clamp(max=self.max_len_cap)
         if model.max_tgt_positions is not None:
             lens = lens.clamp(max=model.max_tgt_positions - 1)
         return lens
@@ -360,8 +364,9 @@ class BeamSearch(Search):
         return finished
 
 
-def build_search(cfg: DecodeConfig, return_attention: bool = False) -> Search:
+def build_search(cfg: DecodeConfig, return_attention: bool = False, max_len_cap: int | None = None) -> Search:
     common = dict(
+        max_len_cap=max_len_cap,
         max_len_a=cfg.max_len_a,
         max_len_b=cfg.max_len_b,
         min_len=cfg.min_len,

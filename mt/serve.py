@@ -51,9 +51,10 @@ class Limits:
     timeout: float = 60.0  # seconds from arrival to answer (beyond: 504)
     batch_wait: float = 0.005  # seconds the worker waits for more requests before decoding
     max_beam: int = 16  # largest beam (and n-best, samples) a request may ask for
+    max_output_tokens: int = 1024  # longest translation (of a text or of a piece of a long one), in tokens
 
     def __post_init__(self) -> None:
-        for name in ("max_texts", "max_chars", "max_body", "queue_size", "max_beam"):
+        for name in ("max_texts", "max_chars", "max_body", "queue_size", "max_beam", "max_output_tokens"):
             if getattr(self, name) < 1:
                 raise MTError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.timeout > 0:
@@ -103,7 +104,7 @@ class TranslateRequest(BaseModel):
     temperature: float | None = Field(None, gt=0, description="Sampling temperature.")
     topk: int | None = Field(None, ge=0, description="Sample from the k most likely tokens (0: all).")
     topp: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Sampling seed.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Sampling seed.")
     alignments: bool = Field(False, description="Add each translation's word alignment from the attention "
                                                 "(pairs [source word, target word], as `mt translate --alignments`).")
     alignment_layer: int | None = Field(None, description="Decoder layer whose cross-attention aligns words "
@@ -147,10 +148,22 @@ def _error_doc(description: str, example: str) -> dict[str, Any]:
         "schema": ERROR_SCHEMA, "example": {"error": {"status": 0, "type": "...", "message": example}}}}}
 
 
-def request_decode(base: DecodeConfig, req: TranslateRequest, max_beam: int) -> DecodeConfig:
-    """The run's decoding section with the request's options, as `mt translate` combines them."""
+def request_decode(base: DecodeConfig, req: TranslateRequest, limits: Limits, decoder_layers: int | None = None) -> DecodeConfig:
+    """The run's decoding section with the request's options, as `mt translate` combines them.
+    decoder_layers: the model's (Transformer) decoder layers, which alignment_layer must name."""
+    max_beam, max_out = limits.max_beam, limits.max_output_tokens
     if req.greedy + req.sample + (req.beam is not None) > 1:
         raise ServeError(422, "invalid_options", "choose one of beam, greedy and sample")
+    for name in ("min_len", "max_len_b", "max_len_a"):
+        value = getattr(req, name)
+        if value is not None and value > max_out:
+            raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit on the "
+                                                     f"translation length ({max_out} tokens)")
+    if req.alignment_layer is not None and decoder_layers is not None \
+            and not -decoder_layers <= req.alignment_layer < decoder_layers:
+        raise ServeError(422, "invalid_options", f"alignment_layer {req.alignment_layer} does not exist: the model's "
+                                                 f"decoder has {decoder_layers} layers (0..{decoder_layers - 1}, "
+                                                 f"or -1..-{decoder_layers})")
     for name in ("beam", "n_best"):
         value = getattr(req, name)
         if value is not None and value > max_beam:
@@ -176,6 +189,9 @@ def request_decode(base: DecodeConfig, req: TranslateRequest, max_beam: int) -> 
         raise ServeError(422, "invalid_options", str(e)) from None
     if decode.search == "greedy" and decode.n_best > 1:
         raise ServeError(422, "invalid_options", "n_best > 1 needs beam search or sampling (the run decodes greedily)")
+    if decode.min_len > max_out:
+        raise ServeError(422, "invalid_options", f"min_len {decode.min_len} (the run's) is above this server's limit "
+                                                 f"on the translation length ({max_out} tokens)")
     if decode.search == "beam" and decode.beam > max_beam:
         raise ServeError(422, "invalid_options", f"beam {decode.beam} is above this server's limit ({max_beam})")
     return decode
@@ -343,7 +359,8 @@ class Batcher:
         if alignments:  # the one worker thread decodes: the model's setting holds for this batch
             s.run.model.set_attention_layer(decode.alignment_layer)
         translator = Translator(s.run.model, s.run.src_vocab, s.run.tgt_vocab,
-                                build_search(decode, return_attention=alignments), s.device,
+                                build_search(decode, return_attention=alignments,
+                                             max_len_cap=self.limits.max_output_tokens), s.device,
                                 s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
                                 warn=lambda msg: log.warning("%s", msg), alignments=alignments)
         return translator.translate(texts)
@@ -405,9 +422,11 @@ class TranslationService:
         except UnicodeDecodeError as e:
             raise ServeError(400, "invalid_utf8", f"the body is not valid UTF-8 (byte {e.start})") from None
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as e:
             raise ServeError(400, "invalid_json", f"the body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        except NonStandardNumber as e:
+            raise ServeError(400, "invalid_json", f"the body is not valid JSON: {e} is not a JSON number") from None
         if not isinstance(data, dict):
             raise ServeError(422, "invalid_request", f"the body must be a JSON object, not {type(data).__name__}")
         try:
@@ -431,7 +450,9 @@ class TranslationService:
         if name not in self.models:
             raise ServeError(404, "unknown_model", f"no model named {name!r} (served: {', '.join(self.models)})")
         model = self.models[name]
-        return model, texts, request_decode(model.run.config.decode, req, self.limits.max_beam), req.alignments
+        arch = model.run.config.model
+        layers = arch.dec_layers if arch.arch == "transformer" else None  # an RNN has one attention: any layer
+        return model, texts, request_decode(model.run.config.decode, req, self.limits, layers), req.alignments
 
     async def translate(self, model: ServedModel, texts: list[str], decode: DecodeConfig, arrived: float,
                         alignments: bool = False) -> list[Translation]:
@@ -455,6 +476,14 @@ class TranslationService:
         except asyncio.TimeoutError:
             batcher.cancel(job)
             raise ServeError(504, "timeout", f"no answer within the server's timeout ({self.limits.timeout:g} s)") from None
+
+
+class NonStandardNumber(Exception):
+    """NaN, Infinity or -Infinity in a body: Python's json accepts them, JSON does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonStandardNumber(name)
 
 
 def validation_message(e: ValidationError) -> str:

@@ -88,7 +88,7 @@ def stop_server(server: Server) -> None:
 @pytest.fixture(scope="module")
 def server(tiny_run: Path) -> Iterator[Server]:
     s = start_server(tiny_run, "--max-texts", "8", "--max-chars", "300", "--max-body", "4096", "--max-beam", "6",
-                     "--threads", "1")
+                     "--max-output-tokens", "500", "--threads", "1")
     yield s
     stop_server(s)
 
@@ -221,9 +221,41 @@ def test_health_info_and_openapi(server: Server, tiny_run: Path) -> None:
     ({"text": "a", "beam": 2, "n_best": 3}, 422, ["cannot exceed"]),
     ({"text": "a", "topp": 1.5}, 422, ["topp"]),
     ({"text": "a", "model": "nope"}, 404, ["no model named 'nope'"]),
+    # the translation length is bounded (--max-output-tokens 500): no request decodes for ever
+    ({"text": "a", "min_len": 501}, 422, ["min_len 501", "500 tokens"]),
+    ({"text": "a", "max_len_b": 100000000}, 422, ["max_len_b 100000000", "500 tokens"]),
+    ({"text": "a", "max_len_a": 1e6}, 422, ["max_len_a", "500 tokens"]),
+    # options the model or the search cannot take: a 422, not a 500
+    ({"text": "a", "alignments": True, "alignment_layer": 1}, 422, ["alignment_layer 1 does not exist", "1 layers"]),
+    ({"text": "a", "alignments": True, "alignment_layer": -2}, 422, ["alignment_layer -2"]),
+    ({"text": "a", "sample": True, "seed": 2**63}, 422, ["seed"]),
+    ({"text": "a", "sample": True, "seed": -1}, 422, ["seed"]),
+    (b'{"text": "a", "alpha": NaN}', 400, ["NaN is not a JSON number"]),
+    (b'{"text": "a", "max_len_a": Infinity}', 400, ["Infinity is not a JSON number"]),
+    (b'{"text": "a", "temperature": -Infinity}', 400, ["-Infinity"]),
 ], ids=lambda v: None)
 def test_bad_requests(server: Server, body, status: int, fragments: list[str]) -> None:
     error_of(post(server, body), status, *fragments)
+
+
+def test_options_at_their_limits(server: Server) -> None:
+    assert post(server, {"text": "a", "alignments": True, "alignment_layer": -1}).status_code == 200
+    assert post(server, {"text": "a", "sample": True, "seed": 2**63 - 1}).status_code == 200
+
+
+def test_search_length_cap(tiny_run: Path) -> None:
+    import torch
+
+    from mt.search import build_search
+    from mt.translate import load_run
+
+    run = load_run(tiny_run)
+    decode = replace(run.config.decode, max_len_a=1000.0, max_len_b=1000)
+    lengths = torch.tensor([3, 20])
+    assert build_search(decode).max_lengths(run.model, lengths).tolist() == [127, 127]  # the model's positions
+    assert build_search(decode, max_len_cap=7).max_lengths(run.model, lengths).tolist() == [7, 7]
+    assert build_search(replace(decode, max_len_a=0.5, max_len_b=1), max_len_cap=7).max_lengths(
+        run.model, lengths).tolist() == [2, 7]
 
 
 def test_body_size_limit(server: Server) -> None:
@@ -366,3 +398,23 @@ def test_health_is_503_when_a_worker_is_not_running(tiny_run: Path) -> None:
     with TestClient(create_app(service)) as running:
         r = running.get("/health")
         assert r.status_code == 200 and r.json()["models"]["m"]["worker"] == "running", r.text
+
+
+def test_output_length_is_capped(tiny_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mt.serve import Limits, ServedModel, TranslationService, create_app
+    from mt.translate import load_run
+
+    import torch
+
+    service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))],
+                                 Limits(max_output_tokens=12))
+    with TestClient(create_app(service)) as client:
+        # min_len 12 forbids eos before 12 tokens; a * length + b allows far more; the server's 12 ends it
+        r = client.post("/translate", json={"texts": TEXTS[:3], "greedy": True, "min_len": 12, "max_len_a": 12,
+                                            "max_len_b": 12})
+        assert r.status_code == 200, r.text
+        assert [len(t["tokens"]) for t in r.json()["translations"]] == [13, 13, 13]  # 12, then </s>
+        r = client.post("/translate", json={"text": TEXTS[2], "greedy": True, "max_len_b": 12, "max_len_a": 12})
+        assert len(r.json()["translations"][0]["tokens"]) <= 13, r.text
