@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from ctranslate2.specs import common_spec, transformer_spec
 
 from mt import MTError, __version__
 from mt.config import TransformerConfig
+from mt.files import publish, temp_dir
 from mt.translate import Run, load_run
 
 #: every TransformerConfig field and whether the spec can express its value; a field missing here
@@ -181,6 +181,25 @@ def decoding_options(run: Run) -> dict:
     return {"translate_batch": options, "notes": notes}
 
 
+def check_export_target(run_dir: Path, out: Path, force: bool) -> None:
+    """Refuse an --out that exporting could not write or must not replace: the run directory or a
+    folder holding it, an existing folder without --force, or (with --force) one that is not an
+    exported model (no mt_export.json): --force replaces an earlier export, nothing else."""
+    target, run = out.resolve(), run_dir.resolve()
+    if target == run or target in run.parents:
+        raise MTError(f"{out}: is the run directory {'itself' if target == run else 'or holds it'}; "
+                      "export to a new directory")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise MTError(f"{out}: already exists (use --force to replace it)")
+    if not out.is_dir():
+        raise MTError(f"{out}: exists and is not a directory")
+    if not (out / "mt_export.json").is_file():
+        raise MTError(f"{out}: exists and is not a model mt exported (no mt_export.json); --force only "
+                      "replaces an earlier export: remove it yourself or choose another --out")
+
+
 def export_ctranslate2(run_dir: str | Path, out: str | Path, checkpoint: str = "best",
                        quantization: str | None = None, force: bool = False) -> Path:
     """Write the CTranslate2 model of `run_dir` to `out` (a new directory; `force` replaces one).
@@ -188,16 +207,13 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, checkpoint: str = "
     run_dir, out = Path(run_dir), Path(out)
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise MTError(f"unknown quantization {quantization!r} (use {', '.join(QUANTIZATIONS)})")
-    if out.exists() and not force:
-        raise MTError(f"{out}: already exists (use --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise MTError(f"{out}: exists and is not a directory")
+    check_export_target(run_dir, out, force)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise MTError(f"{parent}: no such directory for the exported model")
     run = load_run(run_dir, "cpu", checkpoint)
     check_exportable(run.config.model)  # before any writing
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    tmp = temp_dir(parent, f".{out.name}.")
     try:
         model_dir = tmp / "model"
         CTranslate2Converter(run).convert(str(model_dir), quantization=quantization)
@@ -219,9 +235,15 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, checkpoint: str = "
             **decoding_options(run),
         }
         (model_dir / "mt_export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(model_dir, out)
+        old = tmp / "replaced"
+        if out.exists() or out.is_symlink():
+            os.replace(out, old)  # the earlier export moves aside (deleted below), never half-deleted
+        try:
+            publish(model_dir, out)
+        except OSError:
+            if old.exists() or old.is_symlink():
+                os.replace(old, out)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

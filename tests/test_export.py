@@ -23,7 +23,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import assert_clean_failure, run_mt
+from conftest import assert_clean_failure, copy_run, run_mt
 from mt import MTError, synthetic
 from mt.checkpoint import save_weights
 from mt.config import TransformerConfig, config_from_dict, load_config, save_config, to_dict
@@ -185,6 +185,31 @@ def test_cli_export_and_its_errors(tiny_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".x.")]
     r = run_mt("export", "-m", tiny_run, "--format", "ctranslate2", "--out", out, "--force", "-q", "int8")
     assert r.returncode == 0 and json.loads((out / "mt_export.json").read_text())["quantization"] == "int8", r.explain()
+
+
+def test_force_replaces_only_an_earlier_export(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "runs" / "run")
+    files = sorted(p.name for p in run.iterdir())
+    # --out naming the run directory or a folder that holds it: refused, even with --force
+    for out in (run, run.parent, tmp_path):
+        assert_clean_failure(run_mt("export", "-m", run, "--format", "ctranslate2", "--out", out, "--force"),
+                             "is the run directory")
+        assert sorted(p.name for p in run.iterdir()) == files
+    # a folder that is not an export: refused, left as it was
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine\n")
+    assert_clean_failure(run_mt("export", "-m", run, "--format", "ctranslate2", "--out", other, "--force"),
+                         "no mt_export.json")
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
+    # an earlier export is replaced whole; nothing temporary stays behind
+    out = tmp_path / "ct2"
+    assert run_mt("export", "-m", run, "--format", "ctranslate2", "--out", out).returncode == 0
+    (out / "stale.txt").write_text("from the earlier export\n")
+    r = run_mt("export", "-m", run, "--format", "ctranslate2", "--out", out, "--force")
+    assert r.returncode == 0, r.explain()
+    assert not (out / "stale.txt").exists() and (out / "mt_export.json").is_file() and (out / "model.bin").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ct2.")]
 
 
 def test_an_option_the_spec_lacks_is_named() -> None:
