@@ -253,9 +253,12 @@ class Trainer:
         self._prepare_run_dir()
         if self.cfg.train.tensorboard:
             self.log.open_tensorboard(self.run_dir)
-        self.data = self._load_data()
-        self.state = self._build_state(self.data)
-        return self._loop(self.state, self.data.batcher)
+        try:
+            self.data = self._load_data()
+            self.state = self._build_state(self.data)
+            return self._loop(self.state, self.data.batcher)
+        finally:  # the progress bar and TensorBoard's buffered events, on every way out (a DDP worker
+            self.log.finish()  # leaves through os._exit, see mt.cli.main, so nothing else would close them)
 
     def _loop(self, state: TrainState, batcher: TokenBatcher) -> dict[str, Any]:
         t, progress, opt = self.cfg.train, state.progress, state.opt
@@ -301,7 +304,6 @@ class Trainer:
         if state.last_saved != progress.step:
             self._validate_and_save(state, force_save=True)
         self._check_replicas()
-        self.log.finish()
         summary = {"step": progress.step, "stop": stop, "best_score": progress.best_score,
                    "best_step": progress.best_step, "metric": metric, "run_dir": str(self.run_dir)}
         if self.is_main:
@@ -802,6 +804,7 @@ class _Logger:
             self.bar = None
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
