@@ -749,3 +749,39 @@ def test_bfloat16_model_decodes_like_float32(name: str) -> None:
         set_decoding_dtype(copy.deepcopy(model), "float16", torch.device("cpu"))
     with pytest.raises(MTError, match="unknown dtype"):
         set_decoding_dtype(model, "float64", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layer", [0, -1])
+def test_asking_for_attention_never_changes_the_translation(layer: int) -> None:
+    """--json, --alignments and plots ask the search for the attention: the hypotheses, their scores
+    and token scores must be exactly those of the plain search (the weights are computed beside the
+    layer's SDPA output, never instead of it), for greedy and beam, whichever layer is returned."""
+    torch.manual_seed(0)
+    model = build_model(MODELS["transformer"], SRC_V, TGT_V).eval()
+    with torch.no_grad():
+        model.output.weight.normal_(0.0, 2.0)
+    model.set_attention_layer(layer)
+    lengths = [(i * 7) % 13 + 1 for i in range(40)]
+    src, src_lengths = random_batch(lengths, seed=5)
+    for make in (lambda att: GreedySearch(max_len_a=1.0, max_len_b=3, return_attention=att),
+                 lambda att: BeamSearch(4, LengthPenalty("gnmt", 0.6), max_len_a=1.0, max_len_b=3, n_best=2,
+                                        return_attention=att)):
+        plain, with_attention = make(False)(model, src, src_lengths), make(True)(model, src, src_lengths)
+        for hyps, hyps_att, n in zip(plain, with_attention, lengths):
+            assert [(h.tokens, h.score, h.log_prob, h.token_scores) for h in hyps] == \
+                   [(h.tokens, h.score, h.log_prob, h.token_scores) for h in hyps_att]
+            for h in hyps_att:
+                assert h.attention.shape == (len(h.tokens) + 1, n)
+                torch.testing.assert_close(h.attention.sum(-1), torch.ones(len(h.tokens) + 1), atol=1e-5, rtol=0)
+    # the decoder's logits too, teacher-forced, bit for bit
+    tgt_in = torch.cat([torch.full((40, 1), BOS_ID), torch.randint(4, TGT_V, (40, 6))], dim=1)
+    with torch.no_grad():
+        logits = model(src, src_lengths, tgt_in)
+        enc = model.encode(src, src_lengths)
+        for need in (False, True):
+            state = model.init_state(enc, 8, need_attention=need)
+            steps = [model.decode_step(tgt_in[:, t], state)[0] for t in range(tgt_in.size(1))]
+            if need:
+                assert torch.equal(torch.stack(steps, 1), reference)
+            reference = torch.stack(steps, 1)
+    assert logits.shape == reference.shape

@@ -89,6 +89,16 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = x.shape
         return x.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
 
+    def _weights(self, q: Tensor, k: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """softmax(QK^T / sqrt(Dh)) under the mask, averaged over heads: [B, T, S] (rows sum to 1)."""
+        scores = (q.float() @ k.float().transpose(-1, -2)) * (self.head_dim**-0.5)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if causal:
+            t, s = scores.shape[-2:]
+            scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1), float("-inf"))
+        return scores.softmax(-1).mean(dim=1).to(q.dtype)
+
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of the source: 2 x [B, H, S, Dh]."""
         k, v = self.kv(memory).chunk(2, dim=-1)
@@ -117,17 +127,10 @@ class MultiHeadAttention(nn.Module):
                 q = q.transpose(1, 2).reshape(b // group, group, self.heads, self.head_dim).transpose(1, 2)
         mask = key_mask[:, None, None, :] if key_mask is not None else None
         dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            # explicit softmax so the weights can be returned (attention plots, --json)
-            scores = (q @ k.transpose(-1, -2)) * (self.head_dim**-0.5)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            attn = scores.float().softmax(-1).to(q.dtype)
-            ctx = attn @ v
-            weights = attn.mean(dim=1)  # [B / g, T or g, S]
-        else:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        # the layer's output always comes from SDPA, so that asking for the weights (--json, alignments,
+        # plots) never changes the translation; the weights are computed beside it, only to be returned
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        weights = self._weights(q, k, mask, causal) if need_weights else None
         if group > 1:  # back to one row per query: [B / g, H, g, Dh] -> [B, 1, D]
             out = self.out(ctx.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
             return out, (weights.reshape(b, 1, -1) if weights is not None else None)
