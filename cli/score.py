@@ -91,10 +91,14 @@ def score(
                 pending.append((index, t))
                 yield s, t
 
+        where = "stdin" if src is None else str(tgt) if n_best_input else f"{src} and {tgt}"
         out = Output(output)
         try:
-            for scored in scorer.stream(pairs(), buffer_lines):
+            for number, scored in enumerate(scorer.stream(pairs(), buffer_lines), start=1):
                 index, text = pending.popleft()
+                if scored.error is not None:
+                    print(f"mt: warning: {where}, line {number}: {scored.error}: not scored, written as "
+                          f"{'an error' if as_json else '-inf'}", file=sys.stderr)
                 out.write(_format(scored, index, text, run, as_json, n_best_input, alignments))
             out.commit()
         except BaseException:
@@ -196,13 +200,17 @@ def _format(s, index: int, text: str, run, as_json: bool, n_best_input: bool, al
     from mt.align import pharaoh, word_alignment
 
     links = None
-    if alignments:
+    if alignments and s.error is not None:
+        links = []
+    elif alignments:
         links = word_alignment(s.attention, run.src_vocab.pieces(s.src_tokens), run.tgt_vocab.pieces(s.tokens))
     if as_json:
         obj = {"id": index, "log_prob": s.log_prob, "score": s.score,
                "tokens": run.tgt_vocab.pieces(s.tokens) + ["</s>"], "token_scores": s.token_log_probs}
         if n_best_input:
             obj["translation"] = text
+        if s.error is not None:  # strict JSON has no -inf
+            obj.update(log_prob=None, score=None, error=s.error)
         if links is not None:
             obj["alignment"] = [list(link) for link in links]
         return json.dumps(obj, ensure_ascii=False) + "\n"

@@ -175,6 +175,9 @@ def translate(
         torch.set_num_threads(threads)
 
     run = load_models(model, dev, checkpoint, weights)  # several: an ensemble
+    if (alignments or attention_plot is not None) and not run.model.has_attention:
+        raise MTError(f"{'--alignments' if alignments else '--attention-plot'}: the model has no attention "
+                      f"(an RNN with model.attention: none)")
     if int8:
         from mt.quantize import quantize_int8
 
@@ -212,7 +215,7 @@ def translate(
                 out.write(_format(tr, index, decode.n_best, scores, as_json, alignments))
                 if attention_plot is not None and tr.attention is not None:
                     save_attention_plot(attention_plot / f"{index + 1:06d}.png", tr.attention, tr.src_pieces,
-                                        tr.tgt_pieces)
+                                        tr.tokens)
             out.commit()
         except BaseException:
             out.abort()

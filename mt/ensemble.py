@@ -95,6 +95,10 @@ class EnsembleModel(Seq2Seq):
         #: log of each member's normalised weight (Python floats: no device, no dtype to follow)
         self.log_weights = [math.log(w / total) if w > 0 else float("-inf") for w in weights]
 
+    @property
+    def has_attention(self) -> bool:
+        return any(m.has_attention for m in self.members)
+
     def set_attention_layer(self, layer: int) -> None:
         for m in self.members:
             m.set_attention_layer(layer)
@@ -134,9 +138,10 @@ class EnsembleModel(Seq2Seq):
         valid logits: log_softmax leaves them unchanged)."""
         return self._mix([m(src, src_lengths, tgt_in).float().log_softmax(-1) for m in self.members])
 
-    def teacher_forced_attention(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
-        return torch.stack([m.teacher_forced_attention(src, src_lengths, tgt_in).float()
-                            for m in self.members]).mean(0)
+    def teacher_forced_attention(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """The mean attention of the members that have one (as decode_step); None when none has."""
+        found = [m.teacher_forced_attention(src, src_lengths, tgt_in) for m in self.members if m.has_attention]
+        return torch.stack([a.float() for a in found]).mean(0) if found else None
 
 
 def _smallest(values) -> int | None:

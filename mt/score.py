@@ -34,6 +34,9 @@ class Scored:
     token_log_probs: list[float]  # one per target piece, then eos
     attention: Tensor | None = None  # [pieces + 1, source pieces + 1] when asked for
     src_tokens: list[int] | None = None
+    #: why the pair was not scored (a side longer than the model allows): log_prob and score are then
+    #: -inf and token_log_probs empty, so that a filter drops it and the output keeps one line per pair
+    error: str | None = None
 
 
 class Scorer:
@@ -51,28 +54,34 @@ class Scorer:
         self.len_penalty = len_penalty or LengthPenalty("none")
         self.device = torch.device(device)
         self.batch_tokens = batch_tokens
+        if return_attention and not model.has_attention:
+            raise MTError("this model has no attention (an RNN with model.attention: none): it cannot align words")
         self.return_attention = return_attention
 
-    def _check(self, src: list[int], tgt: list[int], line: int) -> None:
+    def _too_long(self, src: Sequence[int], tgt: Sequence[int]) -> str | None:
+        """Why the model cannot score the pair (a side longer than its positions), or None."""
         limits = ((src, self.model.max_src_positions, "source"), (tgt, self.model.max_tgt_positions, "target"))
         for ids, limit, side in limits:
             if limit is not None and len(ids) + 1 > limit:
-                raise MTError(
-                    f"line {line}: the {side} has {len(ids)} subword tokens, more than the model's "
-                    f"{limit - 1}: it cannot be scored"
-                )
+                return f"the {side} has {len(ids)} subword tokens, more than the model's {limit - 1}"
+        return None
 
     @torch.inference_mode()
-    def score_ids(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
-                  first_line: int = 1) -> list[Scored]:
-        """Score id sequences (no bos/eos); results in input order."""
+    def score_ids(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) -> list[Scored]:
+        """Score id sequences (no bos/eos); results in input order. A pair longer than the model
+        allows is not scored: its Scored has -inf scores and `error` says why (a corpus filter keeps
+        going; the translator cuts long lines, but a forced target cannot be cut in step with its
+        source)."""
         if len(src_ids) != len(tgt_ids):
             raise ValueError("as many sources as targets")
+        results: list[Scored | None] = [None] * len(src_ids)
         for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-            self._check(list(s), list(t), first_line + i)
+            error = self._too_long(s, t)
+            if error is not None:
+                results[i] = Scored(log_prob=float("-inf"), score=float("-inf"), tokens=list(t), token_log_probs=[],
+                                    src_tokens=list(s), error=error)
         lengths = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)]
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        results: list[Scored | None] = [None] * len(lengths)
+        order = sorted((i for i in range(len(lengths)) if results[i] is None), key=lambda i: lengths[i], reverse=True)
         for batch in token_batches(lengths, self.batch_tokens, order):
             for i, scored in zip(batch, self._score_batch([src_ids[i] for i in batch], [tgt_ids[i] for i in batch])):
                 results[i] = scored
@@ -83,8 +92,9 @@ class Scorer:
         tgt_in = pad([[BOS_ID] + list(t) for t in tgts]).to(self.device)
         tgt_out = pad([list(t) + [EOS_ID] for t in tgts]).to(self.device)
         src, src_lengths = src.to(self.device), src_lengths.to(self.device)
-        lp = self.model(src, src_lengths, tgt_in).float().log_softmax(-1)  # [B, T, V]
-        token_lp = lp.gather(2, tgt_out[:, :, None])[:, :, 0].cpu()  # [B, T]
+        logits = self.model(src, src_lengths, tgt_in).float()  # [B, T, V]
+        # log_softmax at the target ids only: no second [B, T, V] tensor
+        token_lp = (logits.gather(2, tgt_out[:, :, None])[:, :, 0] - logits.logsumexp(-1)).cpu()  # [B, T]
         attention = None
         if self.return_attention:
             attention = self.model.teacher_forced_attention(src, src_lengths, tgt_in).float().cpu()
@@ -103,21 +113,19 @@ class Scorer:
             ))
         return out
 
-    def score(self, pairs: Sequence[tuple[str, str]], first_line: int = 1) -> list[Scored]:
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[Scored]:
         """Score (source, target) text pairs; an empty target scores the eos alone."""
         src_ids = self.src_vocab.encode_batch([s for s, _ in pairs])
         tgt_ids = self.tgt_vocab.encode_batch([t for _, t in pairs])
-        return self.score_ids(src_ids, tgt_ids, first_line)
+        return self.score_ids(src_ids, tgt_ids)
 
     def stream(self, pairs: Iterable[tuple[str, str]], buffer_lines: int = 1000) -> Iterator[Scored]:
         """Score an iterable of pairs chunk by chunk, in order, with bounded memory."""
         chunk: list[tuple[str, str]] = []
-        first = 1
         for pair in pairs:
             chunk.append(pair)
             if len(chunk) >= buffer_lines:
-                yield from self.score(chunk, first)
-                first += len(chunk)
+                yield from self.score(chunk)
                 chunk = []
         if chunk:
-            yield from self.score(chunk, first)
+            yield from self.score(chunk)

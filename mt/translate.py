@@ -30,10 +30,10 @@ class Translation:
     text: str  # best hypothesis, detokenised
     nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, score), best first
     src_pieces: list[str] = field(default_factory=list)
-    tgt_pieces: list[str] = field(default_factory=list)
     attention: torch.Tensor | None = None  # [target pieces + eos, source pieces + eos]
     pieces: int = 1  # > 1 when a too-long line was cut into pieces
-    tokens: list[str] = field(default_factory=list)  # best hypothesis: target pieces, then "</s>"
+    #: best hypothesis: target pieces, then "</s>" (the rows of `attention`); empty for an empty line
+    tokens: list[str] = field(default_factory=list)
     token_scores: list[float] = field(default_factory=list)  # log-probability of each of `tokens`
     #: (source word, target word) pairs over whitespace-separated words; None unless asked for
     alignment: list[tuple[int, int]] | None = None
@@ -128,7 +128,8 @@ class Translator:
 
         prefixes: target text each translation must start with ("" for none), one per line; the
         search continues from it (see mt.search.Search). A line cut into pieces has its prefix
-        forced on the first piece. An empty line with a prefix translates to the prefix."""
+        forced on the first piece. An empty line with a prefix is translated from an empty source:
+        the prefix is forced and the search continues after it, like any line's."""
         encoded = self.src_vocab.encode_batch(lines)
         prefix_ids = self.tgt_vocab.encode_batch(list(prefixes)) if prefixes is not None else [[] for _ in lines]
         if len(prefix_ids) != len(lines):
@@ -194,7 +195,6 @@ class Translator:
             text=nbest[0][0] if nbest else "",
             nbest=nbest,
             src_pieces=self.src_vocab.pieces(src_ids) + ["</s>"],
-            tgt_pieces=pieces if best else [],
             attention=best[0].attention if best else None,
             tokens=pieces,
             token_scores=token_scores,

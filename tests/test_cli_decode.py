@@ -47,6 +47,13 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     paths["bad_jsonl"].write_text('{"text": "a dog."}\n["not", "an", "object"]\n', encoding="utf-8")
     paths["long_prefix"] = ws / "long_prefix.txt"
     paths["long_prefix"].write_text(" ".join(["der hund"] * 200) + "\n", encoding="utf-8")
+    long_pairs = [("a dog sees the cat.", "der hund"), ("two cats.", " ".join(["der hund"] * 200)),
+                  ("three men.", "drei manner")]
+    for name, rows in (("pairs_src", [s for s, _ in long_pairs]), ("pairs_tgt", [t for _, t in long_pairs]),
+                       ("short_src", [long_pairs[0][0], long_pairs[2][0]]),
+                       ("short_tgt", [long_pairs[0][1], long_pairs[2][1]])):
+        paths[name] = ws / f"{name}.txt"
+        paths[name].write_text("".join(line + "\n" for line in rows), encoding="utf-8")
     paths["nbest"] = ws / "nbest.txt"
     paths["ensemble_out"] = ws / "ensemble.txt"
     commands = {
@@ -64,6 +71,9 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "nbest": "translate -m {run} --beam 4 --n-best 4 -i {src} -o {nbest}",
         "score": "score -m {run} --src {src} --tgt {src} --json --alignments",
         "score-ensemble": "score -m {run} -m {twin} --src {src} --tgt {src}",
+        "score-long": "score -m {run} --src {pairs_src} --tgt {pairs_tgt} --alignments",
+        "score-long-json": "score -m {run} --src {pairs_src} --tgt {pairs_tgt} --json",
+        "score-short": "score -m {run} --src {short_src} --tgt {short_tgt}",
         # failures
         "bad-ensemble": "translate -m {run} -m {other} -i {src}",
         "bad-prefix-count": "translate -m {run} -i {src} --prefix-file {short_prefixes}",
@@ -181,6 +191,22 @@ def test_rescoring_the_beams_n_best_list_gives_its_scores(results: dict) -> None
             assert float(sb) == pytest.approx(float(sa), abs=2e-4)
 
 
+def test_score_marks_an_over_long_pair_and_goes_on(results: dict) -> None:
+    """Corpus filtering: a pair longer than the model's positions keeps its line (-inf; "error" in
+    JSON) with a warning naming the files and line; the other pairs score as without it."""
+    out, short = lines(results["score-long"]), lines(results["score-short"])
+    assert len(out) == 3
+    assert out[1].split("\t")[:2] == ["-inf", "-inf"]
+    assert [line.split("\t")[:2] for line in (out[0], out[2])] == [line.split("\t") for line in short]
+    stderr = results["score-long"].stderr
+    assert "mt: warning:" in stderr and "pairs_src.txt and" in stderr and "pairs_tgt.txt, line 2:" in stderr
+    assert "more than the model's 127" in stderr
+    objs = [json.loads(line) for line in lines(results["score-long-json"])]
+    assert [o["id"] for o in objs] == [0, 1, 2]
+    assert objs[1]["score"] is None and objs[1]["log_prob"] is None and "more than the model's" in objs[1]["error"]
+    assert "error" not in objs[0] and objs[2]["log_prob"] == pytest.approx(float(short[1].split("\t")[0]), abs=1e-3)
+
+
 FAILURES = {
     "bad-ensemble": ("cannot ensemble", "/other", "target vocabulary differs"),
     "bad-prefix-count": ("has 5 lines but", "short_prefixes.txt has 3", "one prefix per input line"),
@@ -202,3 +228,29 @@ FAILURES = {
 @pytest.mark.parametrize("name", FAILURES)
 def test_bad_input_is_one_clear_error(results: dict, name: str) -> None:
     assert_clean_failure(results[name], *FAILURES[name])
+
+
+def test_alignments_of_a_model_without_attention_are_one_clear_error(tmp_path: Path) -> None:
+    """An RNN with model.attention: none has no attention to align with: --alignments (score and
+    translate) is one error, not a crash; translate --json gives an empty alignment."""
+    import yaml
+
+    from conftest import DEMO_RECIPE
+
+    recipe = yaml.safe_load(DEMO_RECIPE.read_text(encoding="utf-8"))
+    recipe["model"] = {"arch": "rnn", "attention": "none", "emb_dim": 8, "hidden": 16, "enc_layers": 1,
+                       "dec_layers": 1}
+    (tmp_path / "rnn.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    run = tmp_path / "rnn"
+    settings = ["train.max_steps=2", "train.valid_every=2", "data.synthetic_train=200", "data.synthetic_valid=10",
+                "data.synthetic_test=10", "vocab.size=200", "vocab.byte_fallback=false", "train.batch_tokens=400"]
+    r = run_mt("train", tmp_path / "rnn.yaml", "--run-dir", run, *[a for s in settings for a in ("--set", s)], cwd=tmp_path)
+    assert r.returncode == 0, r.explain()
+    src = tmp_path / "src.txt"
+    src.write_text("a dog sees the cat.\n\nthree men.\n", encoding="utf-8")
+    assert_clean_failure(run_mt("score", "-m", run, "--src", src, "--tgt", src, "--alignments", cwd=tmp_path),
+                         "no attention")
+    assert_clean_failure(run_mt("translate", "-m", run, "-i", src, "--alignments", cwd=tmp_path), "--alignments",
+                         "no attention")
+    objs = [json.loads(line) for line in lines(run_mt("translate", "-m", run, "-i", src, "--json", cwd=tmp_path))]
+    assert [o["alignment"] for o in objs] == [[], [], []]

@@ -73,7 +73,30 @@ def test_an_empty_target_scores_the_eos(name: str) -> None:
     assert s.score == pytest.approx(s.log_prob / float(PEN(1.0)))
 
 
-def test_a_target_longer_than_the_model_allows_is_a_clear_error() -> None:
+def test_a_pair_longer_than_the_model_allows_is_marked_and_the_others_are_scored() -> None:
+    """Corpus filtering goes on past an over-long pair: it gets -inf and the reason, in its place."""
     model = random_model("transformer")  # 64 positions
-    with pytest.raises(MTError, match="line 2: the target has 64 subword tokens, more than the model's 63"):
-        scorer(model).score_ids([[4], [5]], [[4], [4] * 64])
+    src, tgt = [[4], [5], [4] * 64, [6, 7]], [[4], [4] * 64, [5], [8]]
+    out = scorer(model).score_ids(src, tgt)
+    assert len(out) == 4
+    assert out[1].error == "the target has 64 subword tokens, more than the model's 63"
+    assert out[2].error == "the source has 64 subword tokens, more than the model's 63"
+    for bad in (out[1], out[2]):
+        assert bad.log_prob == bad.score == float("-inf") and bad.token_log_probs == []
+    alone = scorer(model).score_ids([src[0], src[3]], [tgt[0], tgt[3]])
+    for got, want in zip((out[0], out[3]), alone):
+        assert got.error is None and got.log_prob == pytest.approx(want.log_prob, abs=1e-6)
+
+
+def test_a_model_without_attention_has_none_to_align() -> None:
+    plain, attentive = random_model("none-gru"), random_model("transformer")
+    src, lengths = random_batch(LENGTHS)
+    tgt_in = torch.cat([torch.full((len(LENGTHS), 1), BOS_ID), torch.full((len(LENGTHS), 3), 5)], dim=1)
+    with torch.no_grad():
+        assert not plain.has_attention and plain.teacher_forced_attention(src, lengths, tgt_in) is None
+        assert EnsembleModel([plain, plain]).teacher_forced_attention(src, lengths, tgt_in) is None
+        mixed = EnsembleModel([plain, attentive]).teacher_forced_attention(src, lengths, tgt_in)
+        torch.testing.assert_close(mixed, attentive.teacher_forced_attention(src, lengths, tgt_in).float())
+    with pytest.raises(MTError, match="no attention"):
+        Scorer(plain, None, None, PEN, return_attention=True)
+    assert Scorer(EnsembleModel([plain, attentive]), None, None, PEN, return_attention=True).return_attention

@@ -120,6 +120,12 @@ class Seq2Seq(nn.Module):
     max_src_positions: int | None = None
     max_tgt_positions: int | None = None
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether decode_step can return an attention over the source (word alignments, plots);
+        False for an RNN without attention (`model.attention: none`)."""
+        return True
+
     def set_attention_layer(self, layer: int) -> None:
         """Which attention `decode_step` returns when asked for it (alignments, plots). Models with
         one attention (RNNs) have nothing to choose; the Transformer picks a decoder layer."""
@@ -143,8 +149,11 @@ class Seq2Seq(nn.Module):
         """Teacher-forced logits [B, T, V] for target inputs tgt_in [B, T] (bos-prefixed)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def teacher_forced_attention(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
-        """Attention [B, T, S] of the teacher-forced pass, computed with decode_step."""
+    def teacher_forced_attention(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """Attention [B, T, S] of the teacher-forced pass, computed with decode_step; None for a model
+        without attention (has_attention False)."""
+        if not self.has_attention:
+            return None
         enc = self.encode(src, src_lengths)
         state = self.init_state(enc, tgt_in.size(1), need_attention=True)
         rows = []

@@ -319,6 +319,10 @@ def build_decoder(cfg: RNNConfig, enc_dim: int) -> DecoderBase:
 
 
 class RNNSeq2Seq(Seq2Seq):
+    @property
+    def has_attention(self) -> bool:
+        return self.cfg.attention != "none"
+
     def __init__(self, cfg: RNNConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
