@@ -91,6 +91,10 @@ class TranslateRequest(BaseModel):
     text: str | None = Field(None, description="One text to translate.", examples=["A man is riding a bicycle."])
     texts: list[str] | None = Field(None, description="Texts to translate, answered in this order.",
                                     examples=[["A man is riding a bicycle.", "Two dogs play in the snow."]])
+    prefix: str | None = Field(None, description="With text: target text the translation must start with "
+                                                 "(the search continues from it, as `mt translate --prefix-file`).",
+                               examples=["Ein Mann"])
+    prefixes: list[str] | None = Field(None, description="With texts: one target prefix per text (\"\" for none).")
     model: str | None = Field(None, description="Served model name (GET /info); default: the first one.")
     beam: int | None = Field(None, ge=1, description="Beam size (beam search).", examples=[5])
     greedy: bool = Field(False, description="Greedy search.")
@@ -137,6 +141,8 @@ REQUEST_EXAMPLES = {
     "text": {"summary": "One text, greedy", "value": {"text": "A little girl is climbing a tree.", "greedy": True}},
     "nbest": {"summary": "3-best list of a beam of 5",
               "value": {"text": "A woman sings on a stage.", "beam": 5, "n_best": 3}},
+    "prefix": {"summary": "A translation that starts with a given prefix",
+               "value": {"text": "A man is riding a bicycle.", "prefix": "Ein Mann"}},
     "alignments": {"summary": "Word alignments", "value": {"text": "Two dogs play in the snow.", "alignments": True}},
 }
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
@@ -212,6 +218,7 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     alignments: bool = False
+    prefixes: list[str] | None = None  # target prefixes, one per text
     # jobs batch together when their keys are equal; sampling depends on the batch, so it never does
     key: Any = None
     arrived: float = field(default_factory=time.monotonic)
@@ -341,7 +348,10 @@ class Batcher:
 
     def _decode(self, jobs: list[Job]) -> None:
         started = time.monotonic()
-        results = self.translate(jobs[0].decode, [t for j in jobs for t in j.texts], jobs[0].alignments)
+        texts = [t for j in jobs for t in j.texts]
+        # prefixed and plain texts share a batch: "" is no prefix, and a text's output does not depend on the others'
+        prefixes = [p for j in jobs for p in (j.prefixes or [""] * len(j.texts))] if any(j.prefixes for j in jobs) else None
+        results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes)
         pos = 0
         for job in jobs:
             job.resolve(results[pos: pos + len(job.texts)])
@@ -354,7 +364,8 @@ class Batcher:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False) -> list[Translation]:
+    def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False,
+                  prefixes: list[str] | None = None) -> list[Translation]:
         s = self.served
         if alignments:  # the one worker thread decodes: the model's setting holds for this batch
             s.run.model.set_attention_layer(decode.alignment_layer)
@@ -363,7 +374,7 @@ class Batcher:
                                              max_len_cap=self.limits.max_output_tokens), s.device,
                                 s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
                                 warn=lambda msg: log.warning("%s", msg), alignments=alignments)
-        return translator.translate(texts)
+        return translator.translate(texts, prefixes=prefixes)
 
 
 class TranslationService:
@@ -415,8 +426,9 @@ class TranslationService:
             "precision": m.precision,
         }
 
-    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig, bool]:
-        """A request body -> (model, texts, decoding options), or a ServeError saying what is wrong."""
+    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig, bool, list[str] | None]:
+        """A request body -> (model, texts, decoding options, alignments, target prefixes or None), or a
+        ServeError saying what is wrong."""
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -435,11 +447,19 @@ class TranslationService:
             raise ServeError(422, "invalid_request", validation_message(e)) from None
         if (req.text is None) == (req.texts is None):
             raise ServeError(422, "invalid_request", "give either \"text\" (a string) or \"texts\" (a list of strings)")
+        if req.prefix is not None and req.text is None:
+            raise ServeError(422, "invalid_request", "\"prefix\" goes with \"text\"; with \"texts\" give \"prefixes\" (a list)")
+        if req.prefixes is not None and req.texts is None:
+            raise ServeError(422, "invalid_request", "\"prefixes\" goes with \"texts\"; with \"text\" give \"prefix\" (a string)")
         texts = [req.text] if req.text is not None else list(req.texts or [])
         if len(texts) > self.limits.max_texts:
             raise ServeError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is {self.limits.max_texts}")
-        for i, t in enumerate(texts):
-            where = "text" if req.text is not None else f"texts[{i}]"
+        prefixes = [req.prefix] if req.prefix is not None else req.prefixes
+        if prefixes is not None and len(prefixes) != len(texts):
+            raise ServeError(422, "invalid_request", f"{len(prefixes)} prefixes for {len(texts)} texts: give one per text (\"\" for none)")
+        named = [("text" if req.text is not None else f"texts[{i}]", t) for i, t in enumerate(texts)]
+        named += [("prefix" if req.prefix is not None else f"prefixes[{i}]", p) for i, p in enumerate(prefixes or [])]
+        for where, t in named:
             if len(t) > self.limits.max_chars:
                 raise ServeError(413, "text_too_long", f"{where} has {len(t)} characters; the limit is {self.limits.max_chars}")
             try:
@@ -452,17 +472,34 @@ class TranslationService:
         model = self.models[name]
         arch = model.run.config.model
         layers = arch.dec_layers if arch.arch == "transformer" else None  # an RNN has one attention: any layer
-        return model, texts, request_decode(model.run.config.decode, req, self.limits, layers), req.alignments
+        decode = request_decode(model.run.config.decode, req, self.limits, layers)
+        if prefixes is not None:
+            self._check_prefixes(model, prefixes, req.prefix is not None)
+            if not any(prefixes):
+                prefixes = None
+        return model, texts, decode, req.alignments, prefixes
+
+    def _check_prefixes(self, model: ServedModel, prefixes: list[str], single: bool) -> None:
+        """A prefix longer than a translation may be (the server's limit, the model's positions) is a
+        422 here, not an error that would fail the whole batch it joins."""
+        limit = self.limits.max_output_tokens
+        if model.run.model.max_tgt_positions is not None:
+            limit = min(limit, model.run.model.max_tgt_positions - 1)
+        for i, ids in enumerate(model.run.tgt_vocab.encode_batch(prefixes)):
+            if len(ids) > limit:
+                where = "prefix" if single else f"prefixes[{i}]"
+                raise ServeError(422, "prefix_too_long", f"{where} has {len(ids)} target tokens; a translation "
+                                                         f"may have at most {limit}")
 
     async def translate(self, model: ServedModel, texts: list[str], decode: DecodeConfig, arrived: float,
-                        alignments: bool = False) -> list[Translation]:
+                        alignments: bool = False, prefixes: list[str] | None = None) -> list[Translation]:
         if not texts:
             return []
         loop = asyncio.get_running_loop()
         rows = max(build_search(decode).rows_per_sentence, 1)
         cost = sum(len(ids) + 1 for ids in model.run.src_vocab.encode_batch(texts)) * rows
         key = object() if decode.search == "sampling" else (decode, alignments)
-        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, key)
+        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, prefixes, key)
         batcher = self.batchers[model.name]
         try:
             batcher.submit(job)
@@ -585,8 +622,8 @@ def create_app(service: TranslationService) -> FastAPI:
     async def translate(request: Request) -> dict[str, Any]:
         arrived = time.monotonic()
         body = await read_body(request, service.limits.max_body)
-        model, texts, decode, alignments = service.parse(body)
-        results = await service.translate(model, texts, decode, arrived, alignments)
+        model, texts, decode, alignments, prefixes = service.parse(body)
+        results = await service.translate(model, texts, decode, arrived, alignments, prefixes)
         return {"model": model.name, "translations": [format_translation(r, decode.n_best, alignments) for r in results]}
 
     @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {

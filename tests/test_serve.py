@@ -101,10 +101,12 @@ def unbatched(tiny_run: Path):
 
     run = load_run(tiny_run)
 
-    def translate(texts: list[str], **decode) -> list[str]:
+    def translate(texts: list[str], prefixes: list[str] | None = None, **decode) -> list[str]:
         translator = Translator(run.model, run.src_vocab, run.tgt_vocab,
                                 build_search(replace(run.config.decode, **decode)))
-        return [translator.translate([t])[0].text for t in texts]
+        if prefixes is None:
+            return [translator.translate([t])[0].text for t in texts]
+        return [translator.translate([t], prefixes=[p])[0].text for t, p in zip(texts, prefixes)]
 
     return translate
 
@@ -221,6 +223,12 @@ def test_health_info_and_openapi(server: Server, tiny_run: Path) -> None:
     ({"text": "a", "beam": 2, "n_best": 3}, 422, ["cannot exceed"]),
     ({"text": "a", "topp": 1.5}, 422, ["topp"]),
     ({"text": "a", "model": "nope"}, 404, ["no model named 'nope'"]),
+    ({"texts": ["a"], "prefix": "b"}, 422, ['"prefix" goes with "text"']),
+    ({"text": "a", "prefixes": ["b"]}, 422, ['"prefixes" goes with "texts"']),
+    ({"texts": ["a", "b"], "prefixes": ["c"]}, 422, ["1 prefixes for 2 texts"]),
+    ({"texts": ["a"], "prefixes": [3]}, 422, ["prefixes[0]", "valid string"]),
+    ({"text": "a", "prefix": "b" * 301}, 413, ["prefix has 301 characters"]),
+    ({"text": "a", "prefix": "a " * 149 + "a"}, 422, ["prefix has", "at most 127"]),
     # the translation length is bounded (--max-output-tokens 500): no request decodes for ever
     ({"text": "a", "min_len": 501}, 422, ["min_len 501", "500 tokens"]),
     ({"text": "a", "max_len_b": 100000000}, 422, ["max_len_b 100000000", "500 tokens"]),
@@ -256,6 +264,33 @@ def test_search_length_cap(tiny_run: Path) -> None:
     assert build_search(decode, max_len_cap=7).max_lengths(run.model, lengths).tolist() == [7, 7]
     assert build_search(replace(decode, max_len_a=0.5, max_len_b=1), max_len_cap=7).max_lengths(
         run.model, lengths).tolist() == [2, 7]
+
+
+def test_target_prefixes(server: Server, unbatched) -> None:
+    plain = unbatched(TEXTS[:4])
+    # texts 0 and 2 get a prefix that is not how they would start: a word of another translation
+    words = sorted({w for t in unbatched(TEXTS) for w in t.split()})
+    prefixes = [next(w for w in words if not plain[i].startswith(w)) if i % 2 == 0 else "" for i in range(4)]
+    expected = unbatched(TEXTS[:4], prefixes)
+    r = post(server, {"texts": TEXTS[:4], "prefixes": prefixes})
+    assert r.status_code == 200, r.text
+    got = [t["translation"] for t in r.json()["translations"]]
+    assert got == expected
+    assert all(g.startswith(p) for g, p in zip(got, prefixes)) and got[1] == plain[1] and got[0] != plain[0]
+    r = post(server, {"text": TEXTS[0], "prefix": prefixes[0], "beam": 3})
+    assert r.json()["translations"][0]["translation"] == unbatched(TEXTS[:1], prefixes[:1], search="beam", beam=3)[0]
+
+    # concurrent prefixed and plain requests batch together and get what each gets alone
+    requests = [{"text": TEXTS[i % 4], "prefix": prefixes[i % 4]} if i % 3 else {"text": TEXTS[i % 4]} for i in range(12)]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(client.post(server.url + "/translate", json=b) for b in requests))
+
+    for body, r in zip(requests, asyncio.run(fire())):
+        assert r.status_code == 200, r.text
+        i = TEXTS.index(body["text"])
+        assert r.json()["translations"][0]["translation"] == (expected[i] if "prefix" in body else plain[i])
 
 
 def test_body_size_limit(server: Server) -> None:
