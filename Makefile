@@ -8,6 +8,10 @@ BIN    := $(VENV)/bin
 TORCH_INDEX ?=
 MT     := $(BIN)/mt
 DEMO   := runs/demo
+# a trained Transformer run (and the Multi30k folder) for the serve and CTranslate2 benchmarks:
+#   make bench BENCH_RUN=runs/m30k BENCH_M30K=/work/data/multi30k
+BENCH_RUN  ?=
+BENCH_M30K ?= /work/data/multi30k
 
 .PHONY: install test demo bench clean
 
@@ -39,6 +43,14 @@ bench: install
 	$(BIN)/python benchmarks/decode_ablations.py
 	$(BIN)/python benchmarks/train_speed.py --ablations
 	$(BIN)/python benchmarks/data_scale.py --sizes 100000 --work $(or $(BENCH_DATA),/tmp/mt-bench-data)
+	@if [ -z "$(BENCH_RUN)" ]; then \
+		echo "make bench: serve_load.py and ctranslate2_speed.py skipped: they need a trained run" \
+		     "(make bench BENCH_RUN=runs/m30k)"; \
+	else \
+		$(BIN)/python benchmarks/serve_load.py $(BENCH_RUN) --data $(BENCH_M30K) --requests 200 \
+			--concurrency 1,8,64 --max-seconds 60 && \
+		$(BIN)/python benchmarks/ctranslate2_speed.py $(BENCH_RUN) --data $(BENCH_M30K) --lines 200; \
+	fi
 
 clean:
 	rm -rf $(VENV) runs data/synthetic .pytest_cache

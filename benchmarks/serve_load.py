@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from mt.config import load_config  # noqa: E402
+from mt.rundir import CONFIG  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -187,7 +188,7 @@ def _r(x: float | None) -> float | None:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.run / "config.yaml")
+    cfg = load_config(args.run / CONFIG)
     source = args.input or Path(args.data) / f"test_2016_flickr.{cfg.data.src_lang}.gz"
     lines = read_source(source, args.requests)
     serve_extra = shlex.split(args.serve_args) + (["--int8"] if args.int8 else [])
