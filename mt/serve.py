@@ -226,14 +226,18 @@ class Job:
     cancelled: bool = False
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Hand the result to the request's event loop (called from the worker thread)."""
+        """Hand the result to the request's event loop (called from the worker thread); nothing when
+        that loop has closed (the request is gone)."""
         def done() -> None:
             if not self.future.done():
                 if error is not None:
                     self.future.set_exception(error)
                 else:
                     self.future.set_result(result)
-        self.loop.call_soon_threadsafe(done)
+        try:
+            self.loop.call_soon_threadsafe(done)
+        except RuntimeError:  # the event loop is closed
+            pass
 
 
 @dataclass

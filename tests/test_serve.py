@@ -453,3 +453,30 @@ def test_output_length_is_capped(tiny_run: Path) -> None:
         assert [len(t["tokens"]) for t in r.json()["translations"]] == [13, 13, 13]  # 12, then </s>
         r = client.post("/translate", json={"text": TEXTS[2], "greedy": True, "max_len_b": 12, "max_len_a": 12})
         assert len(r.json()["translations"][0]["tokens"]) <= 13, r.text
+
+
+def test_a_failing_batch_gets_500_and_the_worker_goes_on(tiny_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mt.serve import Limits, ServedModel, TranslationService, create_app
+    from mt.translate import load_run
+
+    import torch
+
+    service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))], Limits())
+    batcher = service.batchers["m"]
+    decode = batcher.translate
+    failures = [RuntimeError("out of memory")]
+
+    def translate(*args, **kwargs):  # the first batch fails, as a decoding error would make it
+        if failures:
+            raise failures.pop()
+        return decode(*args, **kwargs)
+
+    batcher.translate = translate
+    with TestClient(create_app(service)) as client:
+        r = client.post("/translate", json={"text": TEXTS[0]})
+        assert r.status_code == 500 and "out of memory" in r.json()["error"]["message"], r.text
+        assert client.get("/health").status_code == 200
+        r = client.post("/translate", json={"text": TEXTS[0]})
+        assert r.status_code == 200 and r.json()["translations"][0]["translation"], r.text
