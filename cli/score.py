@@ -2,7 +2,7 @@
 
 Each line gets the model's total log-probability of the target (every subword piece and the final eos) and its length-normalised score (the search's length penalty: what beam search ranks by). Higher is better: filter a noisy corpus, rerank an n-best list. Several -m runs score as an ensemble.
 
-Input: --src and --tgt files, line by line; without them, TAB-separated 'source<TAB>target' lines on stdin. --n-best-input reads --tgt as `mt translate --n-best` output (Moses 'i ||| text ||| score', i the 0-based source line) and writes the same format with this model's scores.
+Input: --src and --tgt files, line by line; without them, TAB-separated 'source<TAB>target' lines on stdin. --n-best-input reads --tgt as `mt translate --n-best` output (Moses 'i ||| text ||| score', i the 0-based source line) and writes the same format with this model's scores, each source's entries reranked (best new score first).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mt import MTError
 from mt.config import DecodeConfig, SettingError, load_config
 from mt.device import check_device
 from mt.files import Output, check_output_path
-from mt.rundir import CONFIG, check_run_dir
+from mt.rundir import CONFIG, check_run_dir, checkpoints_per_run
 
 EPILOG = """\b
 Examples:
@@ -40,7 +40,7 @@ def score(
     tgt: Optional[Path] = typer.Option(None, "--tgt", help="Target sentences to score, line-aligned with --src."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: stdout]."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per pair: log_prob, score, tokens, token_scores."),
-    n_best_input: bool = typer.Option(False, "--n-best-input", help="--tgt is an n-best list ('i ||| text ||| score'); writes one back."),
+    n_best_input: bool = typer.Option(False, "--n-best-input", help="--tgt is an n-best list ('i ||| text ||| score'); writes it back with this model's scores, each source's entries sorted best first."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the word alignment (Pharaoh 'src-tgt' pairs)."),
     alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention aligns (negative: from the top) \\[default: the run's decode.alignment_layer]."),
     len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none \\[default: the run's]."),
@@ -93,13 +93,21 @@ def score(
 
         where = "stdin" if src is None else str(tgt) if n_best_input else f"{src} and {tgt}"
         out = Output(output)
+        group: list[tuple[int, float, str]] = []  # --n-best-input: one source's entries, until the next
         try:
             for number, scored in enumerate(scorer.stream(pairs(), buffer_lines), start=1):
                 index, text = pending.popleft()
                 if scored.error is not None:
                     print(f"mt: warning: {where}, line {number}: {scored.error}: not scored, written as "
                           f"{'an error' if as_json else '-inf'}", file=sys.stderr)
-                out.write(_format(scored, index, text, run, as_json, n_best_input, alignments))
+                line = _format(scored, index, text, run, as_json, n_best_input, alignments)
+                if not n_best_input:
+                    out.write(line)
+                    continue
+                if group and group[0][0] != index:
+                    _write_reranked(out, group)
+                group.append((index, scored.score, line))
+            _write_reranked(out, group)
             out.commit()
         except BaseException:
             out.abort()
@@ -107,6 +115,14 @@ def score(
     finally:
         for stream in streams:
             stream.close()
+
+
+def _write_reranked(out, group: list[tuple[int, float, str]]) -> None:
+    """Write one source's n-best entries, best new score first (stable: ties keep the list's order),
+    and empty `group`."""
+    for _, _, line in sorted(group, key=lambda entry: -entry[1]):
+        out.write(line)
+    group.clear()
 
 
 def parse_weights(text: Optional[str], runs: int) -> Optional[list[float]]:
@@ -152,12 +168,7 @@ def _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads,
             raise MTError(f"{name} must be >= 1, got {value}")
     for run in model:
         check_run_dir(run)
-    if len(checkpoint) not in (1, len(model)):
-        raise MTError(f"give --checkpoint once (for every run) or once per -m: {len(model)} runs, "
-                      f"{len(checkpoint)} checkpoints")
-    for c in checkpoint:
-        if c not in ("best", "last") and not Path(c).exists():
-            raise MTError(f"{c}: no such checkpoint (use best, last, or a .safetensors file)")
+    checkpoints_per_run(model, checkpoint)
 
 
 def _tab_pairs(lines: Iterable[str]) -> Iterator[tuple[str, str]]:

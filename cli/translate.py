@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -14,16 +13,16 @@ from mt import MTError
 from mt.config import DecodeConfig, SettingError, load_config
 from mt.device import check_device, check_precision
 from mt.cli.score import parse_weights
-from mt.files import Output, check_output_path
-from mt.rundir import CONFIG, check_run_dir
+from mt.files import check_output_path
+from mt.rundir import CONFIG, check_run_dir, checkpoints_per_run
 
 EPILOG = """\b
 Examples:
   mt translate -m runs/demo < input.txt > output.txt
   mt translate -m runs/m30k --beam 5 -i test.en -o test.hyp
   mt translate -m runs/m30k --greedy --batch-tokens 8000 -i big.txt -o big.hyp
-  mt translate -m runs/m30k --int8 -i big.txt -o big.hyp        # int8 on the CPU: 2-5x faster
-  mt translate -m runs/m30k --dtype bfloat16 < in.txt > out.txt # GPUs, CPUs with AVX512-BF16: ~2x
+  mt translate -m runs/m30k --int8 -i big.txt -o big.hyp        # int8 matrix products on the CPU
+  mt translate -m runs/m30k --dtype bfloat16 < in.txt > out.txt # GPUs, CPUs with native bf16
   mt translate -m runs/m30k --n-best 3 --beam 5 < in.txt        # Moses format: i ||| text ||| score
   mt translate -m runs/m30k --json < in.txt                     # one JSON object per input line
   mt translate -m runs/demo --attention-plot plots/ < in.txt    # one PNG heatmap per sentence
@@ -65,30 +64,6 @@ def _format(tr, index: int, n_best: int, scores: bool, as_json: bool, alignments
     return text + "\n"
 
 
-def _decode_config(base: DecodeConfig, greedy: bool, sample: bool, **options) -> DecodeConfig:
-    """The run's decode settings with the command line's (None: not given), checked by DecodeConfig
-    and named by their flags in its messages."""
-    changes = {k: v for k, v in options.items() if v is not None}
-    if options["beam"] is not None:
-        changes["search"] = "beam"
-    if greedy:
-        changes["search"] = "greedy"
-    if sample:
-        changes["search"] = "sampling"
-    n_best = options["n_best"]
-    if n_best is not None and n_best > 1 and "search" not in changes and base.search != "sampling":
-        # --n-best K alone asks for K hypotheses of the run's search: K samples when it samples, else
-        # a beam wide enough (beam search even if the run decodes greedily)
-        changes.update(search="beam", beam=max(base.beam, n_best))
-    try:
-        decode = replace(base, **changes)
-    except SettingError as e:
-        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
-    if decode.search == "greedy" and decode.n_best > 1:
-        raise MTError("--n-best > 1 needs beam search or sampling")
-    return decode
-
-
 def translate(
     model: list[Path] = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`; repeat for an ensemble (the log of the runs' mean probability; same SentencePiece models)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input file (plain or .gz) \\[default: stdin]."),
@@ -116,22 +91,44 @@ def translate(
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer lines are translated in pieces \\[default: 1024 or the model's limit]."),
     buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating \\[default: 1000, 1 on a terminal]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): 2-5x faster for base-sized models; -0.1 BLEU on Multi30k."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (about 2x faster on GPUs and on CPUs with AVX512-BF16 or AMX) or float16 (CUDA only)."),
+    int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): int8 matrix products move and multiply a quarter of the bytes of float32 ones, at a small cost in accuracy; measured speed and BLEU: README, Performance (benchmarks/translate_speed.py, precision_quality.py)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (half the bytes per weight; faster only where the hardware multiplies bf16 natively: GPUs, CPUs with AVX512-BF16 or AMX) or float16 (CUDA only). Figures: README, Performance."),
     prefix_file: Optional[Path] = typer.Option(None, "--prefix-file", help="Target text each translation starts with, one line per input line (empty: none); the search continues from it."),
     input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
     alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention (mean over heads) aligns words; negative: from the top \[default: the run's decode.alignment_layer, -1]."),
 ) -> None:
     # every check that needs no model comes first, before `import torch` (seconds)
-    if greedy + sample + (beam is not None) > 1:
-        raise MTError("choose one of --beam, --greedy and --sample")
-    for name, value in (("--buffer-lines", buffer_lines), ("--threads", threads),
-                        ("--max-input-tokens", max_input_tokens)):
+    _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
+                   as_json, n_best, buffer_lines=buffer_lines, threads=threads, max_input_tokens=max_input_tokens)
+    for run_dir in model:
+        check_run_dir(run_dir)
+    decode = _decode_config(load_config(model[0] / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
+                            n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
+                            max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
+                            topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer)
+    weights = parse_weights(ensemble_weights, len(model))
+    checkpoints = checkpoints_per_run(model, checkpoint)
+    need_attention = attention_plot is not None or alignments or as_json
+    translator = _build_translator(model, checkpoints, weights, decode, device, threads, int8, dtype,
+                                   max_input_tokens, need_attention, alignments or as_json,
+                                   "--alignments" if alignments else "--attention-plot" if attention_plot else None)
+    if attention_plot is not None:
+        try:
+            attention_plot.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MTError(f"--attention-plot {attention_plot}: cannot create the folder ({e.strerror})") from None
+    _write_stream(translator, input, output, prefix_file, input_format, buffer_lines,
+                  lambda tr, index: _format(tr, index, decode.n_best, scores, as_json, alignments), attention_plot)
+
+
+def _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
+                   as_json, n_best, **at_least_one) -> None:
+    """The checks of the command line that need neither torch nor a model (the decoding options'
+    combinations are DecodeConfig.with_options')."""
+    for name, value in at_least_one.items():
         if value is not None and value < 1:
-            raise MTError(f"{name} must be >= 1, got {value}")
-    if greedy and n_best is not None and n_best > 1:
-        raise MTError("--n-best > 1 needs beam search or sampling, not --greedy")
+            raise MTError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     check_device(device)
     check_precision(dtype, device, int8)
     for path, what in ((input, ""), (prefix_file, "--prefix-file ")):
@@ -148,62 +145,60 @@ def translate(
     check_output_path(output)
     if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
-    for run_dir in model:
-        check_run_dir(run_dir)
-    decode = _decode_config(load_config(model[0] / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
-                            n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
-                            max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
-                            topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer)
-    weights = parse_weights(ensemble_weights, len(model))
-    if len(checkpoint) not in (1, len(model)):
-        raise MTError(f"give --checkpoint once (for every -m) or once per -m: {len(model)} runs, "
-                      f"{len(checkpoint)} checkpoints")
-    for c in checkpoint:
-        if c not in ("best", "last") and not Path(c).exists():
-            raise MTError(f"{c}: no such checkpoint (use best, last, or a .safetensors file)")
 
+
+def _decode_config(base: DecodeConfig, greedy: bool, sample: bool, **options) -> DecodeConfig:
+    """The run's decode settings with the command line's (None: not given), combined and checked by
+    DecodeConfig.with_options and named by their flags in its messages."""
+    try:
+        return base.with_options(greedy=greedy, sample=sample, **options)
+    except SettingError as e:
+        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
+
+
+def _build_translator(model, checkpoints, weights, decode: DecodeConfig, device: str, threads, int8: bool, dtype: str,
+                      max_input_tokens, need_attention: bool, word_alignments: bool, attention_flag: str | None):
+    """Load the run(s) (several: an ensemble) on the device, in the asked precision, and the
+    Translator with its search. attention_flag: the option that needs the model's attention."""
     import torch
 
     from mt.device import resolve_device, set_decoding_dtype
-    from mt.text import iter_lines, open_binary
-    from mt.plot import save_attention_plot
     from mt.ensemble import load_models
-    from mt.translate import Translator, jsonl_items, with_prefixes
+    from mt.search import build_search
+    from mt.translate import Translator
 
     dev = resolve_device("cpu" if int8 else device)  # before loading anything: `--device cuda` without a GPU fails at once
     if threads:
         torch.set_num_threads(threads)
-
-    run = load_models(model, dev, checkpoint, weights)  # several: an ensemble
-    if (alignments or attention_plot is not None) and not run.model.has_attention:
-        raise MTError(f"{'--alignments' if alignments else '--attention-plot'}: the model has no attention "
-                      f"(an RNN with model.attention: none)")
+    run = load_models(model, dev, checkpoints, weights)
+    if attention_flag is not None and not run.model.has_attention:
+        raise MTError(f"{attention_flag}: the model has no attention (an RNN with model.attention: none)")
     if int8:
         from mt.quantize import quantize_int8
 
         quantize_int8(run.model)
     if dtype != "float32":
         set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
-    from mt.search import build_search
-
-    need_attention = attention_plot is not None or alignments or as_json
     if need_attention:
         run.model.set_attention_layer(decode.alignment_layer)
-    translator = Translator(run.model, run.src_vocab, run.tgt_vocab,
-                            build_search(decode, return_attention=need_attention), dev,
-                            decode.batch_tokens, max_input_tokens, alignments=alignments or as_json)
-    if attention_plot is not None:
-        try:
-            attention_plot.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MTError(f"--attention-plot {attention_plot}: cannot create the folder ({e.strerror})") from None
+    return Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode, return_attention=need_attention),
+                      dev, decode.batch_tokens, max_input_tokens, alignments=word_alignments)
+
+
+def _write_stream(translator, input: Optional[Path], output: Optional[Path], prefix_file: Optional[Path],
+                  input_format: str, buffer_lines: Optional[int], format_line, attention_plot: Optional[Path]) -> None:
+    """Translate the input (stdin, a file) line by line into the output, atomically when a file;
+    format_line(translation, index) is each input line's output text."""
+    from mt.files import Output
+    from mt.plot import save_attention_plot
+    from mt.text import iter_lines, open_binary
+    from mt.translate import jsonl_items, with_prefixes
 
     source = open_binary(input) if input is not None else sys.stdin.buffer
     prefixes = open_binary(prefix_file) if prefix_file is not None else None
     try:
         name = str(input) if input is not None else "stdin"
         interactive = input is None and sys.stdin.isatty()
-        buffer = buffer_lines or (1 if interactive else 1000)
         items = iter_lines(source, name)
         if input_format == "jsonl":
             items = jsonl_items(items, name)
@@ -211,8 +206,8 @@ def translate(
             items = with_prefixes(items, iter_lines(prefixes, str(prefix_file)), name, str(prefix_file))
         out = Output(output)
         try:
-            for index, tr in enumerate(translator.stream(items, buffer)):
-                out.write(_format(tr, index, decode.n_best, scores, as_json, alignments))
+            for index, tr in enumerate(translator.stream(items, buffer_lines or (1 if interactive else 1000))):
+                out.write(format_line(tr, index))
                 if attention_plot is not None and tr.attention is not None:
                     save_attention_plot(attention_plot / f"{index + 1:06d}.png", tr.attention, tr.src_pieces,
                                         tr.tokens)

@@ -300,6 +300,35 @@ class DecodeConfig:
             raise SettingError("decode", lambda name: f"{name('n_best')} ({self.n_best}) cannot exceed {name('beam')} "
                                                       f"({self.beam}): the n-best list comes from the beam")
 
+    def with_options(self, *, greedy: bool = False, sample: bool = False, **options) -> "DecodeConfig":
+        """These settings with a front end's decoding options (None: not given), combined the one way
+        every front end does (mt translate, mt serve):
+        - at most one of `beam` (beam search of that size), `greedy` and `sample`;
+        - `n_best` K > 1 alone asks for K hypotheses of the run's search: K samples when it samples,
+          else a beam of at least K (beam search even when the run decodes greedily);
+        - greedy search gives one hypothesis: n_best > 1 with it is refused.
+        Raises SettingError, whose `worded` names the options as the front end does (--beam, beam)."""
+        beam, n_best = options.get("beam"), options.get("n_best")
+        if greedy + sample + (beam is not None) > 1:
+            raise SettingError("decode", lambda name: f"choose one of {name('beam')}, {name('greedy')} and "
+                                                      f"{name('sample')}")
+        if greedy and n_best is not None and n_best > 1:
+            raise SettingError("decode", lambda name: f"{name('n_best')} > 1 needs beam search or sampling, "
+                                                      f"not {name('greedy')}")
+        changes = {k: v for k, v in options.items() if v is not None}
+        if beam is not None:
+            changes["search"] = "beam"
+        elif greedy:
+            changes["search"] = "greedy"
+        elif sample:
+            changes["search"] = "sampling"
+        elif n_best is not None and n_best > 1 and self.search != "sampling":
+            changes.update(search="beam", beam=max(self.beam, n_best))
+        decode = dataclasses.replace(self, **changes)
+        if decode.search == "greedy" and decode.n_best > 1:  # the run's own greedy search, n_best from elsewhere
+            raise SettingError("decode", lambda name: f"{name('n_best')} > 1 needs beam search or sampling")
+        return decode
+
 
 @dataclass(frozen=True)
 class Config:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mt import MTError
 from mt.models.base import DecoderState, EncoderOut, Seq2Seq
+from mt.rundir import checkpoints_per_run
 
 
 @dataclass
@@ -39,10 +40,11 @@ class EnsembleEncoderOut(EncoderOut):
 
 
 class EnsembleState(DecoderState):
-    """A DecoderState whose rows live in the member states: every row operation is applied to each."""
+    """A DecoderState whose rows live in the member states: every row operation is applied to each
+    (it holds no tensors of its own)."""
 
-    def __init__(self, members: list[DecoderState], src_mask: Tensor, need_attention: bool) -> None:
-        super().__init__({"src_mask": src_mask}, {}, step=0, need_attention=need_attention)
+    def __init__(self, members: list[DecoderState], need_attention: bool) -> None:
+        super().__init__({}, {}, step=0, need_attention=need_attention)
         self.members = members
 
     @property
@@ -63,11 +65,10 @@ class EnsembleState(DecoderState):
     def keep_sentences_(self, keep: Tensor, rows_per_sentence: int) -> "EnsembleState":
         for m in self.members:
             m.keep_sentences_(keep, rows_per_sentence)
-        self.static = {"src_mask": self.static["src_mask"].index_select(0, keep)}
         return self
 
     def _new(self, members: list[DecoderState]) -> "EnsembleState":
-        state = EnsembleState(members, self.static["src_mask"], self.need_attention)
+        state = EnsembleState(members, self.need_attention)
         state.step = self.step
         return state
 
@@ -119,7 +120,7 @@ class EnsembleModel(Seq2Seq):
     def init_state(self, enc: EncoderOut, max_len: int, need_attention: bool = False) -> EnsembleState:
         assert isinstance(enc, EnsembleEncoderOut), "encode with the ensemble before init_state"
         states = [m.init_state(e, max_len, need_attention) for m, e in zip(self.members, enc.members)]
-        return EnsembleState(states, enc.src_mask, need_attention)
+        return EnsembleState(states, need_attention)
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None]:
         assert isinstance(state, EnsembleState)
@@ -174,10 +175,7 @@ def load_models(run_dirs: Sequence[str | Path], device: torch.device | str = "cp
 
     if not run_dirs:
         raise MTError("no run to load")
-    if len(checkpoints) not in (1, len(run_dirs)):
-        raise MTError(f"give --checkpoint once (for every run) or once per run: {len(run_dirs)} runs, "
-                      f"{len(checkpoints)} checkpoints")
-    which = list(checkpoints) * len(run_dirs) if len(checkpoints) == 1 else list(checkpoints)
+    which = checkpoints_per_run(run_dirs, checkpoints)
     if weights is not None and len(weights) != len(run_dirs):
         raise MTError(f"--ensemble-weights: {len(weights)} weights for {len(run_dirs)} runs")
     runs = [load_run(d, device, c) for d, c in zip(run_dirs, which)]

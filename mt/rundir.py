@@ -19,6 +19,7 @@ loading the files is mt.checkpoint's (weights, trainer state) and mt.files' (ato
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from mt import MTError
@@ -99,3 +100,15 @@ def weights_file(run_dir: Path, which: str = "best") -> Path:
     if best.is_file():
         return best
     raise MTError(f"{run_dir}: the run has no weights yet (no {WEIGHTS}, no checkpoints)")
+
+
+def checkpoints_per_run(run_dirs: Sequence[str | Path], checkpoints: Sequence[str]) -> list[str]:
+    """The checkpoint of each run from `--checkpoint`, given once for every run or once per run:
+    best, last, or an existing .safetensors file or checkpoint folder. An MTError otherwise."""
+    if len(checkpoints) not in (1, len(run_dirs)):
+        raise MTError(f"give --checkpoint once (for every run) or once per run (-m): {len(run_dirs)} runs, "
+                      f"{len(checkpoints)} checkpoints")
+    for c in checkpoints:
+        if c not in ("best", "last") and not Path(c).exists():
+            raise MTError(f"{c}: no such checkpoint (use best, last, or a .safetensors file)")
+    return list(checkpoints) * len(run_dirs) if len(checkpoints) == 1 else list(checkpoints)

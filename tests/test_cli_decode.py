@@ -99,6 +99,15 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         out = {name: f.result() for name, f in futures.items()}
     out["rescore"] = run_mt("score", "-m", tiny_run, "--src", paths["src"], "--tgt", paths["nbest"], "--n-best-input",
                             "--len-penalty", "gnmt", cwd=ws)
+    # the list with each source's entries worst first: rescoring must put them back in order
+    entries = paths["nbest"].read_text(encoding="utf-8").splitlines()
+    ids = [line.split(" ||| ")[0] for line in entries]
+    paths["nbest_reversed"] = ws / "nbest_reversed.txt"
+    paths["nbest_reversed"].write_text("".join(
+        line + "\n" for i in dict.fromkeys(ids) for line in reversed([e for e, j in zip(entries, ids) if j == i])),
+        encoding="utf-8")
+    out["rescore-none"] = run_mt("score", "-m", tiny_run, "--src", paths["src"], "--tgt", paths["nbest_reversed"],
+                                 "--n-best-input", "--len-penalty", "none", "--json", cwd=ws)
     out["nbest-text"] = paths["nbest"].read_text(encoding="utf-8")
     out["ensemble-text"] = paths["ensemble_out"].read_text(encoding="utf-8")
     paths["ensemble_hyp"] = ws / "ensemble.hyp"
@@ -180,15 +189,20 @@ def test_score_reports_per_token_scores(results: dict) -> None:
 
 def test_rescoring_the_beams_n_best_list_gives_its_scores(results: dict) -> None:
     """The beam's hypotheses scored by the same model: the same scores (gnmt penalty of the run)."""
-    nbest = results["nbest-text"].splitlines()
-    rescored = lines(results["rescore"])
+    nbest = [line.split(" ||| ") for line in results["nbest-text"].splitlines()]
+    rescored = [line.split(" ||| ") for line in lines(results["rescore"])]
     assert len(rescored) == len(nbest) and nbest
-    for a, b in zip(nbest, rescored):
-        ia, ta, sa = a.split(" ||| ")
-        ib, tb, sb = b.split(" ||| ")
-        assert (ia, ta) == (ib, tb)
-        if ta:  # a hypothesis detokenised to "" cannot be told from an empty line's
-            assert float(sb) == pytest.approx(float(sa), abs=2e-4)
+    # reranked: each source's entries, in source order, best new score first
+    assert [int(i) for i, _, _ in rescored] == sorted(int(i) for i, _, _ in rescored)
+    for i in {i for i, _, _ in rescored}:
+        scores = [float(s) for j, _, s in rescored if j == i]
+        assert scores == sorted(scores, reverse=True)
+    old = sorted((int(i), t, float(s)) for i, t, s in nbest)
+    new = sorted((int(i), t, float(s)) for i, t, s in rescored)
+    assert [(i, t) for i, t, _ in old] == [(i, t) for i, t, _ in new]
+    for (_, t, sa), (_, _, sb) in zip(old, new):
+        if t:  # a hypothesis detokenised to "" cannot be told from an empty line's
+            assert sb == pytest.approx(sa, abs=2e-4)
 
 
 def test_score_marks_an_over_long_pair_and_goes_on(results: dict) -> None:
@@ -205,6 +219,19 @@ def test_score_marks_an_over_long_pair_and_goes_on(results: dict) -> None:
     assert [o["id"] for o in objs] == [0, 1, 2]
     assert objs[1]["score"] is None and objs[1]["log_prob"] is None and "more than the model's" in objs[1]["error"]
     assert "error" not in objs[0] and objs[2]["log_prob"] == pytest.approx(float(short[1].split("\t")[0]), abs=1e-3)
+
+
+def test_rescoring_reranks_each_sources_entries_by_the_new_score(results: dict) -> None:
+    """An n-best list given worst first, rescored (without a length penalty): each source's entries
+    come back sorted by the new score, the sources in order, none lost."""
+    objs = [json.loads(line) for line in lines(results["rescore-none"])]
+    nbest = [line.split(" ||| ") for line in results["nbest-text"].splitlines()]
+    assert sorted((o["id"], o["translation"]) for o in objs) == sorted((int(i), t) for i, t, _ in nbest)
+    assert [o["id"] for o in objs] == sorted(o["id"] for o in objs)
+    for i in {o["id"] for o in objs}:
+        scores = [o["score"] for o in objs if o["id"] == i]
+        assert scores == sorted(scores, reverse=True)
+        assert scores == pytest.approx([o["log_prob"] for o in objs if o["id"] == i])  # no penalty
 
 
 FAILURES = {

@@ -114,3 +114,27 @@ def test_decode_errors_name_the_setting_as_the_caller_does():
     assert e.value.worded(str.upper).startswith("N_BEST (3) cannot exceed BEAM (2)")
     with pytest.raises(SettingError, match="decode.len_penalty must be gnmt, d2l or none, got 'huge'"):
         DecodeConfig(len_penalty="huge")
+
+
+def test_decode_options_combine_one_way() -> None:
+    """DecodeConfig.with_options: what mt translate (and mt serve) make of beam/greedy/sample/n_best."""
+    from mt.config import SettingError
+
+    base = DecodeConfig(search="greedy", beam=5)
+    assert base.with_options(beam=3) == DecodeConfig(search="beam", beam=3)
+    assert base.with_options(n_best=8) == DecodeConfig(search="beam", beam=8, n_best=8)  # alone: a wide beam
+    assert base.with_options(n_best=2) == DecodeConfig(search="beam", beam=5, n_best=2)
+    sampling = DecodeConfig(search="sampling")
+    assert sampling.with_options(n_best=4) == DecodeConfig(search="sampling", n_best=4)  # K samples
+    assert DecodeConfig().with_options(sample=True, topk=5) == DecodeConfig(search="sampling", topk=5)
+    assert DecodeConfig().with_options(greedy=True, beam=None, alpha=None) == DecodeConfig(search="greedy")
+    flags = lambda key: "--" + key.replace("_", "-")  # noqa: E731
+    for kwargs, message in (({"greedy": True, "beam": 4}, "choose one of --beam, --greedy and --sample"),
+                            ({"greedy": True, "sample": True}, "choose one of --beam, --greedy and --sample"),
+                            ({"greedy": True, "n_best": 2}, "--n-best > 1 needs beam search or sampling, not --greedy"),
+                            ({"beam": 2, "n_best": 3}, "--n-best (3) cannot exceed --beam (2)")):
+        with pytest.raises(SettingError) as e:
+            DecodeConfig().with_options(**kwargs)
+        assert e.value.worded(flags).startswith(message), e.value.worded(flags)
+    with pytest.raises(SettingError, match="decode.n_best > 1 needs beam search or sampling"):
+        DecodeConfig(search="greedy", n_best=3).with_options()

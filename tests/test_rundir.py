@@ -17,6 +17,7 @@ from mt.rundir import (
     META,
     WEIGHTS,
     check_run_dir,
+    checkpoints_per_run,
     checkpoint_name,
     latest_checkpoint,
     vocab_files,
@@ -66,3 +67,16 @@ def test_the_run_directory_is_checked_without_torch(tmp_path: Path) -> None:
     code = f"import sys; from mt.rundir import is_run_dir; is_run_dir({str(tmp_path)!r}); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_checkpoints_per_run_are_given_once_or_once_per_run(tmp_path: Path) -> None:
+    """The one check translate, score and load_models share (paths only, before torch)."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    weights = tmp_path / "avg.safetensors"
+    weights.write_bytes(b"")
+    assert checkpoints_per_run(runs, ["best"]) == ["best", "best"]
+    assert checkpoints_per_run(runs, ["last", str(weights)]) == ["last", str(weights)]
+    with pytest.raises(MTError, match=r"--checkpoint once .* 2 runs, 3 checkpoints"):
+        checkpoints_per_run(runs, ["best", "last", "best"])
+    with pytest.raises(MTError, match="nope.safetensors: no such checkpoint"):
+        checkpoints_per_run(runs, [str(tmp_path / "nope.safetensors")])
