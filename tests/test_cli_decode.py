@@ -67,6 +67,7 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "ensemble-beam": "translate -m {run} -m {twin} --beam 3 -i {src} --checkpoint last --checkpoint last "
                          "--ensemble-weights 1,3 --scores -o {ensemble_out}",
         "json": "translate -m {run} --greedy -i {src} --json",
+        "json-beam": "translate -m {run} --beam 3 -i {src} --json",
         "alignments": "translate -m {run} --beam 3 -i {src} --alignments --scores",
         "nbest": "translate -m {run} --beam 4 --n-best 4 -i {src} -o {nbest}",
         "score": "score -m {run} --src {src} --tgt {src} --json --alignments",
@@ -154,6 +155,8 @@ def test_an_ensemble_of_a_run_and_its_copy_scores_like_the_run(results: dict) ->
 def test_json_has_tokens_token_scores_and_alignment(results: dict) -> None:
     objs = [json.loads(line) for line in lines(results["json"])]
     assert [o["translation"] for o in objs] == lines(results["plain-greedy"])
+    beam = [json.loads(line) for line in lines(results["json-beam"])]  # --json never changes the search
+    assert [o["translation"] for o in beam] == lines(results["plain-beam"])
     for o, src in zip(objs, SOURCES):
         if not src:
             assert o["tokens"] == [] and o["alignment"] == []
