@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -158,8 +158,6 @@ def request_decode(base: DecodeConfig, req: TranslateRequest, limits: Limits, de
     """The run's decoding section with the request's options, as `mt translate` combines them.
     decoder_layers: the model's (Transformer) decoder layers, which alignment_layer must name."""
     max_beam, max_out = limits.max_beam, limits.max_output_tokens
-    if req.greedy + req.sample + (req.beam is not None) > 1:
-        raise ServeError(422, "invalid_options", "choose one of beam, greedy and sample")
     for name in ("min_len", "max_len_b", "max_len_a"):
         value = getattr(req, name)
         if value is not None and value > max_out:
@@ -174,27 +172,14 @@ def request_decode(base: DecodeConfig, req: TranslateRequest, limits: Limits, de
         value = getattr(req, name)
         if value is not None and value > max_beam:
             raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit ({max_beam})")
-    changes = {k: getattr(req, k) for k in ("beam", "n_best", "len_penalty", "alpha", "max_len_a", "max_len_b",
-                                            "min_len", "temperature", "topk", "topp", "seed", "alignment_layer")
-               if getattr(req, k) is not None}
-    if req.beam is not None:
-        changes["search"] = "beam"
-    elif req.greedy:
-        changes["search"] = "greedy"
-        if req.n_best is not None and req.n_best > 1:
-            raise ServeError(422, "invalid_options", "n_best > 1 needs beam search or sampling, not greedy")
-    elif req.sample:
-        changes["search"] = "sampling"
-    elif req.n_best is not None and req.n_best > 1 and base.search != "sampling":
-        changes["search"], changes["beam"] = "beam", max(base.beam, req.n_best)  # n_best alone: a wide enough beam
-    try:
-        decode = replace(base, **changes)
-    except SettingError as e:  # named as the request names them (beam, n_best), not decode.beam
+    options = {k: getattr(req, k) for k in ("beam", "n_best", "len_penalty", "alpha", "max_len_a", "max_len_b",
+                                            "min_len", "temperature", "topk", "topp", "seed", "alignment_layer")}
+    try:  # combined as mt translate combines them; messages name the options as the request does
+        decode = base.with_options(greedy=req.greedy, sample=req.sample, **options)
+    except SettingError as e:
         raise ServeError(422, "invalid_options", e.worded(lambda key: key)) from None
     except MTError as e:
         raise ServeError(422, "invalid_options", str(e)) from None
-    if decode.search == "greedy" and decode.n_best > 1:
-        raise ServeError(422, "invalid_options", "n_best > 1 needs beam search or sampling (the run decodes greedily)")
     if decode.min_len > max_out:
         raise ServeError(422, "invalid_options", f"min_len {decode.min_len} (the run's) is above this server's limit "
                                                  f"on the translation length ({max_out} tokens)")
