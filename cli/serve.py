@@ -30,7 +30,7 @@ Stop it with SIGTERM or Ctrl-C: it stops accepting, answers what is in flight, e
 def _parse_model(spec: str) -> tuple[str, Path]:
     """RUN or NAME=RUN -> (name, run directory); the name defaults to the run's folder name."""
     name, sep, path = spec.partition("=")
-    if sep and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+    if sep and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and not Path(spec).is_dir():  # a folder named a=b is a run
         run = Path(path)
     else:
         run, name = Path(spec), Path(spec).resolve().name

@@ -480,3 +480,15 @@ def test_a_failing_batch_gets_500_and_the_worker_goes_on(tiny_run: Path) -> None
         assert client.get("/health").status_code == 200
         r = client.post("/translate", json={"text": TEXTS[0]})
         assert r.status_code == 200 and r.json()["translations"][0]["translation"], r.text
+
+
+def test_model_names_and_run_folders_with_an_equals_sign(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """-m NAME=RUN names a model; a run folder whose own name holds '=' is still a run, not NAME=RUN."""
+    import importlib
+    import shutil
+
+    serve_cli = importlib.import_module("mt.cli.serve")
+    assert serve_cli._parse_model(f"en-de={tiny_run}") == ("en-de", tiny_run)
+    shutil.copytree(tiny_run, tmp_path / "lr=0.1")
+    monkeypatch.chdir(tmp_path)
+    assert serve_cli._parse_model("lr=0.1") == ("lr=0.1", Path("lr=0.1"))
