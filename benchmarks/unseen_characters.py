@@ -9,10 +9,11 @@ with the run's decoding settings. A character counts as unseen when it is not on
 vocabulary's pieces' characters; the JSON reports, per run: whether the vocabulary has byte pieces,
 how many unseen character occurrences the input holds, how many of them reach the output (each
 output line is credited with at most as many of a character as its input line has), how many
-unknown pieces the source segmentation holds, and how many `⁇` the output holds. The pieces
+unknown pieces the source segmentation holds, and how many `⁇` the output holds, each for the model
+alone (`--no-copy-unseen`) and with the copy step (`decode.copy_unseen`, mt.unseen). The pieces
 round trip (source -> pieces -> text) is reported too: what segmentation alone keeps. --bleu also
-translates Multi30k test_2016_flickr (DIR/test_2016_flickr.{en,de}.gz) and reports its BLEU, to see
-that byte fallback leaves ordinary text alone. Not part of `make bench`: it needs trained runs.
+translates Multi30k test_2016_flickr (DIR/test_2016_flickr.{en,de}.gz) and reports its BLEU with
+and without the copy step, to see that byte fallback and the copy leave ordinary text alone. Not part of `make bench`: it needs trained runs.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ def measure(run_dir: Path, lines: list[str], args: argparse.Namespace) -> dict:
     decode = run.config.decode if beam is None else replace(run.config.decode, search="beam", beam=beam)
     known = vocab_chars(run.src_vocab) | set(" ")
     unseen_in = [Counter(c for c in line if c not in known) for line in lines]
-    translator = Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode), "cpu",
-                            decode.batch_tokens)
-    start = time.perf_counter()
-    outputs = [t.text for t in translator.translate(lines)]
-    seconds = time.perf_counter() - start
+    translators = {copy: Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode), "cpu",
+                                    decode.batch_tokens, copy_unseen=copy) for copy in (False, True)}
+    outputs, seconds = {}, {}
+    for copy, translator in translators.items():
+        start = time.perf_counter()
+        outputs[copy] = [t.text for t in translator.translate(lines)]
+        seconds[copy] = time.perf_counter() - start
     round_trip = [run.src_vocab.decode(run.src_vocab.encode(line)) for line in lines]
 
     def kept(texts: list[str]) -> int:
@@ -92,17 +95,25 @@ def measure(run_dir: Path, lines: list[str], args: argparse.Namespace) -> dict:
         "distinct_unseen": "".join(sorted({c for counts in unseen_in for c in counts})),
         "unknown_pieces_in_source": sum(run.src_vocab.encode(line).count(UNK_ID) for line in lines),
         "unseen_kept_by_segmentation": kept(round_trip),
-        "unseen_in_output": kept(outputs),
-        "unk_marks_in_output": sum(text.count("\u2047") for text in outputs),
-        "seconds": round(seconds, 2),
-        "outputs": outputs,
+        "unseen_in_output_model_alone": kept(outputs[False]),
+        "unseen_in_output_copy_unseen": kept(outputs[True]),
+        "unk_marks_in_output_model_alone": sum(text.count("\u2047") for text in outputs[False]),
+        "unk_marks_in_output_copy_unseen": sum(text.count("\u2047") for text in outputs[True]),
+        "lines_changed_by_copy_unseen": sum(a != b for a, b in zip(outputs[False], outputs[True])),
+        "seconds_model_alone": round(seconds[False], 2),
+        "seconds_copy_unseen": round(seconds[True], 2),
+        "outputs_model_alone": outputs[False],
+        "outputs_copy_unseen": outputs[True],
     }
     if args.bleu:
         src = read_lines(common.data_file(args, f"test_2016_flickr.{run.config.data.src_lang}.gz"))
         ref = read_lines(common.data_file(args, f"test_2016_flickr.{run.config.data.tgt_lang}.gz"))
-        hyps = [t.text for t in translator.translate(src)]
-        res["test_2016_flickr_bleu"] = round(score(hyps, ref, metrics=("bleu",))["bleu"].score, 2)
+        hyps = {copy: [t.text for t in translator.translate(src)] for copy, translator in translators.items()}
+        for copy, name in ((False, "model_alone"), (True, "copy_unseen")):
+            res[f"test_2016_flickr_bleu_{name}"] = round(score(hyps[copy], ref, metrics=("bleu",))["bleu"].score, 2)
+        res["test_2016_flickr_lines_changed_by_copy_unseen"] = sum(a != b for a, b in zip(hyps[False], hyps[True]))
     return res
+
 
 
 def main() -> None:

@@ -84,11 +84,11 @@ def score(
                 items = _nbest_pairs(src_lines, list_nbest(tgt_lines, str(tgt)), str(src), str(tgt))
             else:
                 items = enumerate(paired_lines(src_lines, tgt_lines, str(src), str(tgt)))
-        pending: deque[tuple[int, str]] = deque()  # (id, target text) of the pairs being scored
+        pending: deque[tuple[int, str, str]] = deque()  # (id, source, target) of the pairs being scored
 
         def pairs() -> Iterator[tuple[str, str]]:
             for index, (s, t) in items:
-                pending.append((index, t))
+                pending.append((index, s, t))
                 yield s, t
 
         where = "stdin" if src is None else str(tgt) if n_best_input else f"{src} and {tgt}"
@@ -96,11 +96,11 @@ def score(
         group: list[tuple[int, float, str]] = []  # --n-best-input: one source's entries, until the next
         try:
             for number, scored in enumerate(scorer.stream(pairs(), buffer_lines), start=1):
-                index, text = pending.popleft()
+                index, source, text = pending.popleft()
                 if scored.error is not None:
                     print(f"mt: warning: {where}, line {number}: {scored.error}: not scored, written as "
                           f"{'an error' if as_json else '-inf'}", file=sys.stderr)
-                line = _format(scored, index, text, run, as_json, n_best_input, alignments)
+                line = _format(scored, index, source, text, run, as_json, n_best_input, alignments)
                 if not n_best_input:
                     out.write(line)
                     continue
@@ -207,14 +207,15 @@ def _nbest_pairs(src_lines: Iterator[str], entries: Iterator[tuple[int, str]], s
         yield i, (line, text)
 
 
-def _format(s, index: int, text: str, run, as_json: bool, n_best_input: bool, alignments: bool) -> str:
-    from mt.align import pharaoh, word_alignment
+def _format(s, index: int, source: str, text: str, run, as_json: bool, n_best_input: bool, alignments: bool) -> str:
+    from mt.align import pharaoh, source_word_ids, word_alignment, word_ids
 
     links = None
     if alignments and s.error is not None:
         links = []
     elif alignments:
-        links = word_alignment(s.attention, run.src_vocab.pieces(s.src_tokens), run.tgt_vocab.pieces(s.tokens))
+        src_words = source_word_ids(run.src_vocab, source, s.src_tokens) or word_ids(run.src_vocab.pieces(s.src_tokens))
+        links = word_alignment(s.attention, src_words, word_ids(run.tgt_vocab.pieces(s.tokens)))
     if as_json:
         obj = {"id": index, "log_prob": s.log_prob, "score": s.score,
                "tokens": run.tgt_vocab.pieces(s.tokens) + ["</s>"], "token_scores": s.token_log_probs}

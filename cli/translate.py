@@ -30,6 +30,7 @@ Examples:
   mt translate -m runs/m30k --prefix-file starts.de < in.txt    # outputs start with these (empty: free)
   mt translate -m runs/m30k --input-format jsonl < in.jsonl     # {"text": "...", "prefix": "..."}
   mt translate -m runs/demo --alignments < in.txt               # text<TAB>0-0 1-2 2-1 (Pharaoh)
+  mt translate -m runs/m30k --no-copy-unseen < in.txt           # leave words in unseen characters to the model
 """
 
 
@@ -96,7 +97,8 @@ def translate(
     prefix_file: Optional[Path] = typer.Option(None, "--prefix-file", help="Target text each translation starts with, one line per input line (empty: none); the search continues from it."),
     input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
-    alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention (mean over heads) aligns words; negative: from the top \[default: the run's decode.alignment_layer, -1]."),
+    alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention (mean over heads) aligns words; negative: from the top \\[default: the run's decode.alignment_layer, -1]."),
+    copy_unseen: Optional[bool] = typer.Option(None, "--copy-unseen/--no-copy-unseen", help="Copy source words with characters the vocabulary lacks (names in other scripts, emoji, symbols) to the target word aligned to them \\[default: the run's decode.copy_unseen, on]."),
 ) -> None:
     # every check that needs no model comes first, before `import torch` (seconds)
     _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
@@ -106,7 +108,8 @@ def translate(
     decode = _decode_config(load_config(model[0] / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
                             n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
                             max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
-                            topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer)
+                            topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer,
+                            copy_unseen=copy_unseen)
     weights = parse_weights(ensemble_weights, len(model))
     checkpoints = checkpoints_per_run(model, checkpoint)
     need_attention = attention_plot is not None or alignments or as_json
@@ -179,10 +182,10 @@ def _build_translator(model, checkpoints, weights, decode: DecodeConfig, device:
         quantize_int8(run.model)
     if dtype != "float32":
         set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
-    if need_attention:
-        run.model.set_attention_layer(decode.alignment_layer)
+    run.model.set_attention_layer(decode.alignment_layer)  # alignments, plots, the copy of unseen words
     return Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode, return_attention=need_attention),
-                      dev, decode.batch_tokens, max_input_tokens, alignments=word_alignments)
+                      dev, decode.batch_tokens, max_input_tokens, alignments=word_alignments,
+                      copy_unseen=decode.copy_unseen)
 
 
 def _write_stream(translator, input: Optional[Path], output: Optional[Path], prefix_file: Optional[Path],

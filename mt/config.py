@@ -275,6 +275,12 @@ class DecodeConfig:
     #: Transformer decoder layer whose cross-attention (mean over heads) gives word alignments
     #: (--alignments, --json "alignment") and attention plots; negative counts from the top
     alignment_layer: int = -1
+    #: copy source words holding characters the vocabulary lacks (names in another script, emoji,
+    #: rare symbols) into the translation, at the target word aligned to them (mt.unseen)
+    copy_unseen: bool = True
+    #: Transformer decoder layer whose cross-attention places the copied words: the target word that
+    #: attends most to an unseen word (the first layer placed them best on Multi30k: README)
+    copy_layer: int = 0
 
     def __post_init__(self) -> None:
         rules = (

@@ -22,9 +22,10 @@ ids (`check_compatible` on the runs' vocabularies). The attention returned is th
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,13 @@ class EnsembleModel(Seq2Seq):
     def set_attention_layer(self, layer: int) -> None:
         for m in self.members:
             m.set_attention_layer(layer)
+
+    @contextmanager
+    def attention_layer_set(self, layer: int) -> Iterator[None]:
+        with ExitStack() as stack:  # each member back to its own layer (members may differ in depth)
+            for m in self.members:
+                stack.enter_context(m.attention_layer_set(layer))
+            yield
 
     def _mix(self, log_probs: list[Tensor]) -> Tensor:
         """log of the (weighted) mean of the members' probabilities, [..., V] each -> [..., V]."""

@@ -113,6 +113,8 @@ class TranslateRequest(BaseModel):
                                                 "(pairs [source word, target word], as `mt translate --alignments`).")
     alignment_layer: int | None = Field(None, description="Decoder layer whose cross-attention aligns words "
                                                           "(negative: from the top; default: the run's).")
+    copy_unseen: bool | None = Field(None, description="Copy source words with characters the vocabulary lacks "
+                                                       "to the target word aligned to them (default: the run's, on).")
 
 
 class Hyp(BaseModel):
@@ -173,7 +175,8 @@ def request_decode(base: DecodeConfig, req: TranslateRequest, limits: Limits, de
         if value is not None and value > max_beam:
             raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit ({max_beam})")
     options = {k: getattr(req, k) for k in ("beam", "n_best", "len_penalty", "alpha", "max_len_a", "max_len_b",
-                                            "min_len", "temperature", "topk", "topp", "seed", "alignment_layer")}
+                                            "min_len", "temperature", "topk", "topp", "seed", "alignment_layer",
+                                            "copy_unseen")}
     try:  # combined as mt translate combines them; messages name the options as the request does
         decode = base.with_options(greedy=req.greedy, sample=req.sample, **options)
     except SettingError as e:
@@ -356,13 +359,14 @@ class Batcher:
     def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False,
                   prefixes: list[str] | None = None) -> list[Translation]:
         s = self.served
-        if alignments:  # the one worker thread decodes: the model's setting holds for this batch
-            s.run.model.set_attention_layer(decode.alignment_layer)
+        # the one worker thread decodes: the model's setting holds for this batch (alignments, copies)
+        s.run.model.set_attention_layer(decode.alignment_layer)
         translator = Translator(s.run.model, s.run.src_vocab, s.run.tgt_vocab,
                                 build_search(decode, return_attention=alignments,
                                              max_len_cap=self.limits.max_output_tokens), s.device,
                                 s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
-                                warn=lambda msg: log.warning("%s", msg), alignments=alignments)
+                                warn=lambda msg: log.warning("%s", msg), alignments=alignments,
+                                copy_unseen=decode.copy_unseen)
         return translator.translate(texts, prefixes=prefixes)
 
 

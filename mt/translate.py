@@ -11,14 +11,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from mt import MTError
-from mt.align import word_alignment, word_ids
+from mt.align import links_from, source_word_ids, word_attention, word_ids
 from mt.checkpoint import load_weights, read_json
 from mt.config import Config, load_config
 from mt.data import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
+from mt.score import Scorer
 from mt.search import Hypothesis, Search
+from mt.unseen import UnseenCopier
 from mt.vocab import Vocab
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
@@ -84,12 +86,19 @@ class Translator:
         max_input_tokens: int | None = None,
         warn: Callable[[str], None] | None = None,
         alignments: bool = False,
+        copy_unseen: bool = False,
+        copy_layer: int = 0,
     ) -> None:
-        """alignments=True: each Translation gets its word alignment (the search must return attention)."""
+        """alignments=True: each Translation gets its word alignment (the search must return attention).
+        copy_unseen=True: source words with characters the vocabulary lacks are copied into the
+        translation (mt.unseen; a model without attention cannot place them and is left alone),
+        placed by the attention of decoder layer `copy_layer` (Transformers)."""
         self.model, self.src_vocab, self.tgt_vocab, self.search = model, src_vocab, tgt_vocab, search
         if alignments and not search.return_attention:
             raise ValueError("word alignments need a search built with return_attention=True")
         self.alignments = alignments
+        self.copier = UnseenCopier(src_vocab, tgt_vocab) if copy_unseen and model.has_attention else None
+        self.copy_layer = copy_layer
         self.device = torch.device(device)
         self.batch_tokens = batch_tokens
         limit = max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
@@ -156,7 +165,25 @@ class Translator:
         for i, h, ids in zip(owner, hyps, items):
             grouped[i].append(h)
             sources[i].append(ids)
-        return [self._result(encoded[i], parts, sources[i]) for i, parts in enumerate(grouped)]
+        copy_attention: dict[int, torch.Tensor] = {}
+        if self.copier is not None:
+            mend = [any(self.copier.needed(ids, h.tokens) for ids, hs in zip(sources[i], parts) for h in hs)
+                    for i, parts in enumerate(grouped)]
+            copy_attention = self._copy_attention([(ids, h) for i in range(len(lines)) if mend[i]
+                                                   for ids, hs in zip(sources[i], grouped[i]) for h in hs])
+        return [self._result(lines[i], encoded[i], parts, sources[i], len(prefix_ids[i]), copy_attention)
+                for i, parts in enumerate(grouped)]
+
+    def _copy_attention(self, pairs: list[tuple[list[int], Hypothesis]]) -> dict[int, torch.Tensor]:
+        """id(hypothesis) -> its teacher-forced attention from layer copy_layer (mt.score, one
+        batched pass), for the hypotheses whose lines the copy step mends."""
+        if not pairs:
+            return {}
+        scorer = Scorer(self.model, self.src_vocab, self.tgt_vocab, device=self.device,
+                        batch_tokens=self.batch_tokens, return_attention=True)
+        with self.model.attention_layer_set(self.copy_layer):
+            scored = scorer.score_ids([ids for ids, _ in pairs], [h.tokens for _, h in pairs])
+        return {id(h): s.attention for (_, h), s in zip(pairs, scored) if s.attention is not None}
 
     def _split(self, ids: list[int]) -> list[list[int]]:
         """A line's ids in pieces of at most max_input_tokens, each cut before a word (a piece
@@ -173,7 +200,10 @@ class Translator:
         pieces.append(ids[pos:])
         return pieces
 
-    def _result(self, src_ids: list[int], parts: list[list[Hypothesis]], sources: list[list[int]]) -> Translation:
+    def _result(self, line: str, src_ids: list[int], parts: list[list[Hypothesis]], sources: list[list[int]],
+                prefix_len: int = 0, copy_attention: dict[int, torch.Tensor] | None = None) -> Translation:
+        """A line's Translation from its parts' hypotheses; copy_attention: the attention that places
+        copied words, by id(hypothesis), for the hypotheses whose unseen source words are copied."""
         if not parts:
             return Translation(text="", nbest=[("", 0.0)], alignment=[] if self.alignments else None)
         best = [p[0] for p in parts if p]
@@ -182,15 +212,30 @@ class Translator:
         # a cut line: one </s> at the end, the pieces' own eos scores summed into it
         token_scores = [s for h in best for s in (h.token_scores or [])[:-1]]
         token_scores.append(sum((h.token_scores or [0.0])[-1] for h in best))
-        alignment = self._alignment(sources, best) if self.alignments else None
+        copy_attention = copy_attention or {}
+        mend = any(id(h) in copy_attention for h in best)
+        line_words = source_word_ids(self.src_vocab, line, src_ids) if self.alignments or mend else None
+        src_words = line_words if line_words is not None else word_ids(self.src_vocab.pieces(src_ids))
+        alignment = links_from(self._word_attention(src_words, sources, best)) if self.alignments else None
+        mend = mend and line_words is not None  # a copy needs the line's own words
         if len(parts) > 1:
             # one detokenisation of all pieces' tokens: the spaces between them are the vocabulary's
             # (none for a language written without spaces), not a join's
             text = self.tgt_vocab.decode(tokens)
+            if mend:
+                placing = self._word_attention(src_words, sources, best, copy_attention, len(line.split()))
+                text, alignment = self._mend(line, tokens, placing, prefix_len, alignment)
             score = sum(h.score for h in best)
             return Translation(text=text, nbest=[(text, score)], pieces=len(parts), tokens=pieces,
-                               token_scores=token_scores, alignment=alignment)
-        nbest = [(self.tgt_vocab.decode(h.tokens), h.score) for h in parts[0]]
+                               token_scores=token_scores, alignment=alignment if self.alignments else None)
+        nbest = []
+        for k, h in enumerate(parts[0]):
+            text = self.tgt_vocab.decode(h.tokens)
+            if mend:
+                placing = self._word_attention(src_words, sources, [h], copy_attention, len(line.split()))
+                text, links = self._mend(line, h.tokens, placing, prefix_len, alignment if k == 0 else None)
+                alignment = links if k == 0 else alignment
+            nbest.append((text, h.score))
         return Translation(
             text=nbest[0][0] if nbest else "",
             nbest=nbest,
@@ -198,28 +243,42 @@ class Translator:
             attention=best[0].attention if best else None,
             tokens=pieces,
             token_scores=token_scores,
-            alignment=alignment,
+            alignment=alignment if self.alignments else None,
         )
 
-    def _alignment(self, sources: list[list[int]], best: list[Hypothesis]) -> list[tuple[int, int]]:
-        """Word alignment of a line from its pieces' attention. A cut line's words are numbered over
-        the whole line (the pieces of all parts together, as the text is detokenised)."""
-        src_parts = [self.src_vocab.pieces(ids) for ids in sources]
-        tgt_parts = [self.tgt_vocab.pieces(h.tokens) for h in best]
-        src_words = word_ids([p for part in src_parts for p in part])
-        tgt_words = word_ids([p for part in tgt_parts for p in part])
-        links: set[tuple[int, int]] = set()
+    def _mend(self, line: str, tokens: list[int], placing: torch.Tensor, prefix_len: int,
+              alignment: list[tuple[int, int]] | None) -> tuple[str, list[tuple[int, int]] | None]:
+        """The text of `tokens` with the line's unseen words copied (placed by `placing`), and
+        `alignment` (None: not asked for) with the target words renumbered as they moved."""
+        mended = self.copier.mend(line, tokens, placing, prefix_len) if self.copier is not None else None
+        if mended is None:
+            return self.tgt_vocab.decode(tokens), alignment
+        text, position, copies = mended
+        if alignment is not None:  # a copied word's links are its copy's
+            replaced = {t for _, t in copies}
+            alignment = sorted({(s, position[t]) for s, t in alignment if position[t] not in replaced} | set(copies))
+        return text, alignment
+
+    def _word_attention(self, src_words: list[int], sources: list[list[int]], best: list[Hypothesis],
+                        attention: dict[int, torch.Tensor] | None = None, n_src: int = 0) -> torch.Tensor:
+        """[target words, source words] attention of a line (mt.align.word_attention); src_words: the
+        word of each of the line's source pieces (the parts' pieces in order). A cut line's words
+        are numbered over the whole line (the pieces of all parts together, as the text is
+        detokenised); each part fills its own block."""
+        tgt_words = word_ids([p for h in best for p in self.tgt_vocab.pieces(h.tokens)])
+        # columns: the line's words (its last ones may have no piece of their own: unknown words
+        # that a word vocabulary joined into the unknown piece before them)
+        shape = (max(tgt_words, default=-1) + 1, max(max(src_words, default=-1) + 1, n_src))
+        matrix = torch.zeros(shape)
         src_start = tgt_start = 0
-        for src_pieces, tgt_pieces, h in zip(src_parts, tgt_parts, best):
-            if h.attention is not None:
-                # a part's own word k starts at its k-th word-initial piece: the line's word there
-                src_first = _word_starts(src_pieces)
-                tgt_first = _word_starts(tgt_pieces)
-                for s, t in word_alignment(h.attention, src_pieces, tgt_pieces):
-                    links.add((src_words[src_start + src_first[s]], tgt_words[tgt_start + tgt_first[t]]))
-            src_start += len(src_pieces)
-            tgt_start += len(tgt_pieces)
-        return sorted(links)
+        for ids, h in zip(sources, best):
+            attn = h.attention if attention is None else attention.get(id(h))
+            if attn is not None:
+                matrix += word_attention(attn, src_words[src_start: src_start + len(ids)],
+                                         tgt_words[tgt_start: tgt_start + len(h.tokens)], shape)
+            src_start += len(ids)
+            tgt_start += len(h.tokens)
+        return matrix
 
     def stream(self, lines: Iterable[str | tuple[str, str]], buffer_lines: int = 1000) -> Iterator[Translation]:
         """Translate an iterable of lines, or of (line, target prefix) pairs, chunk by chunk,
@@ -237,12 +296,6 @@ class Translator:
                 chunk, prefixes = [], []
         if chunk:
             yield from self.translate(chunk, first, prefixes if any(prefixes) else None)
-
-
-def _word_starts(pieces: list[str]) -> list[int]:
-    """Index of the first piece of each word (mt.align.word_ids' words)."""
-    ids = word_ids(pieces)
-    return [i for i, w in enumerate(ids) if i == 0 or w != ids[i - 1]]
 
 
 def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:

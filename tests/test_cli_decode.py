@@ -17,6 +17,7 @@ from conftest import Result, assert_clean_failure, copy_run, run_mt
 SOURCES = ["the big apple helps a blue door.", "three quiet men see the dog.", "", "a cat sees the house.",
            "clever kings see two apples, while a warm letter chases three quiet cats."]
 PREFIXES = ["der grote", "", "dat", "ena katza klina", ""]  # a prefix for the empty line too
+UNSEEN = ["the big Москва helps a blue door.", "three quiet men see 東京 and 😀.", "", "a cat sees the house."]
 PHARAOH = re.compile(r"^(\d+-\d+( \d+-\d+)*)?$")
 
 
@@ -37,7 +38,8 @@ def _other_vocab_run(run: Path, dest: Path) -> Path:
 def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     ws = tmp_path_factory.mktemp("decode")
     paths = {"run": tiny_run, "twin": copy_run(tiny_run, ws / "twin"), "other": _other_vocab_run(tiny_run, ws / "other")}
-    for name, lines in (("src", SOURCES), ("prefixes", PREFIXES), ("short_prefixes", PREFIXES[:3]), ("one", SOURCES[:1])):
+    for name, lines in (("src", SOURCES), ("prefixes", PREFIXES), ("short_prefixes", PREFIXES[:3]), ("one", SOURCES[:1]),
+                        ("unseen", UNSEEN)):
         paths[name] = ws / f"{name}.txt"
         paths[name].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     paths["jsonl"] = ws / "in.jsonl"
@@ -70,6 +72,9 @@ def results(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "json-beam": "translate -m {run} --beam 3 -i {src} --json",
         "alignments": "translate -m {run} --beam 3 -i {src} --alignments --scores",
         "nbest": "translate -m {run} --beam 4 --n-best 4 -i {src} -o {nbest}",
+        "unseen": "translate -m {run} --beam 3 -i {unseen} --alignments",
+        "unseen-off": "translate -m {run} --beam 3 -i {unseen} --no-copy-unseen",
+        "unseen-json": "translate -m {run} --beam 3 --n-best 2 -i {unseen} --json",
         "score": "score -m {run} --src {src} --tgt {src} --json --alignments",
         "score-ensemble": "score -m {run} -m {twin} --src {src} --tgt {src}",
         "score-long": "score -m {run} --src {pairs_src} --tgt {pairs_tgt} --alignments",
@@ -174,6 +179,22 @@ def test_alignments_follow_a_tab_in_pharaoh_format(results: dict) -> None:
         assert text == plain and float(score) < 0 if src else True
         assert PHARAOH.match(links), links
         assert all(int(p.split("-")[0]) < len(src.split()) for p in links.split())
+
+
+def test_unseen_words_are_copied_unless_switched_off(results: dict) -> None:
+    on, off = lines(results["unseen"]), lines(results["unseen-off"])
+    objs = [json.loads(line) for line in lines(results["unseen-json"])]
+    assert len(on) == len(off) == len(objs) == len(UNSEEN)
+    for src, a, b, obj in zip(UNSEEN, on, off, objs):
+        text, links = a.split("\t")
+        unseen = [w for w in src.split() if any(c in w for c in "Москва東京😀")]
+        assert all(w in text.split() for w in unseen) and not any(w in b for w in unseen), (src, a, b)
+        assert PHARAOH.match(links)
+        for w in unseen:  # the copy is linked to its source word
+            assert f"{src.split().index(w)}-{text.split().index(w)}" in links.split()
+        assert all(all(w in h["translation"].split() for w in unseen) for h in obj["nbest"])
+        if not unseen:
+            assert text == b
 
 
 def test_score_reports_per_token_scores(results: dict) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mt import synthetic
-from mt.align import alignment_error_rate, word_alignment
+from mt.align import alignment_error_rate, source_word_ids, word_alignment, word_ids
 from mt.config import config_from_dict
 from mt.metrics import score
 from mt.score import Scorer
@@ -42,7 +42,9 @@ def _aer(run, layer: int) -> float:
     scored = Scorer(run.model, run.src_vocab, run.tgt_vocab, return_attention=True).score(pairs)
     hyp, gold = set(), set()
     for k, ((src, _), s) in enumerate(zip(pairs, scored)):
-        links = word_alignment(s.attention, run.src_vocab.pieces(s.src_tokens), run.tgt_vocab.pieces(s.tokens))
+        links = word_alignment(s.attention, source_word_ids(run.src_vocab, src, s.src_tokens),
+                               word_ids(run.tgt_vocab.pieces(s.tokens)))
+        assert links  # the generator's words: each word segmented alone is segmented as in the line
         hyp |= {(k, i, j) for i, j in links}
         gold |= {(k, i, j) for i, j in synthetic.reference_alignment(src)}
     return alignment_error_rate(hyp, gold)

@@ -9,8 +9,9 @@ whatever the architecture.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -129,6 +130,17 @@ class Seq2Seq(nn.Module):
     def set_attention_layer(self, layer: int) -> None:
         """Which attention `decode_step` returns when asked for it (alignments, plots). Models with
         one attention (RNNs) have nothing to choose; the Transformer picks a decoder layer."""
+
+    @contextmanager
+    def attention_layer_set(self, layer: int) -> Iterator[None]:
+        """set_attention_layer(layer) for the block, then the layer that was set before."""
+        before = getattr(self, "attention_layer", None)
+        self.set_attention_layer(layer)
+        try:
+            yield
+        finally:
+            if before is not None:
+                self.set_attention_layer(before)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOut:  # pragma: no cover - abstract
         """src [B, S] token ids padded with pad_id; src_lengths [B]."""
