@@ -159,6 +159,17 @@ def test_alignments_and_token_scores_as_mt_translate_json(server: Server, tiny_r
     assert all("alignment" not in t and t["tokens"] for t in plain)
 
 
+def test_unseen_words_are_copied_as_by_mt_translate(server: Server, tiny_run: Path, tmp_path: Path) -> None:
+    texts = ["the big Москва helps a blue door.", "a cat sees the house."]
+    got = [t["translation"] for t in post(server, {"texts": texts}).json()["translations"]]
+    off = [t["translation"] for t in post(server, {"texts": texts, "copy_unseen": False}).json()["translations"]]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cli = run_mt("translate", "-m", tiny_run, "-i", tmp_path / "in.txt", "--device", "cpu")
+    assert cli.returncode == 0, cli.explain()
+    assert got == cli.stdout.split("\n")[:-1]
+    assert "Москва" in got[0].split() and "Москва" not in off[0] and got[1] == off[1]
+
+
 def test_single_text_and_empty_list(server: Server, unbatched) -> None:
     r = post(server, {"text": TEXTS[0]})
     assert r.status_code == 200, r.text
