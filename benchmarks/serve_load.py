@@ -89,7 +89,8 @@ def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tup
 
         quantize_int8(loaded.model)
     d = loaded.config.decode
-    translator = Translator(loaded.model, loaded.src_vocab, loaded.tgt_vocab, build_search(d), "cpu", d.batch_tokens)
+    translator = Translator(loaded.model, loaded.src_vocab, loaded.tgt_vocab, build_search(d), "cpu", d.batch_tokens,
+                            copy_unseen=d.copy_unseen, copy_layer=d.copy_layer)  # as mt translate decodes
     translator.translate(lines[:8])  # warm-up
     t0 = time.perf_counter()
     same = [t.text for t in translator.translate(lines)] == out
