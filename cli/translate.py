@@ -185,7 +185,7 @@ def _build_translator(model, checkpoints, weights, decode: DecodeConfig, device:
     run.model.set_attention_layer(decode.alignment_layer)  # alignments, plots, the copy of unseen words
     return Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode, return_attention=need_attention),
                       dev, decode.batch_tokens, max_input_tokens, alignments=word_alignments,
-                      copy_unseen=decode.copy_unseen)
+                      copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer)
 
 
 def _write_stream(translator, input: Optional[Path], output: Optional[Path], prefix_file: Optional[Path],

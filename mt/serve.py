@@ -209,6 +209,7 @@ class Job:
     prefixes: list[str] | None = None  # target prefixes, one per text
     # jobs batch together when their keys are equal; sampling depends on the batch, so it never does
     key: Any = None
+    ids: list[list[int]] | None = None  # the texts' source segmentation, made once to price the job
     arrived: float = field(default_factory=time.monotonic)
     started: bool = False
     cancelled: bool = False
@@ -343,7 +344,8 @@ class Batcher:
         texts = [t for j in jobs for t in j.texts]
         # prefixed and plain texts share a batch: "" is no prefix, and a text's output does not depend on the others'
         prefixes = [p for j in jobs for p in (j.prefixes or [""] * len(j.texts))] if any(j.prefixes for j in jobs) else None
-        results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes)
+        ids = [i for j in jobs for i in j.ids] if all(j.ids is not None for j in jobs) else None
+        results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes, ids)
         pos = 0
         for job in jobs:
             job.resolve(results[pos: pos + len(job.texts)])
@@ -357,7 +359,8 @@ class Batcher:
         return self.thread.is_alive()
 
     def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False,
-                  prefixes: list[str] | None = None) -> list[Translation]:
+                  prefixes: list[str] | None = None, ids: list[list[int]] | None = None) -> list[Translation]:
+        """Decode one batch; ids: the texts' source segmentation when already made (to price them)."""
         s = self.served
         # the one worker thread decodes: the model's setting holds for this batch (alignments, copies)
         s.run.model.set_attention_layer(decode.alignment_layer)
@@ -366,8 +369,8 @@ class Batcher:
                                              max_len_cap=self.limits.max_output_tokens), s.device,
                                 s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
                                 warn=lambda msg: log.warning("%s", msg), alignments=alignments,
-                                copy_unseen=decode.copy_unseen)
-        return translator.translate(texts, prefixes=prefixes)
+                                copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer)
+        return translator.translate(texts, prefixes=prefixes, encoded=ids)
 
 
 class TranslationService:
@@ -490,9 +493,10 @@ class TranslationService:
             return []
         loop = asyncio.get_running_loop()
         rows = max(build_search(decode).rows_per_sentence, 1)
-        cost = sum(len(ids) + 1 for ids in model.run.src_vocab.encode_batch(texts)) * rows
+        ids = model.run.src_vocab.encode_batch(texts)
+        cost = sum(len(i) + 1 for i in ids) * rows
         key = object() if decode.search == "sampling" else (decode, alignments)
-        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, prefixes, key)
+        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, prefixes, key, ids)
         batcher = self.batchers[model.name]
         try:
             batcher.submit(job)

@@ -99,6 +99,9 @@ class Translator:
         self.alignments = alignments
         self.copier = UnseenCopier(src_vocab, tgt_vocab) if copy_unseen and model.has_attention else None
         self.copy_layer = copy_layer
+        if self.copier is not None:
+            with model.attention_layer_set(copy_layer):  # a layer the model lacks: an MTError now, not mid-file
+                pass
         self.device = torch.device(device)
         self.batch_tokens = batch_tokens
         limit = max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
@@ -130,16 +133,20 @@ class Translator:
         return results
 
     # -- text ---------------------------------------------------------------------------------
-    def translate(self, lines: Sequence[str], first_line: int = 1,
-                  prefixes: Sequence[str] | None = None) -> list[Translation]:
+    def translate(self, lines: Sequence[str], first_line: int = 1, prefixes: Sequence[str] | None = None,
+                  encoded: Sequence[list[int]] | None = None) -> list[Translation]:
         """Translate a list of lines. Empty lines give empty translations; a line longer than
         max_input_tokens is cut into pieces that are translated one after the other.
 
         prefixes: target text each translation must start with ("" for none), one per line; the
         search continues from it (see mt.search.Search). A line cut into pieces has its prefix
         forced on the first piece. An empty line with a prefix is translated from an empty source:
-        the prefix is forced and the search continues after it, like any line's."""
-        encoded = self.src_vocab.encode_batch(lines)
+        the prefix is forced and the search continues after it, like any line's.
+
+        encoded: the lines' source segmentation (src_vocab.encode_batch) when the caller made it already."""
+        encoded = list(encoded) if encoded is not None else self.src_vocab.encode_batch(lines)
+        if len(encoded) != len(lines):
+            raise ValueError(f"{len(encoded)} segmented lines for {len(lines)} lines")
         prefix_ids = self.tgt_vocab.encode_batch(list(prefixes)) if prefixes is not None else [[] for _ in lines]
         if len(prefix_ids) != len(lines):
             raise ValueError(f"{len(prefix_ids)} prefixes for {len(lines)} lines")

@@ -139,8 +139,8 @@ class UnseenCopier:
         tgt_words = [self.tgt_vocab.decode(g).strip() for g in groups]
         unknown = [w for w, g in enumerate(groups) if UNK_ID in g]
         keep = tgt_word_of[prefix_len - 1] + 1 if prefix_len else 0
-        if attention.shape != (len(tgt_words), len(words)):
-            return None
+        if attention.shape != (len(tgt_words), len(words)) or not bool((attention > 0).any()):
+            return None  # no attention to place them by (a pair too long to score)
         mended, position, copies = copy_words(words, tgt_words, attention, unseen, unknown, keep, chars)
         if not copies:
             return None

@@ -175,3 +175,24 @@ def test_copy_settings_come_from_the_run(tmp_path: Path) -> None:
 
     assert DecodeConfig().copy_unseen and DecodeConfig().copy_layer == 0
     assert not DecodeConfig().with_options(copy_unseen=False).copy_unseen
+
+
+def test_a_copy_layer_the_model_lacks_is_refused_at_once(vocab) -> None:
+    from mt import MTError
+
+    with pytest.raises(MTError, match="layer 5 does not exist"):
+        Translator(_model("transformer", len(vocab)), vocab, vocab, GreedySearch(), copy_unseen=True, copy_layer=5)
+
+
+def test_a_segmentation_made_by_the_caller_is_used_as_it_is(vocab) -> None:
+    """mt serve segments a request once, to price it, and hands the ids to the translator."""
+    model = _model("transformer", len(vocab))
+    tr = Translator(model, vocab, vocab, GreedySearch(max_len_b=5), copy_unseen=True)
+    ids = vocab.encode_batch(LINES)
+    assert [t.text for t in tr.translate(LINES, encoded=ids)] == [t.text for t in tr.translate(LINES)]
+    # the ids decide what the model reads: line 0's text with line 1's ids is line 1's translation
+    other = tr.translate(LINES[:2], encoded=[ids[1], ids[0]])
+    assert other[0].tokens == tr.translate([LINES[1]])[0].tokens
+    assert other[1].tokens == Translator(model, vocab, vocab, GreedySearch(max_len_b=5)).translate([LINES[0]])[0].tokens
+    with pytest.raises(ValueError, match="1 segmented lines for 2 lines"):
+        tr.translate(LINES[:2], encoded=ids[:1])
