@@ -22,7 +22,7 @@ Examples:
   mt translate -m runs/m30k --beam 5 -i test.en -o test.hyp
   mt translate -m runs/m30k --greedy --batch-tokens 8000 -i big.txt -o big.hyp
   mt translate -m runs/m30k --int8 -i big.txt -o big.hyp        # int8 matrix products on the CPU
-  mt translate -m runs/m30k --dtype bfloat16 < in.txt > out.txt # GPUs, CPUs with native bf16
+  mt translate -m runs/m30k --dtype bfloat16 < in.txt > out.txt # CPUs with native bf16 (AMX)
   mt translate -m runs/m30k --n-best 3 --beam 5 < in.txt        # Moses format: i ||| text ||| score
   mt translate -m runs/m30k --json < in.txt                     # one JSON object per input line
   mt translate -m runs/demo --attention-plot plots/ < in.txt    # one PNG heatmap per sentence
@@ -93,7 +93,7 @@ def translate(
     buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating \\[default: 1000, 1 on a terminal]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): int8 matrix products move and multiply a quarter of the bytes of float32 ones, at a small cost in accuracy; measured speed and BLEU: README, Performance (benchmarks/translate_speed.py, precision_quality.py)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (half the bytes per weight; faster only where the hardware multiplies bf16 natively: GPUs, CPUs with AVX512-BF16 or AMX) or float16 (CUDA only). Figures: README, Performance."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (half the bytes per weight; faster on CPUs with AVX512-BF16 or AMX; slower than float32 on an H200 as measured) or float16 (CUDA only). Figures: README, Performance."),
     prefix_file: Optional[Path] = typer.Option(None, "--prefix-file", help="Target text each translation starts with, one line per input line (empty: none); the search continues from it."),
     input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
