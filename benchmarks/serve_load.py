@@ -19,13 +19,10 @@ import argparse
 import asyncio
 import gzip
 import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,8 +31,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from mt import MTError  # noqa: E402
 from mt.config import load_config  # noqa: E402
 from mt.rundir import CONFIG  # noqa: E402
+from mt.serve_process import ServerProcess  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,36 +99,13 @@ def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tup
                  "in_process_output_equals_cli": same}
 
 
-def start_server(run: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
-    proc = subprocess.Popen([*mt_command(), "serve", "-m", str(run), "--host", "127.0.0.1", "--port", "0",
-                             "--threads", str(threads), "--device", "cpu", "--log-level", "warning", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    found: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stderr:
-            log.append(line.rstrip("\n"))
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                found.append(m.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(300) or not found:
-        proc.kill()
-        raise SystemExit("mt serve did not start:\n" + "\n".join(log))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(found[0] + "/health", timeout=5).status_code == 200:
-                return proc, found[0], log
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("mt serve never became healthy:\n" + "\n".join(log))
+def start_server(run: Path, threads: int, extra: list[str]) -> ServerProcess:
+    try:
+        return ServerProcess.start([*mt_command(), "serve", "-m", str(run), "--host", "127.0.0.1", "--port", "0",
+                                    "--threads", str(threads), "--device", "cpu", "--log-level", "warning", *extra],
+                                   start_timeout=300, health_timeout=120)
+    except MTError as e:
+        raise SystemExit(str(e)) from None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -199,7 +175,8 @@ def main() -> None:
     env = common.environment(torch.device("cpu"))
     common.log(f"mt translate on {len(lines)} lines of {source}")
     expected, reference = time_translate(args.run, lines, args.threads, args.int8)
-    proc, url, log = start_server(args.run, args.threads, serve_extra)
+    server = start_server(args.run, args.threads, serve_extra)
+    url = server.url
     results = []
     try:
         for c in common.int_list(args.concurrency):
@@ -208,12 +185,7 @@ def main() -> None:
             results.append(asyncio.run(load(url, lines, expected, c, args.max_seconds)))
             common.log(f"  {results[-1]['sentences_per_second']} sentences/s, p99 {results[-1]['latency_ms']['p99']} ms")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            exit_status = proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            exit_status = "killed after 120 s"
+        exit_status = server.stop(grace=120)
     doc = {
         "benchmark": "serve_load",
         "run": str(args.run),

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -22,6 +20,8 @@ import httpx
 import pytest
 
 from conftest import assert_clean_failure, mt_command, mt_env, run_mt
+from mt import MTError
+from mt.serve_process import ServerProcess
 
 TEXTS = [
     "two birds watch these friends in ships.",
@@ -35,58 +35,20 @@ TEXTS = [
 ]
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, log: list[str]) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    def stderr(self) -> str:
-        return "\n".join(self.log)
-
-
-def start_server(run: Path, *options: str) -> Server:
+def start_server(run: Path, *options: str) -> ServerProcess:
     """`mt serve -m RUN --port 0 OPTIONS`, once it answers /health."""
-    proc = subprocess.Popen([*mt_command(), "serve", "-m", str(run), "--port", "0", *options],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=mt_env(), text=True)
-    log: list[str] = []
-    url: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:  # keep reading stderr so the server never blocks on a full pipe
-        for line in proc.stderr:
-            log.append(line.rstrip("\n"))
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                url.append(m.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(120) or not url:
-        proc.kill()
-        pytest.fail("mt serve did not start:\n" + "\n".join(log))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url[0] + "/health", timeout=5).status_code == 200:
-                return Server(proc, url[0], log)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("mt serve never became healthy:\n" + "\n".join(log))
+    try:
+        return ServerProcess.start([*mt_command(), "serve", "-m", str(run), "--port", "0", *options], env=mt_env())
+    except MTError as e:
+        pytest.fail(str(e))
 
 
-def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+def stop_server(server: ServerProcess) -> None:
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run: Path) -> Iterator[Server]:
+def server(tiny_run: Path) -> Iterator[ServerProcess]:
     s = start_server(tiny_run, "--max-texts", "8", "--max-chars", "300", "--max-body", "4096", "--max-beam", "6",
                      "--max-output-tokens", "500", "--threads", "1")
     yield s
@@ -111,7 +73,7 @@ def unbatched(tiny_run: Path):
     return translate
 
 
-def post(server: Server, body, **kwargs) -> httpx.Response:
+def post(server: ServerProcess, body, **kwargs) -> httpx.Response:
     if isinstance(body, (dict, list)):
         return httpx.post(server.url + "/translate", json=body, timeout=60, **kwargs)
     return httpx.post(server.url + "/translate", content=body, timeout=60, **kwargs)
@@ -128,7 +90,7 @@ def error_of(r: httpx.Response, status: int, *fragments: str) -> dict:
 
 
 # -- endpoints -----------------------------------------------------------------------------------
-def test_translate_equals_mt_translate(server: Server, tiny_run: Path, tmp_path: Path) -> None:
+def test_translate_equals_mt_translate(server: ServerProcess, tiny_run: Path, tmp_path: Path) -> None:
     r = post(server, {"texts": TEXTS})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -142,7 +104,7 @@ def test_translate_equals_mt_translate(server: Server, tiny_run: Path, tmp_path:
     assert all(isinstance(t["score"], float) and "nbest" not in t for t in body["translations"])
 
 
-def test_alignments_and_token_scores_as_mt_translate_json(server: Server, tiny_run: Path, tmp_path: Path) -> None:
+def test_alignments_and_token_scores_as_mt_translate_json(server: ServerProcess, tiny_run: Path, tmp_path: Path) -> None:
     texts = TEXTS[:3]
     r = post(server, {"texts": texts, "alignments": True})
     assert r.status_code == 200, r.text
@@ -159,7 +121,7 @@ def test_alignments_and_token_scores_as_mt_translate_json(server: Server, tiny_r
     assert all("alignment" not in t and t["tokens"] for t in plain)
 
 
-def test_unseen_words_are_copied_as_by_mt_translate(server: Server, tiny_run: Path, tmp_path: Path) -> None:
+def test_unseen_words_are_copied_as_by_mt_translate(server: ServerProcess, tiny_run: Path, tmp_path: Path) -> None:
     texts = ["the big Москва helps a blue door.", "a cat sees the house."]
     got = [t["translation"] for t in post(server, {"texts": texts}).json()["translations"]]
     off = [t["translation"] for t in post(server, {"texts": texts, "copy_unseen": False}).json()["translations"]]
@@ -170,7 +132,7 @@ def test_unseen_words_are_copied_as_by_mt_translate(server: Server, tiny_run: Pa
     assert "Москва" in got[0].split() and "Москва" not in off[0] and got[1] == off[1]
 
 
-def test_single_text_and_empty_list(server: Server, unbatched) -> None:
+def test_single_text_and_empty_list(server: ServerProcess, unbatched) -> None:
     r = post(server, {"text": TEXTS[0]})
     assert r.status_code == 200, r.text
     assert [t["translation"] for t in r.json()["translations"]] == unbatched(TEXTS[:1])
@@ -178,7 +140,7 @@ def test_single_text_and_empty_list(server: Server, unbatched) -> None:
     assert r.status_code == 200 and r.json()["translations"] == [], r.text
 
 
-def test_decoding_options_per_request(server: Server, unbatched) -> None:
+def test_decoding_options_per_request(server: ServerProcess, unbatched) -> None:
     r = post(server, {"texts": TEXTS[:4], "beam": 3, "n_best": 2, "len_penalty": "d2l", "alpha": 1.0})
     assert r.status_code == 200, r.text
     out = r.json()["translations"]
@@ -193,7 +155,7 @@ def test_decoding_options_per_request(server: Server, unbatched) -> None:
     assert sampled[0] == sampled[1] and len(sampled[0]["translations"][0]["nbest"]) == 2
 
 
-def test_health_info_and_openapi(server: Server, tiny_run: Path) -> None:
+def test_health_info_and_openapi(server: ServerProcess, tiny_run: Path) -> None:
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and set(health["models"]) == {tiny_run.name}
     info = httpx.get(server.url + "/info").json()
@@ -253,11 +215,11 @@ def test_health_info_and_openapi(server: Server, tiny_run: Path) -> None:
     (b'{"text": "a", "max_len_a": Infinity}', 400, ["Infinity is not a JSON number"]),
     (b'{"text": "a", "temperature": -Infinity}', 400, ["-Infinity"]),
 ], ids=lambda v: None)
-def test_bad_requests(server: Server, body, status: int, fragments: list[str]) -> None:
+def test_bad_requests(server: ServerProcess, body, status: int, fragments: list[str]) -> None:
     error_of(post(server, body), status, *fragments)
 
 
-def test_options_at_their_limits(server: Server) -> None:
+def test_options_at_their_limits(server: ServerProcess) -> None:
     assert post(server, {"text": "a", "alignments": True, "alignment_layer": -1}).status_code == 200
     assert post(server, {"text": "a", "sample": True, "seed": 2**63 - 1}).status_code == 200
 
@@ -277,7 +239,7 @@ def test_search_length_cap(tiny_run: Path) -> None:
         run.model, lengths).tolist() == [2, 7]
 
 
-def test_target_prefixes(server: Server, unbatched) -> None:
+def test_target_prefixes(server: ServerProcess, unbatched) -> None:
     plain = unbatched(TEXTS[:4])
     # texts 0 and 2 get a prefix that is not how they would start: a word of another translation
     words = sorted({w for t in unbatched(TEXTS) for w in t.split()})
@@ -304,7 +266,7 @@ def test_target_prefixes(server: Server, unbatched) -> None:
         assert r.json()["translations"][0]["translation"] == (expected[i] if "prefix" in body else plain[i])
 
 
-def test_body_size_limit(server: Server) -> None:
+def test_body_size_limit(server: ServerProcess) -> None:
     big = json.dumps({"texts": ["x" * 250] * 8, "pad": " " * 3000}).encode()
     error_of(post(server, big), 413, "limit is 4096")
 
@@ -315,12 +277,12 @@ def test_body_size_limit(server: Server) -> None:
     error_of(httpx.post(server.url + "/translate", content=chunks(), timeout=60), 413, "4096")
 
 
-def test_unknown_path_and_method_are_json(server: Server) -> None:
+def test_unknown_path_and_method_are_json(server: ServerProcess) -> None:
     error_of(httpx.get(server.url + "/nope"), 404)
     error_of(httpx.get(server.url + "/translate"), 405)
 
 
-def test_concurrent_requests_are_batched_and_equal_unbatched(server: Server, unbatched) -> None:
+def test_concurrent_requests_are_batched_and_equal_unbatched(server: ServerProcess, unbatched) -> None:
     before = httpx.get(server.url + "/health").json()["models"]
     requests = [[TEXTS[(i + k) % len(TEXTS)] for k in range(1 + i % 3)] for i in range(50)]
 
@@ -342,7 +304,7 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(server: Server, unb
     assert after[name]["queued_texts"] == 0 and after[name]["decoding_seconds"] > before[name]["decoding_seconds"]
 
 
-def test_server_survives_bad_input(server: Server) -> None:
+def test_server_survives_bad_input(server: ServerProcess) -> None:
     for body in (b"\x00\xff" * 100, b'{"texts": [{"a": 1}]}', b"null", b'{"text": "' + "é".encode() * 100 + b'"}'):
         post(server, body)
     assert server.proc.poll() is None
@@ -503,3 +465,9 @@ def test_model_names_and_run_folders_with_an_equals_sign(tiny_run: Path, tmp_pat
     shutil.copytree(tiny_run, tmp_path / "lr=0.1")
     monkeypatch.chdir(tmp_path)
     assert serve_cli._parse_model("lr=0.1") == ("lr=0.1", Path("lr=0.1"))
+
+
+def test_a_server_that_cannot_start_is_one_error_with_its_stderr(tmp_path: Path) -> None:
+    with pytest.raises(MTError, match=r"mt serve did not start:\n.*no-such-run"):
+        ServerProcess.start([*mt_command(), "serve", "-m", str(tmp_path / "no-such-run"), "--port", "0"], env=mt_env(),
+                            start_timeout=60)
