@@ -56,65 +56,87 @@ def score(
     weights = parse_weights(ensemble_weights, len(model))
     decode = _decode_config(model[0], len_penalty=len_penalty, alpha=alpha, batch_tokens=batch_tokens,
                             alignment_layer=alignment_layer)
+    run, scorer = _load_scorer(model, checkpoint, weights, decode, device, threads, alignments)
+    streams: list = []  # the files opened here
+    try:
+        items = _input_pairs(src, tgt, n_best_input, streams)
+        where = "stdin" if src is None else str(tgt) if n_best_input else f"{src} and {tgt}"
+        _write_scores(scorer, items, output, buffer_lines, where,
+                      lambda scored, index, source, text: _format(scored, index, source, text, run, as_json,
+                                                                  n_best_input, alignments),
+                      rerank=n_best_input, as_json=as_json)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def _load_scorer(model, checkpoint, weights, decode, device: str, threads, alignments: bool):
+    """The run(s) on the device (several: an ensemble) and their Scorer."""
     import torch
 
     from mt.device import resolve_device
     from mt.ensemble import load_models
     from mt.score import Scorer
     from mt.search import LengthPenalty
-    from mt.text import iter_lines, open_binary
-    from mt.translate import paired_lines
 
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    run = load_models(model, dev, checkpoint, weights)  # several: an ensemble
+    run = load_models(model, dev, checkpoint, weights)
     if alignments:
         run.model.set_attention_layer(decode.alignment_layer)
     scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab, LengthPenalty(decode.len_penalty, decode.alpha), dev,
                     decode.batch_tokens, return_attention=alignments)
-    streams = []  # the files opened here
+    return run, scorer
+
+
+def _input_pairs(src: Optional[Path], tgt: Optional[Path], n_best_input: bool,
+                 streams: list) -> Iterator[tuple[int, tuple[str, str]]]:
+    """(id, (source, target)) pairs: TAB-separated on stdin, two line-aligned files, or a source file
+    and an n-best list (id: the source line). The files opened are added to `streams`."""
+    from mt.text import iter_lines, open_binary
+    from mt.translate import paired_lines
+
+    if src is None:
+        return enumerate(_tab_pairs(iter_lines(sys.stdin.buffer, "stdin")))
+    streams += [open_binary(src), open_binary(tgt)]
+    src_lines, tgt_lines = iter_lines(streams[0], str(src)), iter_lines(streams[1], str(tgt))
+    if n_best_input:
+        return _nbest_pairs(src_lines, list_nbest(tgt_lines, str(tgt)), str(src), str(tgt))
+    return enumerate(paired_lines(src_lines, tgt_lines, str(src), str(tgt)))
+
+
+def _write_scores(scorer, items, output: Optional[Path], buffer_lines: int, where: str, format_line,
+                  rerank: bool, as_json: bool) -> None:
+    """Score the pairs as they stream in and write format_line(scored, id, source, target) for each,
+    in order, or (rerank) each source's entries best first; `-o` is written atomically."""
+    pending: deque[tuple[int, str, str]] = deque()  # (id, source, target) of the pairs being scored
+
+    def pairs() -> Iterator[tuple[str, str]]:
+        for index, (s, t) in items:
+            pending.append((index, s, t))
+            yield s, t
+
+    out = Output(output)
+    group: list[tuple[int, float, str]] = []  # rerank: one source's entries, until the next
     try:
-        if src is None:
-            items = enumerate(_tab_pairs(iter_lines(sys.stdin.buffer, "stdin")))
-        else:
-            streams += [open_binary(src), open_binary(tgt)]
-            src_lines, tgt_lines = iter_lines(streams[0], str(src)), iter_lines(streams[1], str(tgt))
-            if n_best_input:
-                items = _nbest_pairs(src_lines, list_nbest(tgt_lines, str(tgt)), str(src), str(tgt))
-            else:
-                items = enumerate(paired_lines(src_lines, tgt_lines, str(src), str(tgt)))
-        pending: deque[tuple[int, str, str]] = deque()  # (id, source, target) of the pairs being scored
-
-        def pairs() -> Iterator[tuple[str, str]]:
-            for index, (s, t) in items:
-                pending.append((index, s, t))
-                yield s, t
-
-        where = "stdin" if src is None else str(tgt) if n_best_input else f"{src} and {tgt}"
-        out = Output(output)
-        group: list[tuple[int, float, str]] = []  # --n-best-input: one source's entries, until the next
-        try:
-            for number, scored in enumerate(scorer.stream(pairs(), buffer_lines), start=1):
-                index, source, text = pending.popleft()
-                if scored.error is not None:
-                    print(f"mt: warning: {where}, line {number}: {scored.error}: not scored, written as "
-                          f"{'an error' if as_json else '-inf'}", file=sys.stderr)
-                line = _format(scored, index, source, text, run, as_json, n_best_input, alignments)
-                if not n_best_input:
-                    out.write(line)
-                    continue
-                if group and group[0][0] != index:
-                    _write_reranked(out, group)
-                group.append((index, scored.score, line))
-            _write_reranked(out, group)
-            out.commit()
-        except BaseException:
-            out.abort()
-            raise
-    finally:
-        for stream in streams:
-            stream.close()
+        for number, scored in enumerate(scorer.stream(pairs(), buffer_lines), start=1):
+            index, source, text = pending.popleft()
+            if scored.error is not None:
+                print(f"mt: warning: {where}, line {number}: {scored.error}: not scored, written as "
+                      f"{'an error' if as_json else '-inf'}", file=sys.stderr)
+            line = format_line(scored, index, source, text)
+            if not rerank:
+                out.write(line)
+                continue
+            if group and group[0][0] != index:
+                _write_reranked(out, group)
+            group.append((index, scored.score, line))
+        _write_reranked(out, group)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
 
 
 def _write_reranked(out, group: list[tuple[int, float, str]]) -> None:
