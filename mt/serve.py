@@ -562,23 +562,19 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 # -- the app ---------------------------------------------------------------------------------------
-def create_app(service: TranslationService) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        service.start()
-        try:
-            yield
-        finally:
-            # uvicorn has stopped accepting and let the requests in flight finish
-            await asyncio.get_running_loop().run_in_executor(None, service.stop)
+TRANSLATE_ERRORS = {
+    400: _error_doc("Invalid JSON or UTF-8", "the body is not valid JSON: Expecting value (line 1, column 1)"),
+    404: _error_doc("Unknown model", "no model named 'x' (served: m30k)"),
+    413: _error_doc("Too large", "65 texts in one request; the limit is 64"),
+    422: _error_doc("Wrong types or options", "unknown option 'beam_size' (known: text, texts, ...)"),
+    503: _error_doc("Queue full (see Retry-After)", "the queue of model 'm30k' is full (1024 texts); retry after 2 s"),
+    504: _error_doc("Timeout", "no answer within the server's timeout (60 s)"),
+}
 
-    app = FastAPI(
-        title="mt translation server",
-        version=__version__,
-        description="Neural machine translation with dynamic batching (`mt serve`). "
-                    "Errors are JSON: `{\"error\": {\"status\", \"type\", \"message\"}}`.",
-        lifespan=lifespan,
-    )
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON `{"error": {"status", "type", "message"}}`: mt's own, FastAPI's (404, 405,
+    422) and any other exception (500, logged)."""
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError) -> JSONResponse:
@@ -598,6 +594,27 @@ def create_app(service: TranslationService) -> FastAPI:
         log.exception("request failed")
         return error_response(500, "internal_error", f"{type(e).__name__}: {e}")
 
+
+def create_app(service: TranslationService) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and let the requests in flight finish
+            await asyncio.get_running_loop().run_in_executor(None, service.stop)
+
+    app = FastAPI(
+        title="mt translation server",
+        version=__version__,
+        description="Neural machine translation with dynamic batching (`mt serve`). "
+                    "Errors are JSON: `{\"error\": {\"status\", \"type\", \"message\"}}`.",
+        lifespan=lifespan,
+    )
+
+    add_error_handlers(app)
+
     @app.post(
         "/translate",
         response_model=TranslateResponse,
@@ -607,14 +624,7 @@ def create_app(service: TranslationService) -> FastAPI:
                     "Texts of concurrent requests with the same options are decoded together.",
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": TranslateRequest.model_json_schema(), "examples": REQUEST_EXAMPLES}}}},
-        responses={
-            400: _error_doc("Invalid JSON or UTF-8", "the body is not valid JSON: Expecting value (line 1, column 1)"),
-            404: _error_doc("Unknown model", "no model named 'x' (served: m30k)"),
-            413: _error_doc("Too large", "65 texts in one request; the limit is 64"),
-            422: _error_doc("Wrong types or options", "unknown option 'beam_size' (known: text, texts, ...)"),
-            503: _error_doc("Queue full (see Retry-After)", "the queue of model 'm30k' is full (1024 texts); retry after 2 s"),
-            504: _error_doc("Timeout", "no answer within the server's timeout (60 s)"),
-        },
+        responses=TRANSLATE_ERRORS,
     )
     async def translate(request: Request) -> dict[str, Any]:
         arrived = time.monotonic()
