@@ -437,33 +437,29 @@ def prepare(cfg: Config, out: Path, log: Callable[[str], None] = print, vocab_fr
     return manifest
 
 
-def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from: tuple[Path, ...] | None) -> dict[str, Any]:
-    started, cpu_started = time.monotonic(), _cpu_seconds()
-    sources = train_sources(cfg.data, cfg.train.seed)
-    if vocab_from:
-        names = ("spm.model",) if len(vocab_from) == 1 else ("spm.src.model", "spm.tgt.model")
-        vocab = tuple(tmp / n for n in names)
-        for src, dst in zip(vocab_from, vocab):
-            shutil.copyfile(src, dst)
-    else:
-        vocab = build_vocab(cfg, sources, tmp, log)
-    vocab_done, cpu_vocab = time.monotonic(), _cpu_seconds()
-    d = cfg.data
-    rules = Rules(d.max_len, d.max_ratio, d.drop_identical, d.skip_invalid, d.dedup)
-    workers = d.workers or os.cpu_count() or 1
-    if sum(s.size() for s in sources) < POOL_MIN_BYTES:
-        workers = 1
-    from mt.vocab import Vocab
+def _vocabulary(cfg: Config, sources: list[Source], tmp: Path, log: Callable[[str], None],
+                vocab_from: tuple[Path, ...] | None) -> tuple[Path, ...]:
+    """The SentencePiece model(s) in `tmp`: copied from `vocab_from` (a resumed run's), or trained."""
+    if not vocab_from:
+        return build_vocab(cfg, sources, tmp, log)
+    names = ("spm.model",) if len(vocab_from) == 1 else ("spm.src.model", "spm.tgt.model")
+    vocab = tuple(tmp / n for n in names)
+    for src, dst in zip(vocab_from, vocab):
+        shutil.copyfile(src, dst)
+    return vocab
 
-    dtype = token_dtype(max(len(Vocab(p)) for p in vocab))
-    writers = [TokenWriter(tmp / "train.src", dtype), TokenWriter(tmp / "train.tgt", dtype)]
+
+def _write_tokens(sources: list[Source], vocab: tuple[Path, ...], rules: Rules, workers: int, writers: list[TokenWriter],
+                  dedup_on: bool) -> tuple[list[dict[str, int]], list[int]]:
+    """Encode and clean every corpus into the two TokenWriters (aborted on any error); per corpus,
+    the counts of read, kept and dropped-by-rule pairs, and the pair index each corpus starts at."""
     counts = [{"read": 0, "kept": 0, **{r: 0 for r in REASONS}} for _ in sources]
     ranges, dedup, current = [], None, -1
     try:
         for enc in _encoded_chunks(sources, tuple(str(p) for p in vocab), rules, workers):
             if enc.corpus != current:
                 ranges.append(writers[0].count)
-                dedup, current = (Deduplicator() if d.dedup else None), enc.corpus
+                dedup, current = (Deduplicator() if dedup_on else None), enc.corpus
             c = counts[enc.corpus]
             c["read"] += len(enc.reasons)
             for code, n in zip(*np.unique(enc.reasons, return_counts=True)):
@@ -482,6 +478,24 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
         for w in writers:
             w.abort()
         raise
+    return counts, ranges
+
+
+def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from: tuple[Path, ...] | None) -> dict[str, Any]:
+    started, cpu_started = time.monotonic(), _cpu_seconds()
+    sources = train_sources(cfg.data, cfg.train.seed)
+    vocab = _vocabulary(cfg, sources, tmp, log, vocab_from)
+    vocab_done, cpu_vocab = time.monotonic(), _cpu_seconds()
+    d = cfg.data
+    rules = Rules(d.max_len, d.max_ratio, d.drop_identical, d.skip_invalid, d.dedup)
+    workers = d.workers or os.cpu_count() or 1
+    if sum(s.size() for s in sources) < POOL_MIN_BYTES:
+        workers = 1
+    from mt.vocab import Vocab
+
+    dtype = token_dtype(max(len(Vocab(p)) for p in vocab))
+    writers = [TokenWriter(tmp / "train.src", dtype), TokenWriter(tmp / "train.tgt", dtype)]
+    counts, ranges = _write_tokens(sources, vocab, rules, workers, writers, d.dedup)
     files = {**writers[0].close(), **writers[1].close()}
     encode_done, cpu_encode = time.monotonic(), _cpu_seconds()
     pairs = writers[0].count
