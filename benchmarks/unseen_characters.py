@@ -60,19 +60,11 @@ LINES = [
 ]
 
 
-def vocab_chars(vocab) -> set[str]:
-    chars: set[str] = set()
-    for i in range(len(vocab)):
-        if not (vocab.sp.IsByte(i) or vocab.sp.IsControl(i) or vocab.sp.IsUnknown(i)):
-            chars.update(vocab.sp.IdToPiece(i).replace("\u2581", " "))
-    return chars
-
-
 def measure(run_dir: Path, lines: list[str], args: argparse.Namespace) -> dict:
     beam = args.beam
     run = load_run(run_dir, "cpu")
     decode = run.config.decode if beam is None else replace(run.config.decode, search="beam", beam=beam)
-    known = vocab_chars(run.src_vocab) | set(" ")
+    known = run.src_vocab.characters | set(" ")
     unseen_in = [Counter(c for c in line if c not in known) for line in lines]
     translators = {copy: Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode), "cpu",
                                     decode.batch_tokens, copy_unseen=copy) for copy in (False, True)}

@@ -25,7 +25,6 @@ and output hold no byte or unknown piece (nearly all of them) are left alone and
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Sequence
 
 from torch import Tensor
@@ -97,23 +96,9 @@ class UnseenCopier:
     def __init__(self, src_vocab: Vocab, tgt_vocab: Vocab) -> None:
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
 
-    @cached_property
-    def _unreadable(self) -> frozenset[int]:
-        """Source ids that carry no character the model knows: the byte pieces and the unknown piece."""
-        sp = self.src_vocab.sp
-        return frozenset(i for i in range(len(self.src_vocab)) if sp.IsByte(i)) | {UNK_ID}
-
-    @cached_property
-    def _known_chars(self) -> frozenset[str]:
-        sp, chars = self.src_vocab.sp, set()
-        for i in range(len(self.src_vocab)):
-            if not (sp.IsByte(i) or sp.IsControl(i) or sp.IsUnknown(i)):
-                chars.update(sp.IdToPiece(i).replace("\u2581", ""))
-        return frozenset(chars)
-
     def needed(self, src_ids: Sequence[int], tgt_ids: Sequence[int] = ()) -> bool:
         """Whether the source holds a byte or unknown piece, or the output the unknown piece."""
-        unreadable = self._unreadable
+        unreadable = self.src_vocab.unreadable_ids
         return any(i in unreadable for i in src_ids) or UNK_ID in tgt_ids
 
     def mend(self, line: str, tgt_ids: Sequence[int], attention: Tensor,
@@ -128,7 +113,7 @@ class UnseenCopier:
         # the words holding a character the vocabulary lacks once normalised as SentencePiece does
         # (a word unknown to a word vocabulary, all of whose characters are known, is left to the
         # model and to rule 1)
-        known, normalize = self._known_chars, self.src_vocab.sp.Normalize
+        known, normalize = self.src_vocab.characters, self.src_vocab.sp.Normalize
         chars = [{c for c in normalize(word) if c not in known and c != "\u2581"} for word in words]
         unseen = [w for w, c in enumerate(chars) if c]
         chars = [chars[w] for w in unseen]

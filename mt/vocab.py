@@ -6,6 +6,7 @@ import os
 import random
 import re
 import tempfile
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -48,6 +49,21 @@ class Vocab:
     def byte_fallback(self) -> bool:
         """Whether unseen characters become byte pieces (<0x..>) rather than the unknown piece."""
         return any(self.sp.IsByte(i) for i in range(len(self)))
+
+    @cached_property
+    def unreadable_ids(self) -> frozenset[int]:
+        """The ids that carry no character the model was trained on: the byte pieces and the unknown
+        piece (what a character outside the vocabulary becomes)."""
+        return frozenset(i for i in range(len(self)) if self.sp.IsByte(i)) | {UNK_ID}
+
+    @cached_property
+    def characters(self) -> frozenset[str]:
+        """The characters of the vocabulary's ordinary pieces (not '▁', byte, control or unknown pieces)."""
+        sp, chars = self.sp, set()
+        for i in range(len(self)):
+            if not (sp.IsByte(i) or sp.IsControl(i) or sp.IsUnknown(i)):
+                chars.update(sp.IdToPiece(i).replace("\u2581", ""))
+        return frozenset(chars)
 
     def same_as(self, other: "Vocab") -> bool:
         """The same segmentation and ids: equal pieces, scores, types and normalisation rules. Two

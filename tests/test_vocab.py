@@ -61,3 +61,12 @@ def test_same_as_ignores_how_the_model_was_trained(lines: list[str], tmp_path: P
     assert a.same_as(b) and b.same_as(Vocab(a.path))
     assert not a.same_as(train_vocab(lines, tmp_path / "c" / "spm.model", VocabConfig(size=390)))
     assert not a.same_as(train_vocab(lines, tmp_path / "d" / "spm.model", VocabConfig(size=400, byte_fallback=False)))
+
+
+def test_unreadable_ids_and_characters(lines: list[str], tmp_path: Path) -> None:
+    """What the copy of unseen words (mt.unseen) asks of a vocabulary, computed once per vocabulary."""
+    vocab = train_vocab(lines, tmp_path / "spm.model", VocabConfig(size=400, model_type="bpe"))
+    assert UNK_ID in vocab.unreadable_ids and len(vocab.unreadable_ids) == 257  # 256 byte pieces
+    assert all(i in vocab.unreadable_ids for i in vocab.encode("Москва")[1:])
+    assert set("abcdefghilmnoprstuvw.") <= vocab.characters and not set("М東😀\u2581") & vocab.characters
+    assert vocab.characters is vocab.characters  # cached
