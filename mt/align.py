@@ -7,9 +7,10 @@ The attention is one row per target piece (then eos) over the source pieces (the
 searches and the scorer return it: a Transformer's cross-attention of one decoder layer averaged
 over its heads, or an RNN's attention. Words are the whitespace-separated words of the text: a
 source piece belongs to the word of the line it was cut from, a target piece to the word that its
-last '▁'-initial piece started (SentencePiece marks word starts with '▁'). Each target word is linked to the one source word that receives the most attention from
-its pieces (summed over the source word's pieces, averaged over the target word's pieces); the eos
-rows and columns take no part (attention that goes to the source's eos is ignored).
+last '▁'-initial piece started (SentencePiece marks word starts with '▁'). Each target word is
+linked to the one source word that receives the most attention from its pieces (summed over the
+source word's pieces, averaged over the target word's pieces); the eos rows and columns take no
+part (attention that goes to the source's eos is ignored).
 """
 
 from __future__ import annotations

@@ -66,10 +66,13 @@ def copy_words(
         if s is not None:
             words[t], rows[t] = src_words[s], one_hot(s)
             copied.add(t)
+    wanted: dict[str, int] = {}  # each unseen word: how often the source has it so far
     for k, s in enumerate(sorted(unseen)):
         chars = unseen_chars[k] if unseen_chars is not None else set(src_words[s])
+        wanted[src_words[s]] = wanted.get(src_words[s], 0) + 1
         text = " ".join(words)
-        if src_words[s] in words or (chars and all(c in text for c in chars)):
+        if words.count(src_words[s]) >= wanted[src_words[s]] or (
+                wanted[src_words[s]] == 1 and chars and all(c in text for c in chars)):
             continue  # the model kept it (or an earlier copy did)
         # the target word that attends most to the unseen word: what the model made of it when that
         # word attends to it more than to any other source word; else the model dropped it, and it

@@ -64,6 +64,11 @@ def test_kept_words_prefix_words_and_unknown_pieces() -> None:
     # a forced prefix's words stay: the copy goes to the first free word
     words, _, copies = copy_words(src, ["Zoe", "sieht", "."], attention, unseen=[2], keep=2)
     assert words[:2] == ["Zoe", "sieht"] and "東京" in words and copies == [(2, words.index("東京"))]
+    # a word the source has twice is copied twice
+    twice = "東京 and 東京".split()
+    words, _, copies = copy_words(twice, ["Tokio", "und", "Kyoto"], torch.tensor(
+        [[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.0, 0.1, 0.9]]), unseen=[0, 2])
+    assert words == ["東京", "und", "東京"] and copies == [(0, 0), (2, 2)]
     # a target word holding the unknown piece becomes the source word it attends to most
     words, _, copies = copy_words(src, ["⁇", "sieht", "."], attention, unseen=[], unknown=[0])
     assert words == ["Zoë", "sieht", "."] and copies == [(0, 0)]
