@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from mt import MTError
+from mt.config import ServeLimits, SettingError
 from mt.device import check_device, check_precision
 from mt.rundir import check_run_dir
 
@@ -58,19 +59,17 @@ def serve(
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer texts are translated in pieces \\[default: 1024 or the model's limit]."),
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug (access log at info)."),
 ) -> None:
-    if batch_wait_ms < 0:
+    if batch_wait_ms < 0:  # in milliseconds here: ServeLimits would name it in seconds
         raise MTError(f"--batch-wait-ms must not be negative, got {batch_wait_ms}")
     for name, value in (("--threads", threads), ("--batch-tokens", batch_tokens), ("--max-input-tokens", max_input_tokens)):
         if value is not None and value < 1:
             raise MTError(f"{name} must be >= 1, got {value}")
-    for name, value in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--max-body", max_body),
-                        ("--max-beam", max_beam), ("--queue-size", queue_size), ("--max-output-tokens", max_output_tokens)):
-        if value < 1:
-            raise MTError(f"{name} must be >= 1, got {value}")
-    if queue_size < max_texts:
-        raise MTError(f"--queue-size ({queue_size}) must hold one full request (--max-texts {max_texts})")
-    if not timeout > 0:
-        raise MTError(f"--timeout must be > 0 seconds, got {timeout}")
+    try:
+        limits = ServeLimits(max_texts=max_texts, max_chars=max_chars, max_body=max_body, queue_size=queue_size,
+                             timeout=timeout, batch_wait=batch_wait_ms / 1000, max_beam=max_beam,
+                             max_output_tokens=max_output_tokens)
+    except SettingError as e:
+        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
     if not 0 <= port <= 65535:
         raise MTError(f"--port must be in 0..65535, got {port}")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
@@ -88,11 +87,6 @@ def serve(
     except ImportError as e:
         raise MTError(f"mt serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'mt[serve]'") from None
 
-    from mt.serve import Limits
-
-    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body=max_body, queue_size=queue_size,
-                    timeout=timeout, batch_wait=batch_wait_ms / 1000, max_beam=max_beam,
-                    max_output_tokens=max_output_tokens)
     sock = _listen(host, port)  # before loading: a port in use fails at once
     try:
         service = _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens)

@@ -337,6 +337,33 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class ServeLimits:
+    """What `mt serve` accepts and holds (its command line's --max-texts ...; checked here, before
+    the server imports torch or loads a model)."""
+
+    max_texts: int = 64  # texts per request
+    max_chars: int = 2000  # characters per text
+    max_body: int = 1 << 20  # request body bytes
+    queue_size: int = 1024  # texts waiting per model (beyond: 503)
+    timeout: float = 60.0  # seconds from arrival to answer (beyond: 504)
+    batch_wait: float = 0.005  # seconds the worker waits for more requests before decoding
+    max_beam: int = 16  # largest beam (and n-best, samples) a request may ask for
+    max_output_tokens: int = 1024  # longest translation (of a text or of a piece of a long one), in tokens
+
+    def __post_init__(self) -> None:
+        rules = [(key, getattr(self, key) >= 1, "must be >= 1")
+                 for key in ("max_texts", "max_chars", "max_body", "queue_size", "max_beam", "max_output_tokens")]
+        rules += [("timeout", self.timeout > 0, "must be > 0 seconds"),
+                  ("batch_wait", self.batch_wait >= 0, "must not be negative")]
+        for key, ok, rule in rules:
+            if not ok:
+                raise SettingError("serve", lambda name, key=key, rule=rule: f"{name(key)} {rule}, got {getattr(self, key)!r}")
+        if self.queue_size < self.max_texts:
+            raise SettingError("serve", lambda name: f"{name('queue_size')} ({self.queue_size}) must hold one full "
+                                                     f"request ({name('max_texts')} {self.max_texts})")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)

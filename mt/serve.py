@@ -1,17 +1,17 @@
 """`mt serve`: translation over HTTP with dynamic batching.
 
-    service = TranslationService([ServedModel("m30k", run, device)], Limits())
+    service = TranslationService([ServedModel("m30k", run, device)], ServeLimits())
     app = create_app(service)            # a FastAPI app; `mt serve` runs it with uvicorn
 
 One model instance per served run and one worker thread per model. A request's texts join a
-queue; the worker waits a few milliseconds (`Limits.batch_wait`) for other requests, takes every
+queue; the worker waits a few milliseconds (`ServeLimits.batch_wait`) for other requests, takes every
 queued request with the same decoding options up to the translator's token budget, and decodes
 their texts together through `mt.translate.Translator`. In float32 a text's translation does not
 depend on what it was batched with, so a request gets the output `mt translate` gives.
 
 Errors are JSON (`{"error": {"status", "type", "message"}}`): 4xx for bad requests (limits, invalid
 JSON or UTF-8, wrong types, unknown options), 503 with Retry-After when the queue is full, 504 when
-a request outlives `Limits.timeout`. The worker survives a failing batch (its requests get a 500).
+a request outlives `ServeLimits.timeout`. The worker survives a failing batch (its requests get a 500).
 """
 
 from __future__ import annotations
@@ -35,34 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt import MTError, __version__
-from mt.config import DecodeConfig, SettingError
+from mt.config import DecodeConfig, ServeLimits, SettingError
 from mt.search import build_search
 from mt.translate import Run, Translation, Translator
 
 log = logging.getLogger("mt.serve")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_texts: int = 64  # texts per request
-    max_chars: int = 2000  # characters per text
-    max_body: int = 1 << 20  # request body bytes
-    queue_size: int = 1024  # texts waiting per model (beyond: 503)
-    timeout: float = 60.0  # seconds from arrival to answer (beyond: 504)
-    batch_wait: float = 0.005  # seconds the worker waits for more requests before decoding
-    max_beam: int = 16  # largest beam (and n-best, samples) a request may ask for
-    max_output_tokens: int = 1024  # longest translation (of a text or of a piece of a long one), in tokens
-
-    def __post_init__(self) -> None:
-        for name in ("max_texts", "max_chars", "max_body", "queue_size", "max_beam", "max_output_tokens"):
-            if getattr(self, name) < 1:
-                raise MTError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.timeout > 0:
-            raise MTError(f"timeout must be > 0 seconds, got {self.timeout}")
-        if self.batch_wait < 0:
-            raise MTError(f"batch wait must not be negative, got {self.batch_wait}")
-        if self.queue_size < self.max_texts:
-            raise MTError(f"queue size ({self.queue_size}) must hold one full request (max texts {self.max_texts})")
 
 
 class ServeError(Exception):
@@ -156,7 +133,7 @@ def _error_doc(description: str, example: str) -> dict[str, Any]:
         "schema": ERROR_SCHEMA, "example": {"error": {"status": 0, "type": "...", "message": example}}}}}
 
 
-def request_decode(base: DecodeConfig, req: TranslateRequest, limits: Limits, decoder_layers: int | None = None) -> DecodeConfig:
+def request_decode(base: DecodeConfig, req: TranslateRequest, limits: ServeLimits, decoder_layers: int | None = None) -> DecodeConfig:
     """The run's decoding section with the request's options, as `mt translate` combines them.
     decoder_layers: the model's (Transformer) decoder layers, which alignment_layer must name."""
     max_beam, max_out = limits.max_beam, limits.max_output_tokens
@@ -245,7 +222,7 @@ class ServedModel:
 class Batcher:
     """The queue and worker thread of one model: requests in, batches of equal decoding options out."""
 
-    def __init__(self, served: ServedModel, limits: Limits) -> None:
+    def __init__(self, served: ServedModel, limits: ServeLimits) -> None:
         self.served, self.limits = served, limits
         self.cond = threading.Condition()
         self.pending: deque[Job] = deque()
@@ -376,7 +353,7 @@ class Batcher:
 class TranslationService:
     """The served models, their batchers and the limits: everything the HTTP layer calls."""
 
-    def __init__(self, models: list[ServedModel], limits: Limits) -> None:
+    def __init__(self, models: list[ServedModel], limits: ServeLimits) -> None:
         if not models:
             raise MTError("no model to serve")
         names = [m.name for m in models]

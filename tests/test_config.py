@@ -138,3 +138,17 @@ def test_decode_options_combine_one_way() -> None:
         assert e.value.worded(flags).startswith(message), e.value.worded(flags)
     with pytest.raises(SettingError, match="decode.n_best > 1 needs beam search or sampling"):
         DecodeConfig(search="greedy", n_best=3).with_options()
+
+
+def test_serve_limits_are_checked_where_they_are_defined() -> None:
+    """`mt serve`'s limits: one home for their rules (the command line words them as its flags)."""
+    from mt.config import ServeLimits, SettingError
+
+    assert ServeLimits().max_texts == 64
+    with pytest.raises(SettingError, match=r"serve.max_texts must be >= 1, got 0"):
+        ServeLimits(max_texts=0)
+    with pytest.raises(SettingError) as e:
+        ServeLimits(queue_size=4, max_texts=8)
+    assert e.value.worded(lambda key: "--" + key.replace("_", "-")) == "--queue-size (4) must hold one full request (--max-texts 8)"
+    with pytest.raises(SettingError, match="serve.timeout must be > 0 seconds"):
+        ServeLimits(timeout=0)

@@ -393,12 +393,13 @@ def test_bad_command_lines(tiny_run: Path, tmp_path: Path) -> None:
 def test_health_is_503_when_a_worker_is_not_running(tiny_run: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mt.serve import Limits, ServedModel, TranslationService, create_app
+    from mt.config import ServeLimits
+    from mt.serve import ServedModel, TranslationService, create_app
     from mt.translate import load_run
 
     import torch
 
-    service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))], Limits())
+    service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))], ServeLimits())
     client = TestClient(create_app(service))  # no `with`: the lifespan (which starts the workers) does not run
     r = client.get("/health")
     assert r.status_code == 503 and r.json()["status"] == "unavailable", r.text
@@ -411,13 +412,14 @@ def test_health_is_503_when_a_worker_is_not_running(tiny_run: Path) -> None:
 def test_output_length_is_capped(tiny_run: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mt.serve import Limits, ServedModel, TranslationService, create_app
+    from mt.config import ServeLimits
+    from mt.serve import ServedModel, TranslationService, create_app
     from mt.translate import load_run
 
     import torch
 
     service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))],
-                                 Limits(max_output_tokens=12))
+                                 ServeLimits(max_output_tokens=12))
     with TestClient(create_app(service)) as client:
         # min_len 12 forbids eos before 12 tokens; a * length + b allows far more; the server's 12 ends it
         r = client.post("/translate", json={"texts": TEXTS[:3], "greedy": True, "min_len": 12, "max_len_a": 12,
@@ -431,12 +433,13 @@ def test_output_length_is_capped(tiny_run: Path) -> None:
 def test_a_failing_batch_gets_500_and_the_worker_goes_on(tiny_run: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mt.serve import Limits, ServedModel, TranslationService, create_app
+    from mt.config import ServeLimits
+    from mt.serve import ServedModel, TranslationService, create_app
     from mt.translate import load_run
 
     import torch
 
-    service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))], Limits())
+    service = TranslationService([ServedModel("m", load_run(tiny_run), torch.device("cpu"))], ServeLimits())
     batcher = service.batchers["m"]
     decode = batcher.translate
     failures = [RuntimeError("out of memory")]
