@@ -154,14 +154,9 @@ def _run(config, sock: socket.socket) -> None:
 
     import uvicorn
 
-    class Server(uvicorn.Server):
-        """uvicorn's server, except that a SIGTERM or SIGINT it has handled (stop accepting, answer the
-        requests in flight, shut down) ends the process with exit status 0 instead of being raised again."""
-
-        def handle_exit(self, sig, frame) -> None:
-            super().handle_exit(sig, frame)
-            captured = getattr(self, "_captured_signals", None)
-            if sig in (signal.SIGTERM, signal.SIGINT) and isinstance(captured, list) and sig in captured:
-                captured.remove(sig)
-
-    Server(config).run(sockets=[sock])
+    # uvicorn handles SIGTERM and SIGINT itself (stop accepting, answer the requests in flight, shut
+    # down), then puts back the handlers it found and raises the signal again. With these do-nothing
+    # handlers found, that ends nothing: a server stopped by a signal exits with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
+    uvicorn.Server(config).run(sockets=[sock])
