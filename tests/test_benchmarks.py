@@ -151,3 +151,18 @@ def test_unseen_characters_on_a_trained_run(tiny_run: Path) -> None:
     assert run["unseen_kept_by_segmentation"] == 0 and run["unseen_in_output_model_alone"] == 0
     assert run["unseen_in_output_copy_unseen"] >= 0.9 * run["unseen_characters_in_input"], run
     assert run["unk_marks_in_output_copy_unseen"] <= run["unk_marks_in_output_model_alone"]
+
+
+def test_data_scale(tmp_path: Path) -> None:
+    """`make bench`'s data-path benchmark on 3000 pairs and two steps (its smallest real size is 0.1M)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "data_scale.py"), "--sizes", "3000", "--steps", "2",
+           "--work", str(tmp_path), "--data", str(DATA), "--vocab-sentences", "6000"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
+    doc = json.loads(r.stdout)
+    assert doc["benchmark"] == "data_scale"
+    (size,) = doc["sizes"]
+    assert size["pairs"] == 3000 and size["prepare"]["exit"] == 0 and size["prepare"]["pairs_per_s"] > 0
+    for run in ("train_after_prepared", "resume_after"):
+        assert size[run]["exit"] == 0 and 0 < size[run]["startup_s"] <= size[run]["first_step_s"]
+    assert size["train_after_prepared"]["tokens_per_s"] > 0 and size["prepare"]["peak_rss_tree_mib"] > 0
