@@ -225,23 +225,26 @@ class Translator:
         src_words = line_words if line_words is not None else word_ids(self.src_vocab.pieces(src_ids))
         alignment = links_from(self._word_attention(src_words, sources, best)) if self.alignments else None
         mend = mend and line_words is not None  # a copy needs the line's own words
+        n_words = len(line.split())
         if len(parts) > 1:
             # one detokenisation of all pieces' tokens: the spaces between them are the vocabulary's
             # (none for a language written without spaces), not a join's
             text = self.tgt_vocab.decode(tokens)
             if mend:
-                placing = self._word_attention(src_words, sources, best, copy_attention, len(line.split()))
-                text, alignment = self._mend(line, tokens, placing, prefix_len, alignment)
+                placing = self._word_attention(src_words, sources, best, copy_attention, n_words)
+                text, alignment = self._mend(line, tokens, placing, prefix_len, alignment) or (text, alignment)
             score = sum(h.score for h in best)
             return Translation(text=text, nbest=[(text, score)], pieces=len(parts), tokens=pieces,
-                               token_scores=token_scores, alignment=alignment if self.alignments else None)
+                               token_scores=token_scores, alignment=alignment)
         nbest = []
         for k, h in enumerate(parts[0]):
             text = self.tgt_vocab.decode(h.tokens)
-            if mend:
-                placing = self._word_attention(src_words, sources, [h], copy_attention, len(line.split()))
-                text, links = self._mend(line, h.tokens, placing, prefix_len, alignment if k == 0 else None)
-                alignment = links if k == 0 else alignment
+            if mend:  # every hypothesis of the list; the alignment is the best one's
+                placing = self._word_attention(src_words, sources, [h], copy_attention, n_words)
+                mended = self._mend(line, h.tokens, placing, prefix_len, alignment if k == 0 else None)
+                if mended is not None:
+                    text = mended[0]
+                    alignment = mended[1] if k == 0 else alignment
             nbest.append((text, h.score))
         return Translation(
             text=nbest[0][0] if nbest else "",
@@ -250,16 +253,17 @@ class Translator:
             attention=best[0].attention if best else None,
             tokens=pieces,
             token_scores=token_scores,
-            alignment=alignment if self.alignments else None,
+            alignment=alignment,
         )
 
     def _mend(self, line: str, tokens: list[int], placing: torch.Tensor, prefix_len: int,
-              alignment: list[tuple[int, int]] | None) -> tuple[str, list[tuple[int, int]] | None]:
+              alignment: list[tuple[int, int]] | None) -> tuple[str, list[tuple[int, int]] | None] | None:
         """The text of `tokens` with the line's unseen words copied (placed by `placing`), and
-        `alignment` (None: not asked for) with the target words renumbered as they moved."""
+        `alignment` (None: not asked for) with the target words renumbered as they moved; None when
+        nothing is copied."""
         mended = self.copier.mend(line, tokens, placing, prefix_len) if self.copier is not None else None
         if mended is None:
-            return self.tgt_vocab.decode(tokens), alignment
+            return None
         text, position, copies = mended
         if alignment is not None:  # a copied word's links are its copy's
             replaced = {t for _, t in copies}
