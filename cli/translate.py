@@ -98,7 +98,7 @@ def translate(
     input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
     alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention (mean over heads) aligns words; negative: from the top \\[default: the run's decode.alignment_layer, -1]."),
-    copy_unseen: Optional[bool] = typer.Option(None, "--copy-unseen/--no-copy-unseen", help="Copy source words with characters the vocabulary lacks (names in other scripts, emoji, symbols) to the target word aligned to them \\[default: the run's decode.copy_unseen, on]."),
+    copy_unseen: Optional[bool] = typer.Option(None, "--copy-unseen/--no-copy-unseen", help="Copy source words with characters the vocabulary lacks (names in other scripts, emoji, symbols) to the target word that attends to them most \\[default: the run's decode.copy_unseen, on]."),
 ) -> None:
     # every check that needs no model comes first, before `import torch` (seconds)
     _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
