@@ -68,7 +68,9 @@ def test_an_empty_prefix_gives_the_ordinary_output(name: str) -> None:
             for i, prefix in enumerate(prefixes):
                 if prefix:
                     continue
-                assert [(h.tokens, round(h.score, 4)) for h in out[i]] == [(h.tokens, round(h.score, 4)) for h in plain[i]]
+                # the same search over the same rows: the same tokens; scores equal up to float32 summation order
+                assert [h.tokens for h in out[i]] == [h.tokens for h in plain[i]]
+                assert [h.score for h in out[i]] == pytest.approx([h.score for h in plain[i]], rel=1e-5, abs=1e-5)
                 for a, b in zip(out[i], plain[i]):
                     torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=0)
 
