@@ -26,8 +26,8 @@ from mt.config import RNNConfig, TransformerConfig, VocabConfig
 from mt.device import check_precision, cpu_flags, resolve_device
 from mt.models import build_model
 from mt.models.base import Seq2Seq
-from mt.text import read_lines
-from mt.vocab import Vocab, train_vocab
+from mt.data.text import read_lines
+from mt.data.vocab import Vocab, train_vocab
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -330,8 +330,8 @@ def emit(doc: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def train_pairs(args: argparse.Namespace, vocab: Vocab, max_len: int = 128) -> tuple[list[list[int]], list[list[int]]]:
-    """Multi30k train en->de as subword ids, pairs longer than max_len tokens dropped (mt.data.filter_pairs)."""
-    from mt.data import filter_pairs
+    """Multi30k train en->de as subword ids, pairs longer than max_len tokens dropped (mt.data.batching.filter_pairs)."""
+    from mt.data.batching import filter_pairs
 
     src = vocab.encode_batch(read_lines(data_file(args, "train.en.gz")))
     tgt = vocab.encode_batch(read_lines(data_file(args, "train.de.gz")))
@@ -340,14 +340,14 @@ def train_pairs(args: argparse.Namespace, vocab: Vocab, max_len: int = 128) -> t
 
 
 class Stepper:
-    """Optimizer steps exactly as mt.train.Trainer takes them: its optimizer and scheduler builders
+    """Optimizer steps exactly as mt.train.trainer.Trainer takes them: its optimizer and scheduler builders
     and its `_update` (autocast, label-smoothed loss, backward, clipping, step), one token batch per
     step (accum 1). The Trainer object is only a holder of the config; no run directory is made."""
 
     def __init__(self, name: str, model: Seq2Seq, device: torch.device, batch_tokens: int = 4096,
                  amp: str = "none", compile: bool = False, seed: int = 1, lr: float = 5e-4, warmup: int = 4000) -> None:
         from mt.config import Config, TrainConfig
-        from mt.train import Trainer, build_optimizer, build_scheduler
+        from mt.train.trainer import Trainer, build_optimizer, build_scheduler
 
         cfg = Config(
             model=MODELS[name],
@@ -363,8 +363,8 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def step(self, batch) -> tuple[float, int]:
-        """One optimizer step on a mt.data.Batch; returns (loss sum, target tokens)."""
+        """One optimizer step on a mt.data.batching.Batch; returns (loss sum, target tokens)."""
         loss, ntok, stepped = self.trainer._update(self.train_model, self.optimizer, self.scaler, [batch])
-        if stepped:  # as mt.train: an fp16 update skipped for overflow does not advance the schedule
+        if stepped:  # as mt.train.trainer: an fp16 update skipped for overflow does not advance the schedule
             self.scheduler.step()
         return float(loss), ntok

@@ -4,7 +4,7 @@ int8, greedy and beam 5, measured side by side in one process.
     python benchmarks/ctranslate2_speed.py RUN [--test test_2016_flickr] [--data DIR] [--threads 2]
         [--lines N] [--repeats 1] [--output FILE]
 
-The run is exported with `mt.export.export_ctranslate2` (float32 weights; int8 is CTranslate2's
+The run is exported with `mt.interop.ctranslate2.export_ctranslate2` (float32 weights; int8 is CTranslate2's
 compute_type="int8" at load, mt's is `mt translate --int8`). Both engines translate the same
 lines with the same settings: beam 5 with the run's alpha in CTranslate2's length-penalty form
 (mt: --len-penalty d2l, which is the same formula), greedy; token batches of the run's
@@ -32,12 +32,12 @@ import common  # noqa: E402
 
 import ctranslate2  # noqa: E402
 
-from mt.text import read_lines  # noqa: E402
-from mt.export import export_ctranslate2  # noqa: E402
+from mt.data.text import read_lines  # noqa: E402
+from mt.interop.ctranslate2 import export_ctranslate2  # noqa: E402
 from mt.metrics import score  # noqa: E402
-from mt.quantize import quantize_int8  # noqa: E402
-from mt.search import build_search  # noqa: E402
-from mt.translate import Translator, load_run  # noqa: E402
+from mt.decode.quantize import quantize_int8  # noqa: E402
+from mt.decode.search import build_search  # noqa: E402
+from mt.decode.translator import Translator, load_run  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -198,9 +198,9 @@ def mark(name):
 import numpy, torch
 mark("import numpy and torch")
 from mt.config import load_config
-from mt.data import TokenBatcher
-from mt.dataset import PreparedData
-from mt.prepare import check_prepared
+from mt.data.batching import TokenBatcher
+from mt.data.dataset import PreparedData
+from mt.data.prepare import check_prepared
 cfg = load_config({str(recipe)!r})
 prep = PreparedData.open({str(root)!r})
 mark("open the prepared directory, sha256 of every file")
@@ -215,7 +215,7 @@ b.collate(batches[0])
 mark("first batch")
 # the data path's share of a training step: collating 50 batches from the memory map, and the same
 # batches from Python lists (what the trainer did before prepared corpora), in CPU milliseconds
-from mt.data import collate
+from mt.data.batching import collate
 some = batches[1:51]
 lists = [([prep.src[i].tolist() for i in x], [prep.tgt[i].tolist() for i in x]) for x in some]
 c = time.process_time()

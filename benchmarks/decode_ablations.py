@@ -21,12 +21,12 @@ import common  # noqa: E402
 from translate_speed import make_search, measure_search, run_search, spread  # noqa: E402
 
 from mt.config import DecodeConfig  # noqa: E402
-from mt.data import source_tensor, token_batches  # noqa: E402
+from mt.data.batching import source_tensor, token_batches  # noqa: E402
 from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
 from mt.models.transformer import KVCache, Transformer  # noqa: E402
-from mt.quantize import quantize_int8  # noqa: E402
-from mt.search import BeamSearch, Search  # noqa: E402
-from mt.text import read_lines  # noqa: E402
+from mt.decode.quantize import quantize_int8  # noqa: E402
+from mt.decode.search import BeamSearch, Search  # noqa: E402
+from mt.data.text import read_lines  # noqa: E402
 
 
 def parse_args():
@@ -39,7 +39,7 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=None, help="runs per measurement, fastest kept (default 2; quick 1)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="token budget of the sorted/unsorted comparison (default: the decode default)")
-    p.add_argument("--int8", action="store_true", help="int8 weights (mt.quantize.quantize_int8); CPU only")
+    p.add_argument("--int8", action="store_true", help="int8 weights (mt.decode.quantize.quantize_int8); CPU only")
     args = p.parse_args()
     args.batch_size = args.batch_size or (8 if args.quick else 64)
     args.sentences = args.sentences or (16 if args.quick else 128)
@@ -310,10 +310,10 @@ def length_sorting(model, args, src_ids, ids, device) -> dict:
 
 
 def translator_budgets(model, vocab, args, lines, device) -> dict:
-    """mt.translate.Translator end to end (beam) with batches of about 820 (the default 4096 / beam),
+    """mt.decode.translator.Translator end to end (beam) with batches of about 820 (the default 4096 / beam),
     2048, 4096 and 8192 padded source tokens: speed against peak memory (decoder rows = sentences x
     beam). The translator's batch_tokens counts source tokens x beam, so it gets S x beam."""
-    from mt.translate import Translator
+    from mt.decode.translator import Translator
 
     res = {}
     for src_tokens in (args.batch_tokens // args.beam, 2048, 4096, 8192):
@@ -364,7 +364,7 @@ def main() -> None:
                   "seconds (> 1: the technique beats the alternative); baseline measured before and after the variants, the "
                   "faster kept",
         "repeats": args.repeats,
-        "weights": "int8 (mt.quantize.quantize_int8)" if args.int8 else "float32",
+        "weights": "int8 (mt.decode.quantize.quantize_int8)" if args.int8 else "float32",
     }
     doc["models"] = {}
     for name in common.models_arg(args):

@@ -6,8 +6,8 @@
 
 RUN is a run directory written by `mt train` on Multi30k (its recipe's src_lang/tgt_lang pick the
 files DIR/TEST.{src,tgt}.gz). Each run is translated greedy and beam (the run's decode settings)
-with float32 weights and with each of --types: int8 weights (mt.quantize.quantize_int8), bfloat16
-(mt.device.set_decoding_dtype), in-process through mt.translate.Translator on the CPU, timed
+with float32 weights and with each of --types: int8 weights (mt.decode.quantize.quantize_int8), bfloat16
+(mt.device.set_decoding_dtype), in-process through mt.decode.translator.Translator on the CPU, timed
 without start-up. Prints one JSON document. Not part of `make bench`: it needs trained runs
 (recipes/multi30k/transformer-cpu.yaml trains one in 45 minutes on 2 cores).
 """
@@ -26,10 +26,10 @@ import common  # noqa: E402
 
 from mt.device import set_decoding_dtype  # noqa: E402
 from mt.metrics import score  # noqa: E402
-from mt.quantize import quantize_int8  # noqa: E402
-from mt.search import build_search  # noqa: E402
-from mt.text import read_lines  # noqa: E402
-from mt.translate import Translator, load_run  # noqa: E402
+from mt.decode.quantize import quantize_int8  # noqa: E402
+from mt.decode.search import build_search  # noqa: E402
+from mt.data.text import read_lines  # noqa: E402
+from mt.decode.translator import Translator, load_run  # noqa: E402
 
 TYPES = ("int8", "bfloat16")
 

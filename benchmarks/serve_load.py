@@ -34,7 +34,7 @@ import common  # noqa: E402
 from mt import MTError  # noqa: E402
 from mt.config import load_config  # noqa: E402
 from mt.rundir import CONFIG  # noqa: E402
-from mt.serve_process import ServerProcess  # noqa: E402
+from mt.serve.process import ServerProcess  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,12 +79,12 @@ def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tup
         if p.returncode != 0:
             raise SystemExit(f"mt translate failed:\n{p.stderr}")
         out = p.stdout.split("\n")[:-1]
-    from mt.search import build_search
-    from mt.translate import Translator, load_run
+    from mt.decode.search import build_search
+    from mt.decode.translator import Translator, load_run
 
     loaded = load_run(run)
     if int8:
-        from mt.quantize import quantize_int8
+        from mt.decode.quantize import quantize_int8
 
         quantize_int8(loaded.model)
     d = loaded.config.decode

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mt.data import TokenBatcher, token_batches  # noqa: E402
+from mt.data.batching import TokenBatcher, token_batches  # noqa: E402
 
 
 def parse_args():
@@ -173,7 +173,7 @@ def ablations(name, vocab, batcher, src, tgt, args, device) -> dict:
                         " batches=random order")
     return {
         "bucketing": {
-            "what": "mt.data.TokenBatcher (sentences sorted by length, then cut into token batches) vs the same "
+            "what": "mt.data.batching.TokenBatcher (sentences sorted by length, then cut into token batches) vs the same "
                     "token budget over randomly ordered sentences",
             "length_bucketed": bucketed, "random_order": plain,
             "target_tokens_per_s_ratio": round(bucketed["target_tokens_per_s"] / plain["target_tokens_per_s"], 2),
@@ -197,9 +197,9 @@ def main() -> None:
                  "batches_per_epoch": len(batcher)},
         "vocab": {"kind": "SentencePiece unigram, joint en+de, trained on Multi30k train", "size": len(vocab)},
         "batch_tokens": args.batch_tokens,
-        "batches": f"the first {len(batches)} batches of epoch 0 (mt.data.TokenBatcher, seed {args.seed}), "
+        "batches": f"the first {len(batches)} batches of epoch 0 (mt.data.batching.TokenBatcher, seed {args.seed}), "
                    f"the same for every model and variant",
-        "step": "mt.train.Trainer._update on one batch (autocast, label-smoothed loss 0.1, backward, clip 1.0, "
+        "step": "mt.train.trainer.Trainer._update on one batch (autocast, label-smoothed loss 0.1, backward, clip 1.0, "
                 "Adam step) + inverse_sqrt scheduler step, accum 1; the timed loop includes collate",
         "tokens": "target tokens = real target tokens + eos per sentence (the trainer's ntokens)",
         "memory": "CPU: peak RSS (VmHWM after /proc/self/clear_refs) per phase, delta over the RSS at its start; "

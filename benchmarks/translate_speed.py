@@ -1,6 +1,6 @@
 """Decoding speed: greedy and beam search over batch sizes, for a Transformer base and an attention
 GRU, on Multi30k test_2016_flickr en->de; a naive unbatched, uncached beam search as the
-reference point; mt.translate.Translator end to end once.
+reference point; mt.decode.translator.Translator end to end once.
 
     python benchmarks/translate_speed.py [--quick] [--device auto|cpu|cuda] [--data DIR] ...
 
@@ -21,13 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from mt.config import DecodeConfig  # noqa: E402
-from mt.data import TokenBatcher, source_tensor  # noqa: E402
+from mt.data.batching import TokenBatcher, source_tensor  # noqa: E402
 from mt.device import set_decoding_dtype  # noqa: E402
 from mt.models.base import DecoderState, Seq2Seq  # noqa: E402
-from mt.quantize import quantize_int8  # noqa: E402
-from mt.search import BeamSearch, GreedySearch, LengthPenalty, Search  # noqa: E402
-from mt.text import read_lines  # noqa: E402
-from mt.translate import Translator  # noqa: E402
+from mt.decode.quantize import quantize_int8  # noqa: E402
+from mt.decode.search import BeamSearch, GreedySearch, LengthPenalty, Search  # noqa: E402
+from mt.data.text import read_lines  # noqa: E402
+from mt.decode.translator import Translator  # noqa: E402
 
 NEG_INF = float("-inf")
 
@@ -50,7 +50,7 @@ def parse_args():
                         "the decode defaults (1.5, 10). 0 (default): random weights with a=1.0, b=0 caps")
     p.add_argument("--no-translator", action="store_true", help="skip the Translator end-to-end run")
     p.add_argument("--int8", action="store_true",
-                   help="decode with int8 weights (mt.quantize.quantize_int8, as `mt translate --int8`); CPU only")
+                   help="decode with int8 weights (mt.decode.quantize.quantize_int8, as `mt translate --int8`); CPU only")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="decode in this precision (as `mt translate --dtype`); float16: CUDA only")
     p.add_argument("--breakdown", default=None,
@@ -148,7 +148,7 @@ def naive_beam(model: Seq2Seq, src_ids: list[int], beam: int, max_len: int, lp: 
                device: torch.device) -> list[int]:
     """Textbook beam search: for every open hypothesis and step, model.forward over the whole
     source and the whole target prefix (no encoder reuse, no KV cache, no batching of hypotheses).
-    Same rules as mt.search.BeamSearch (2 x beam candidates, eos among the best `beam` ends a
+    Same rules as mt.decode.search.BeamSearch (2 x beam candidates, eos among the best `beam` ends a
     hypothesis, at most max_len tokens before eos, pad/bos never, stop when `beam` have ended),
     so its output should equal the batched search's."""
     src, lengths = source_tensor([src_ids])
@@ -322,7 +322,7 @@ def setup_record(args, vocab, src_ids: list[list[int]], de: list[str], sents: Se
             "mean_reference_de_tokens_with_eos": round(ref_de_tokens, 2),
             "subsets": "evenly spaced over the length-sorted test set (same length mix as the whole set)",
         },
-        "weights": ("int8 (mt.quantize.quantize_int8: Linear per output row, GRU/LSTM per matrix; "
+        "weights": ("int8 (mt.decode.quantize.quantize_int8: Linear per output row, GRU/LSTM per matrix; "
                     "activations quantized per call)" if args.int8 else args.dtype),
         "vocab": {"kind": "SentencePiece unigram, joint en+de, trained on Multi30k train", "size": len(vocab)},
         "length_control": (
@@ -407,7 +407,7 @@ def against_reference(name: str, model, args, src_ids, sents: Sentences, runs, o
 
 
 def translator_run(name: str, model, vocab, args, lines: list[str], device) -> dict:
-    """mt.translate.Translator end to end (beam) on `lines`."""
+    """mt.decode.translator.Translator end to end (beam) on `lines`."""
     batch_tokens = DecodeConfig.batch_tokens
     tr = Translator(model, vocab, vocab, make_search("beam", args), device, batch_tokens=batch_tokens,
                     warn=lambda m: None)

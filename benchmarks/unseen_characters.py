@@ -10,7 +10,7 @@ vocabulary's pieces' characters; the JSON reports, per run: whether the vocabula
 how many unseen character occurrences the input holds, how many of them reach the output (each
 output line is credited with at most as many of a character as its input line has), how many
 unknown pieces the source segmentation holds, and how many `⁇` the output holds, each for the model
-alone (`--no-copy-unseen`) and with the copy step (`decode.copy_unseen`, mt.unseen). The pieces
+alone (`--no-copy-unseen`) and with the copy step (`decode.copy_unseen`, mt.decode.unseen). The pieces
 round trip (source -> pieces -> text) is reported too: what segmentation alone keeps. --bleu also
 translates Multi30k test_2016_flickr (DIR/test_2016_flickr.{en,de}.gz) and reports its BLEU with
 and without the copy step, to see that byte fallback and the copy leave ordinary text alone. Not part of `make bench`: it needs trained runs.
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from mt.metrics import score  # noqa: E402
-from mt.search import build_search  # noqa: E402
-from mt.text import read_lines  # noqa: E402
-from mt.translate import Translator, load_run  # noqa: E402
-from mt.vocab import UNK_ID  # noqa: E402
+from mt.decode.search import build_search  # noqa: E402
+from mt.data.text import read_lines  # noqa: E402
+from mt.decode.translator import Translator, load_run  # noqa: E402
+from mt.data.vocab import UNK_ID  # noqa: E402
 
 LINES = [
     "A man from Москва is standing in front of a shop.",

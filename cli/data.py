@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mt.download import KNOWN_CORPORA, Corpus, fetch, get_corpus, known_corpora_text
+from mt.data.download import KNOWN_CORPORA, Corpus, fetch, get_corpus, known_corpora_text
 
 EPILOG = """Examples:
 
@@ -110,7 +110,7 @@ def synthetic(
 ) -> None:
     """Write the built-in generated language pair (the data of `make demo`) as plain text files."""
     from mt import MTError
-    from mt import synthetic as gen
+    from mt.data import synthetic as gen
     from mt.files import atomic_write_text
 
     if min(train, valid, test) < 0 or max_clauses < 1:

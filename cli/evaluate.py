@@ -101,7 +101,7 @@ def _display(path: str) -> str:
 
 
 def _read_nonempty(path: str) -> list[str]:
-    from mt.text import iter_lines, read_lines
+    from mt.data.text import iter_lines, read_lines
 
     lines = list(iter_lines(sys.stdin.buffer, "<stdin>")) if path == "-" else read_lines(path)
     if not lines:

@@ -48,7 +48,7 @@ def export(
     except ImportError:
         raise MTError("exporting to CTranslate2 needs the ctranslate2 package: pip install 'mt[ctranslate2]'") from None
 
-    from mt.export import export_ctranslate2
+    from mt.interop.ctranslate2 import export_ctranslate2
 
     written = export_ctranslate2(model, out, checkpoint, quantization, force)
     info = json.loads((written / "mt_export.json").read_text(encoding="utf-8"))

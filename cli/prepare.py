@@ -35,7 +35,7 @@ def prepare(
     from rich.console import Console
 
     from mt.config import load_config
-    from mt.prepare import prepare as run_prepare
+    from mt.data.prepare import prepare as run_prepare
 
     cfg = load_config(recipe, overrides)
     console = Console(stderr=True)

@@ -75,9 +75,9 @@ def _load_scorer(model, checkpoint, weights, decode, device: str, threads, align
     import torch
 
     from mt.device import resolve_device
-    from mt.ensemble import load_models
-    from mt.score import Scorer
-    from mt.search import LengthPenalty
+    from mt.decode.ensemble import load_models
+    from mt.decode.scorer import Scorer
+    from mt.decode.search import LengthPenalty
 
     dev = resolve_device(device)
     if threads:
@@ -94,8 +94,8 @@ def _input_pairs(src: Optional[Path], tgt: Optional[Path], n_best_input: bool,
                  streams: list) -> Iterator[tuple[int, tuple[str, str]]]:
     """(id, (source, target)) pairs: TAB-separated on stdin, two line-aligned files, or a source file
     and an n-best list (id: the source line). The files opened are added to `streams`."""
-    from mt.text import iter_lines, open_binary
-    from mt.translate import paired_lines
+    from mt.data.text import iter_lines, open_binary
+    from mt.decode.translator import paired_lines
 
     if src is None:
         return enumerate(_tab_pairs(iter_lines(sys.stdin.buffer, "stdin")))
@@ -230,7 +230,7 @@ def _nbest_pairs(src_lines: Iterator[str], entries: Iterator[tuple[int, str]], s
 
 
 def _format(s, index: int, source: str, text: str, run, as_json: bool, n_best_input: bool, alignments: bool) -> str:
-    from mt.align import pharaoh, source_word_ids, word_alignment, word_ids
+    from mt.decode.align import pharaoh, source_word_ids, word_alignment, word_ids
 
     links = None
     if alignments and s.error is not None:

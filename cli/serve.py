@@ -90,7 +90,7 @@ def serve(
     sock = _listen(host, port)  # before loading: a port in use fails at once
     try:
         service = _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens)
-        from mt.serve import create_app
+        from mt.serve.app import create_app
 
         app = create_app(service)
         bound_host, bound_port = sock.getsockname()[:2]
@@ -128,9 +128,9 @@ def _listen(host: str, port: int) -> socket.socket:
 def _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens):
     import torch
 
-    from mt.serve import ServedModel, TranslationService
+    from mt.serve.app import ServedModel, TranslationService
     from mt.device import resolve_device, set_decoding_dtype
-    from mt.translate import load_run
+    from mt.decode.translator import load_run
 
     dev = resolve_device("cpu" if int8 else device)
     if threads:
@@ -139,7 +139,7 @@ def _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, 
     for name, path in runs:
         run = load_run(path, dev, checkpoint)
         if int8:
-            from mt.quantize import quantize_int8
+            from mt.decode.quantize import quantize_int8
 
             quantize_int8(run.model)
         if dtype != "float32":

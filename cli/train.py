@@ -40,7 +40,7 @@ def train(
         if bad:
             raise MTError(f"--set {bad[0]}: only train.* and decode.* can change when resuming")
         cfg = load_config(resume / CONFIG, overrides)
-        from mt.train import Trainer
+        from mt.train.trainer import Trainer
 
         trainer = Trainer(cfg, resume, resume=True)  # checks the device before config.yaml changes
         if overrides:
@@ -58,7 +58,7 @@ def train(
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 creates the folder
     if not (created or was_empty) and rank0:  # the trainer checks again; here the answer comes before `import torch`
         raise MTError(f"{target} already holds files; resume with `mt train --resume {target}` or choose another --run-dir")
-    from mt.train import Trainer
+    from mt.train.trainer import Trainer
 
     try:
         Trainer(cfg, target).train()

@@ -44,7 +44,7 @@ def _one_line(text: str) -> str:
 
 
 def _format(tr, index: int, n_best: int, scores: bool, as_json: bool, alignments: bool) -> str:
-    from mt.align import pharaoh
+    from mt.decode.align import pharaoh
 
     text = _one_line(tr.text)
     nbest = [(_one_line(t), s) for t, s in tr.nbest] or [("", 0.0)]
@@ -166,9 +166,9 @@ def _build_translator(model, checkpoints, weights, decode: DecodeConfig, device:
     import torch
 
     from mt.device import resolve_device, set_decoding_dtype
-    from mt.ensemble import load_models
-    from mt.search import build_search
-    from mt.translate import Translator
+    from mt.decode.ensemble import load_models
+    from mt.decode.search import build_search
+    from mt.decode.translator import Translator
 
     dev = resolve_device("cpu" if int8 else device)  # before loading anything: `--device cuda` without a GPU fails at once
     if threads:
@@ -177,7 +177,7 @@ def _build_translator(model, checkpoints, weights, decode: DecodeConfig, device:
     if attention_flag is not None and not run.model.has_attention:
         raise MTError(f"{attention_flag}: the model has no attention (an RNN with model.attention: none)")
     if int8:
-        from mt.quantize import quantize_int8
+        from mt.decode.quantize import quantize_int8
 
         quantize_int8(run.model)
     if dtype != "float32":
@@ -193,9 +193,9 @@ def _write_stream(translator, input: Optional[Path], output: Optional[Path], pre
     """Translate the input (stdin, a file) line by line into the output, atomically when a file;
     format_line(translation, index) is each input line's output text."""
     from mt.files import Output
-    from mt.plot import save_attention_plot
-    from mt.text import iter_lines, open_binary
-    from mt.translate import jsonl_items, with_prefixes
+    from mt.decode.plot import save_attention_plot
+    from mt.data.text import iter_lines, open_binary
+    from mt.decode.translator import jsonl_items, with_prefixes
 
     source = open_binary(input) if input is not None else sys.stdin.buffer
     prefixes = open_binary(prefix_file) if prefix_file is not None else None

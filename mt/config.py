@@ -276,7 +276,7 @@ class DecodeConfig:
     #: (--alignments, --json "alignment") and attention plots; negative counts from the top
     alignment_layer: int = -1
     #: copy source words holding characters the vocabulary lacks (names in another script, emoji,
-    #: rare symbols) into the translation, at the target word that attends to them most (mt.unseen)
+    #: rare symbols) into the translation, at the target word that attends to them most (mt.decode.unseen)
     copy_unseen: bool = True
     #: Transformer decoder layer whose cross-attention places the copied words: the target word that
     #: attends most to an unseen word (the first layer placed them best on Multi30k: README)

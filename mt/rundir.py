@@ -9,7 +9,7 @@ they are, and the one check that a folder is a run.
       metrics.jsonl          one JSON object per log line / validation
       checkpoints/step_00001000/{model.safetensors, trainer_state.pt, meta.json}
       checkpoints/latest     name of the newest complete checkpoint
-      prepared/              the training corpora, prepared by the first start (mt/dataset.py), when
+      prepared/              the training corpora, prepared by the first start (mt/data/dataset.py), when
                              the recipe names no data.prepared directory
       averaged.safetensors   `mt average`'s output (by default)
 

@@ -150,7 +150,7 @@ def small_transformer_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRu
     import torch
 
     from mt.config import config_from_dict
-    from mt.train import Trainer
+    from mt.train.trainer import Trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

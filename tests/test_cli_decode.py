@@ -26,7 +26,7 @@ def _other_vocab_run(run: Path, dest: Path) -> Path:
     import sentencepiece as spm
 
     copy_run(run, dest)
-    from mt.synthetic import generate
+    from mt.data.synthetic import generate
 
     text = [" ".join(w[::-1] for w in s.split()) for pair in generate(1000, seed=3) for s in pair]  # words reversed
     spm.SentencePieceTrainer.Train(sentence_iterator=iter(text), model_prefix=str(dest / "spm"), vocab_size=200,

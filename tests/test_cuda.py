@@ -5,7 +5,7 @@ import torch
 
 from mt.config import RNNConfig, TransformerConfig
 from mt.models import build_model
-from mt.search import BeamSearch, GreedySearch, LengthPenalty
+from mt.decode.search import BeamSearch, GreedySearch, LengthPenalty
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -70,10 +70,10 @@ def test_cuda_ensemble_prefixes_and_scores_equal_cpu():
     prefixes and attention, and the teacher-forced scores and attention of its output, as on the CPU."""
     import copy
 
-    from mt.ensemble import EnsembleModel
-    from mt.score import Scorer
+    from mt.decode.ensemble import EnsembleModel
+    from mt.decode.scorer import Scorer
 
-    from mt.data import source_tensor
+    from mt.data.batching import source_tensor
 
     transformer, src, lengths = _model_and_batch("transformer")
     gru = _model_and_batch("bahdanau-gru")[0]

@@ -6,9 +6,9 @@ import torch
 
 from mt import MTError
 from mt.config import DataConfig
-from mt.data import TokenBatcher, collate, filter_pairs, token_batches
-from mt.text import grouped_split, load_corpus, read_lines, read_parallel
-from mt.vocab import BOS_ID, EOS_ID, PAD_ID
+from mt.data.batching import TokenBatcher, collate, filter_pairs, token_batches
+from mt.data.text import grouped_split, load_corpus, read_lines, read_parallel
+from mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

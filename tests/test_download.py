@@ -1,4 +1,4 @@
-"""mt.download and `mt data`: mirror copies, checksums, atomic writes, local-HTTP downloads, CLI errors."""
+"""mt.data.download and `mt data`: mirror copies, checksums, atomic writes, local-HTTP downloads, CLI errors."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mt import MTError
-from mt.download import KNOWN_CORPORA, fetch, multi30k_split_paths, tatoeba_path
+from mt.data.download import KNOWN_CORPORA, fetch, multi30k_split_paths, tatoeba_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MULTI30K = SHARED_DATA / "multi30k"

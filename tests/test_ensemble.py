@@ -1,4 +1,4 @@
-"""Ensembles (mt/ensemble.py): one member is the member, two members are their mixture (brute force
+"""Ensembles (mt/decode/ensemble.py): one member is the member, two members are their mixture (brute force
 on a scripted model), mixed architectures decode like their teacher-forced mixture, and runs with
 other vocabularies are refused."""
 
@@ -13,11 +13,11 @@ import torch
 
 from mt import MTError
 from mt.config import VocabConfig
-from mt.ensemble import EnsembleModel, check_compatible
-from mt.vocab import BOS_ID, EOS_ID
-from mt.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
-from mt.synthetic import generate
-from mt.vocab import train_vocab
+from mt.decode.ensemble import EnsembleModel, check_compatible
+from mt.data.vocab import BOS_ID, EOS_ID
+from mt.decode.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
+from mt.data.synthetic import generate
+from mt.data.vocab import train_vocab
 from test_search import (
     LENGTHS,
     MODELS,

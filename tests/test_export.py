@@ -24,15 +24,16 @@ import sentencepiece as spm
 import torch
 
 from conftest import assert_clean_failure, copy_run, run_mt
-from mt import MTError, synthetic
+from mt import MTError
+from mt.data import synthetic
 from mt.checkpoint import save_weights
 from mt.config import TransformerConfig, config_from_dict, load_config, save_config, to_dict
-from mt.data import source_tensor
-from mt.export import check_exportable, export_ctranslate2
+from mt.data.batching import source_tensor
+from mt.interop.ctranslate2 import check_exportable, export_ctranslate2
 from mt.models import build_model
 from mt.models.base import BOS_ID, EOS_ID
-from mt.search import build_search
-from mt.translate import Translator, load_run
+from mt.decode.search import build_search
+from mt.decode.translator import Translator, load_run
 
 
 def random_run(dest: Path, tiny_run: Path, model: dict, joint: bool = True, seed: int = 0) -> Path:

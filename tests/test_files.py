@@ -178,7 +178,7 @@ def test_text_files_are_written_without_torch(tmp_path: Path) -> None:
 import sys
 from pathlib import Path
 from mt.config import Config, save_config
-import mt.plot
+import mt.decode.plot
 save_config(Config(), Path({str(tmp_path)!r}) / "config.yaml")
 sys.argv = ["mt", "data", "synthetic", "--dest", {str(tmp_path / "syn")!r}, "--train", "5", "--valid", "2", "--test", "2"]
 from mt.cli.main import main

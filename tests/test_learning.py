@@ -4,14 +4,14 @@ project's 2-core CI machine (figures in the comments; deterministic for a seed a
 import pytest
 import torch
 
-from mt import synthetic
-from mt.align import alignment_error_rate, source_word_ids, word_alignment, word_ids
+from mt.data import synthetic
+from mt.decode.align import alignment_error_rate, source_word_ids, word_alignment, word_ids
 from mt.config import config_from_dict
 from mt.metrics import score
-from mt.score import Scorer
-from mt.search import GreedySearch
-from mt.train import Trainer
-from mt.translate import Translator, load_run
+from mt.decode.scorer import Scorer
+from mt.decode.search import GreedySearch
+from mt.train.trainer import Trainer
+from mt.decode.translator import Translator, load_run
 
 
 def _bleu(trainer: Trainer, pairs) -> float:

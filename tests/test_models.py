@@ -14,7 +14,7 @@ from mt import MTError
 from mt.config import RNNConfig, TransformerConfig
 from mt.models import build_model
 from mt.models.base import DecoderState, Seq2Seq
-from mt.vocab import BOS_ID, PAD_ID
+from mt.data.vocab import BOS_ID, PAD_ID
 
 SRC_V, TGT_V, JOINT_V = 17, 13, 15
 

@@ -1,4 +1,4 @@
-"""Target prefixes and token scores in the searches (mt/search.py): every output starts with its
+"""Target prefixes and token scores in the searches (mt/decode/search.py): every output starts with its
 prefix, an empty prefix changes nothing, beam search with a prefix is the brute-force best among the
 hypotheses that start with it, and a prefix at or over the length limit is returned as it is."""
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mt import MTError
-from mt.ensemble import EnsembleModel
-from mt.vocab import BOS_ID, EOS_ID
-from mt.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
+from mt.decode.ensemble import EnsembleModel
+from mt.data.vocab import BOS_ID, EOS_ID
+from mt.decode.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
 from test_search import (
     LENGTHS,
     SOURCES,

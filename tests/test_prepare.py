@@ -1,4 +1,4 @@
-"""Prepared corpora (mt prepare, mt.prepare, mt.dataset) and the batches drawn from them: decoding back
+"""Prepared corpora (mt prepare, mt.data.prepare, mt.data.dataset) and the batches drawn from them: decoding back
 to the cleaned input, each cleaning rule counted, weights and temperature, DDP shares, verification."""
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mt import MTError, synthetic
+from mt import MTError
+from mt.data import synthetic
 from mt.config import config_from_dict
-from mt.data import TokenBatcher, epoch_shares
-from mt.dataset import PreparedData, TokenArray
-from mt.prepare import check_prepared, prepare
-from mt.text import MAX_LINE_BYTES
-from mt.vocab import Vocab
+from mt.data.batching import TokenBatcher, epoch_shares
+from mt.data.dataset import PreparedData, TokenArray
+from mt.data.prepare import check_prepared, prepare
+from mt.data.text import MAX_LINE_BYTES
+from mt.data.vocab import Vocab
 
 
 def write_pair(folder: Path, name: str, pairs: list[tuple[str, str]], gz: bool = False) -> tuple[Path, Path]:
@@ -71,8 +72,8 @@ def test_prepared_corpus_decodes_back_to_its_cleaned_input(tmp_path: Path) -> No
 def test_parallel_workers_write_the_same_files_as_one_process(tmp_path: Path, monkeypatch) -> None:
     pairs = synthetic.generate(2500, seed=6)
     src, tgt = write_pair(tmp_path, "a", pairs + pairs[100:400])
-    monkeypatch.setattr("mt.prepare.POOL_MIN_BYTES", 0)
-    monkeypatch.setattr("mt.prepare.CHUNK_PAIRS", 300)  # several chunks, several in flight
+    monkeypatch.setattr("mt.data.prepare.POOL_MIN_BYTES", 0)
+    monkeypatch.setattr("mt.data.prepare.CHUNK_PAIRS", 300)  # several chunks, several in flight
     base = {"train_src": str(src), "train_tgt": str(tgt)}
     one = prepare(tiny_cfg(tmp_path, {**base, "workers": 1}, {"size": 150}), tmp_path / "one", log=quiet)
     two = prepare(tiny_cfg(tmp_path, {**base, "workers": 2}, {"size": 150}), tmp_path / "two", log=quiet)
@@ -117,7 +118,7 @@ def test_line_counts_must_match_and_out_must_be_new(tmp_path: Path) -> None:
 
 
 def test_reservoir_sample_bounds_the_vocabulary_input(tmp_path: Path) -> None:
-    from mt.prepare import Reservoir
+    from mt.data.prepare import Reservoir
 
     r = Reservoir(100, seed=1)
     for start in range(0, 10_000, 700):
@@ -256,7 +257,7 @@ def test_ddp_ranks_see_disjoint_batches(world: int) -> None:
 
 
 def test_collate_from_the_memory_map_equals_collate_from_lists(prepared) -> None:
-    from mt.data import collate
+    from mt.data.batching import collate
 
     root, _ = prepared
     prep = PreparedData.open(root)

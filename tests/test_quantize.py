@@ -1,4 +1,4 @@
-"""int8 decoding (mt.quantize): every matrix layer is replaced, the model stays close to float32, and
+"""int8 decoding (mt.decode.quantize): every matrix layer is replaced, the model stays close to float32, and
 the searches run on the quantized model unchanged."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from torch import nn
 from mt import MTError
 from mt.config import RNNConfig, TransformerConfig
 from mt.models import build_model
-from mt.quantize import is_quantized, quantize_int8
-from mt.search import BeamSearch, GreedySearch
+from mt.decode.quantize import is_quantized, quantize_int8
+from mt.decode.search import BeamSearch, GreedySearch
 
 CONFIGS = {
     "transformer": TransformerConfig(d_model=64, heads=4, enc_layers=2, dec_layers=2, ff_dim=128, dropout=0.0),

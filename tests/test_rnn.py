@@ -13,7 +13,7 @@ from mt import MTError
 from mt.config import RNNConfig
 from mt.models.base import DecoderState
 from mt.models.rnn import RNNSeq2Seq
-from mt.vocab import BOS_ID, EOS_ID, PAD_ID
+from mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 SRC_V, TGT_V = 23, 19
 

@@ -1,4 +1,4 @@
-"""Forced scoring (mt/score.py): the score of a search's hypothesis is the log-probability the search
+"""Forced scoring (mt/decode/scorer.py): the score of a search's hypothesis is the log-probability the search
 reported for it; a batch scores like each pair alone; an empty target scores the eos."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mt import MTError
-from mt.ensemble import EnsembleModel
-from mt.vocab import BOS_ID, EOS_ID
-from mt.score import Scorer
-from mt.search import BeamSearch, LengthPenalty, SamplingSearch
+from mt.decode.ensemble import EnsembleModel
+from mt.data.vocab import BOS_ID, EOS_ID
+from mt.decode.scorer import Scorer
+from mt.decode.search import BeamSearch, LengthPenalty, SamplingSearch
 from test_search import LENGTHS, MODELS, random_batch, random_model
 
 PEN = LengthPenalty("gnmt", 0.6)

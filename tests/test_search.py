@@ -18,8 +18,8 @@ from mt import MTError
 from mt.config import DecodeConfig, RNNConfig, TransformerConfig
 from mt.models import build_model
 from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
-from mt.search import BeamSearch, GreedySearch, Hypothesis, LengthPenalty, SamplingSearch, Search, build_search
-from mt.vocab import BOS_ID, EOS_ID, PAD_ID
+from mt.decode.search import BeamSearch, GreedySearch, Hypothesis, LengthPenalty, SamplingSearch, Search, build_search
+from mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")
 PENALTIES = [("none", 1.0), ("gnmt", 0.6), ("gnmt", 1.0), ("d2l", 1.0)]
@@ -679,7 +679,7 @@ class _Recorder(Search):
 def test_translator_budget_counts_decoder_rows(rows: int, per_batch: int) -> None:
     """batch_tokens bounds padded source tokens x rows per sentence (beam): beam 5 gets a fifth of
     the sentences greedy gets; results come back in input order."""
-    from mt.translate import Translator
+    from mt.decode.translator import Translator
 
     model = random_model("transformer")
     search = _Recorder(rows)
@@ -707,7 +707,7 @@ class _WordPieces:
 
 
 def test_translator_cuts_long_lines_before_words_and_decodes_the_pieces_once() -> None:
-    from mt.translate import Translator
+    from mt.decode.translator import Translator
 
     vocab = _WordPieces()
     vocab.decoded = []

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import assert_clean_failure, mt_command, mt_env, run_mt
 from mt import MTError
-from mt.serve_process import ServerProcess
+from mt.serve.process import ServerProcess
 
 TEXTS = [
     "two birds watch these friends in ships.",
@@ -58,8 +58,8 @@ def server(tiny_run: Path) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def unbatched(tiny_run: Path):
     """translate(texts, **options): each text decoded alone (batch of one) by the library."""
-    from mt.search import build_search
-    from mt.translate import Translator, load_run
+    from mt.decode.search import build_search
+    from mt.decode.translator import Translator, load_run
 
     run = load_run(tiny_run)
 
@@ -227,8 +227,8 @@ def test_options_at_their_limits(server: ServerProcess) -> None:
 def test_search_length_cap(tiny_run: Path) -> None:
     import torch
 
-    from mt.search import build_search
-    from mt.translate import load_run
+    from mt.decode.search import build_search
+    from mt.decode.translator import load_run
 
     run = load_run(tiny_run)
     decode = replace(run.config.decode, max_len_a=1000.0, max_len_b=1000)
@@ -394,8 +394,8 @@ def test_health_is_503_when_a_worker_is_not_running(tiny_run: Path) -> None:
     from fastapi.testclient import TestClient
 
     from mt.config import ServeLimits
-    from mt.serve import ServedModel, TranslationService, create_app
-    from mt.translate import load_run
+    from mt.serve.app import ServedModel, TranslationService, create_app
+    from mt.decode.translator import load_run
 
     import torch
 
@@ -413,8 +413,8 @@ def test_output_length_is_capped(tiny_run: Path) -> None:
     from fastapi.testclient import TestClient
 
     from mt.config import ServeLimits
-    from mt.serve import ServedModel, TranslationService, create_app
-    from mt.translate import load_run
+    from mt.serve.app import ServedModel, TranslationService, create_app
+    from mt.decode.translator import load_run
 
     import torch
 
@@ -434,8 +434,8 @@ def test_a_failing_batch_gets_500_and_the_worker_goes_on(tiny_run: Path) -> None
     from fastapi.testclient import TestClient
 
     from mt.config import ServeLimits
-    from mt.serve import ServedModel, TranslationService, create_app
-    from mt.translate import load_run
+    from mt.serve.app import ServedModel, TranslationService, create_app
+    from mt.decode.translator import load_run
 
     import torch
 

@@ -8,8 +8,8 @@ from statistics import mean
 
 import pytest
 
-from mt import synthetic
-from mt.synthetic import generate, generate_pair, splits, translate_reference
+from mt.data import synthetic
+from mt.data.synthetic import generate, generate_pair, splits, translate_reference
 
 TARGET_VERB_FORMS = {
     stem + ending for _, _, stem in synthetic.VERBS for ending in synthetic.VERB_ENDINGS.values()

@@ -1,4 +1,4 @@
-"""The trainer (mt/train.py): loss, optimisers, schedules, clipping, accumulation, seeds, validation,
+"""The trainer (mt/train/trainer.py): loss, optimisers, schedules, clipping, accumulation, seeds, validation,
 best / last-k checkpoints, early stopping, averaging, fine-tuning, exact resume after SIGKILL, DDP.
 
 Everything trains a tiny Transformer on a small slice of the built-in synthetic pair. Training runs
@@ -30,10 +30,10 @@ from safetensors.torch import load_file
 
 from mt import MTError
 from mt.config import config_from_dict
-from mt.data import collate
+from mt.data.batching import collate
 from mt.models import build_model
-from mt.train import Trainer, build_optimizer, build_scheduler, label_smoothed_loss
-from mt.vocab import PAD_ID
+from mt.train.trainer import Trainer, build_optimizer, build_scheduler, label_smoothed_loss
+from mt.data.vocab import PAD_ID
 
 
 def recipe(**sections: dict) -> dict:
@@ -663,8 +663,8 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
 
 def _two_weighted_corpora(folder: Path) -> Path:
     """A prepared directory of two synthetic corpora, the small one weighted 3 (sampled per epoch)."""
-    from mt import synthetic
-    from mt.prepare import prepare
+    from mt.data import synthetic
+    from mt.data.prepare import prepare
 
     train = []
     for name, n, seed, weight in (("big", 90, 11, 1.0), ("small", 30, 12, 3.0)):

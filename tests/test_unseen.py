@@ -1,4 +1,4 @@
-"""Unseen characters copied into the translation (mt/unseen.py, `decode.copy_unseen`): the placing
+"""Unseen characters copied into the translation (mt/decode/unseen.py, `decode.copy_unseen`): the placing
 rule on hand-made attention, and the translator with byte-fallback and word vocabularies, every
 model family, beam/greedy/sampling, n-best lists, prefixes, ensembles and cut lines."""
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt import synthetic
+from mt.data import synthetic
 from mt.config import RNNConfig, VocabConfig
-from mt.ensemble import EnsembleModel
+from mt.decode.ensemble import EnsembleModel
 from mt.models import build_model
-from mt.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
-from mt.translate import Translator, load_run
-from mt.unseen import UnseenCopier, copy_words
-from mt.vocab import train_vocab
+from mt.decode.search import BeamSearch, GreedySearch, LengthPenalty, SamplingSearch
+from mt.decode.translator import Translator, load_run
+from mt.decode.unseen import UnseenCopier, copy_words
+from mt.data.vocab import train_vocab
 
 NAMES = ["Москва", "東京", "😀", "Đorđe", "Αθήνα", "서울"]
 

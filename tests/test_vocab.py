@@ -9,9 +9,9 @@ import pytest
 
 from mt import MTError
 from mt.config import VocabConfig
-from mt.vocab import UNK_ID
-from mt.synthetic import generate
-from mt.vocab import Vocab, train_vocab
+from mt.data.vocab import UNK_ID
+from mt.data.synthetic import generate
+from mt.data.vocab import Vocab, train_vocab
 
 UNSEEN = "Москва 東京 😀 € café naïve Ħ"
 
@@ -64,7 +64,7 @@ def test_same_as_ignores_how_the_model_was_trained(lines: list[str], tmp_path: P
 
 
 def test_unreadable_ids_and_characters(lines: list[str], tmp_path: Path) -> None:
-    """What the copy of unseen words (mt.unseen) asks of a vocabulary, computed once per vocabulary."""
+    """What the copy of unseen words (mt.decode.unseen) asks of a vocabulary, computed once per vocabulary."""
     vocab = train_vocab(lines, tmp_path / "spm.model", VocabConfig(size=400, model_type="bpe"))
     assert UNK_ID in vocab.unreadable_ids and len(vocab.unreadable_ids) == 257  # 256 byte pieces
     assert all(i in vocab.unreadable_ids for i in vocab.encode("Москва")[1:])

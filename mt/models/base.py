@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from mt.vocab import BOS_ID, EOS_ID, PAD_ID
+from mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 def _index(value: Any, index: Tensor) -> Any:

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from mt import MTError
 from mt.config import RNNConfig
 from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
-from mt.vocab import PAD_ID
+from mt.data.vocab import PAD_ID
 
 #: an RNN state with the batch on dim 0: GRU [B, L, H]; LSTM (h, c), each [B, L, H]
 Hidden = Union[Tensor, tuple[Tensor, Tensor]]

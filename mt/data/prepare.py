@@ -1,11 +1,11 @@
 """Prepare a recipe's training corpora once: a SentencePiece model trained on a reservoir sample read
 in one streaming pass, then every pair cleaned and encoded by worker processes, chunk by chunk, into
-memory-mapped token files (mt/dataset.py), with a manifest of what was read, kept and dropped.
+memory-mapped token files (mt/data/dataset.py), with a manifest of what was read, kept and dropped.
 
 Cleaning rules, in the order they are tried (a dropped pair counts under its first rule):
 
     invalid_utf8     a side is not valid UTF-8 (an error naming file and line, unless data.skip_invalid)
-    line_too_long    a side is over the reader's byte limit (mt.text.MAX_LINE_BYTES; same policy)
+    line_too_long    a side is over the reader's byte limit (mt.data.text.MAX_LINE_BYTES; same policy)
     empty            a side is empty or white space, or encodes to no tokens
     identical        source == target (data.drop_identical)
     too_long         a side has more than data.max_len tokens
@@ -31,8 +31,8 @@ import numpy as np
 
 from mt import MTError, __version__
 from mt.config import Config, DataConfig, TrainCorpus, to_dict
-from mt.dataset import FORMAT_VERSION, MANIFEST, PreparedData, TokenWriter, read_manifest, sha256_file, token_dtype
-from mt.text import MAX_LINE_BYTES, decode_line, load_corpus, open_binary, resolve_path
+from mt.data.dataset import FORMAT_VERSION, MANIFEST, PreparedData, TokenWriter, read_manifest, sha256_file, token_dtype
+from mt.data.text import MAX_LINE_BYTES, decode_line, load_corpus, open_binary, resolve_path
 
 REASONS = ("invalid_utf8", "line_too_long", "empty", "identical", "too_long", "ratio", "duplicate")
 _KEEP, _INVALID, _LONG_LINE, _EMPTY, _IDENTICAL, _TOO_LONG, _RATIO, _DUPLICATE = range(8)
@@ -85,7 +85,7 @@ def train_sources(cfg: DataConfig, seed: int) -> list[Source]:
                     raise MTError(f"{p}: no such file" if not p.exists() else f"{p}: is a directory, not a text file")
             sources.append(Source(e.label, e.weight, paths=paths))
         elif e.corpus == "multi30k":
-            from mt import download
+            from mt.data import download
 
             dest = Path(cfg.data_dir)
             download.fetch("multi30k", dest, Path(cfg.mirror) if cfg.mirror else None, langs=[cfg.src_lang, cfg.tgt_lang])
@@ -202,7 +202,7 @@ def sample_for_vocab(sources: list[Source], joint: bool, k: int, seed: int, skip
 
 def build_vocab(cfg: Config, sources: list[Source], out: Path, log: Callable[[str], None]) -> tuple[Path, ...]:
     from mt.rundir import vocab_files
-    from mt.vocab import train_vocab
+    from mt.data.vocab import train_vocab
 
     v = cfg.vocab
     started = time.monotonic()
@@ -491,7 +491,7 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
     workers = d.workers or os.cpu_count() or 1
     if sum(s.size() for s in sources) < POOL_MIN_BYTES:
         workers = 1
-    from mt.vocab import Vocab
+    from mt.data.vocab import Vocab
 
     dtype = token_dtype(max(len(Vocab(p)) for p in vocab))
     writers = [TokenWriter(tmp / "train.src", dtype), TokenWriter(tmp / "train.tgt", dtype)]

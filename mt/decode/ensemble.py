@@ -160,7 +160,7 @@ def _smallest(values) -> int | None:
 
 def check_compatible(runs: Sequence[tuple[str, object]]) -> None:
     """Raise one MTError naming two runs whose models cannot be ensembled: their source or target
-    SentencePiece models differ. `runs` are (name, Run) pairs (mt.translate.Run)."""
+    SentencePiece models differ. `runs` are (name, Run) pairs (mt.decode.translator.Run)."""
     (first_name, first), rest = runs[0], runs[1:]
     for name, run in rest:
         for side in ("tgt", "src"):
@@ -176,10 +176,10 @@ def check_compatible(runs: Sequence[tuple[str, object]]) -> None:
 
 def load_models(run_dirs: Sequence[str | Path], device: torch.device | str = "cpu",
                 checkpoints: Sequence[str] = ("best",), weights: Sequence[float] | None = None):
-    """Load one run, or several as an ensemble: a Run (mt.translate.Run) whose model is the
+    """Load one run, or several as an ensemble: a Run (mt.decode.translator.Run) whose model is the
     EnsembleModel of the runs' models (with `weights`), with the first run's config and
     vocabularies. `checkpoints` has one entry for all runs or one per run."""
-    from mt.translate import Run, load_run
+    from mt.decode.translator import Run, load_run
 
     if not run_dirs:
         raise MTError("no run to load")

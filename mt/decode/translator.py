@@ -11,17 +11,17 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from mt import MTError
-from mt.align import links_from, source_word_ids, word_attention, word_ids
+from mt.decode.align import links_from, source_word_ids, word_attention, word_ids
 from mt.checkpoint import load_weights, read_json
 from mt.config import Config, load_config
-from mt.data import source_tensor, token_batches
+from mt.data.batching import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
-from mt.score import Scorer
-from mt.search import Hypothesis, Search
-from mt.unseen import UnseenCopier
-from mt.vocab import Vocab
+from mt.decode.scorer import Scorer
+from mt.decode.search import Hypothesis, Search
+from mt.decode.unseen import UnseenCopier
+from mt.data.vocab import Vocab
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
 DEFAULT_MAX_INPUT_TOKENS = 1024
@@ -91,7 +91,7 @@ class Translator:
     ) -> None:
         """alignments=True: each Translation gets its word alignment (the search must return attention).
         copy_unseen=True: source words with characters the vocabulary lacks are copied into the
-        translation (mt.unseen; a model without attention cannot place them and is left alone),
+        translation (mt.decode.unseen; a model without attention cannot place them and is left alone),
         placed by the attention of decoder layer `copy_layer` (Transformers)."""
         self.model, self.src_vocab, self.tgt_vocab, self.search = model, src_vocab, tgt_vocab, search
         if alignments and not search.return_attention:
@@ -139,7 +139,7 @@ class Translator:
         max_input_tokens is cut into pieces that are translated one after the other.
 
         prefixes: target text each translation must start with ("" for none), one per line; the
-        search continues from it (see mt.search.Search). A line cut into pieces has its prefix
+        search continues from it (see mt.decode.search.Search). A line cut into pieces has its prefix
         forced on the first piece. An empty line with a prefix is translated from an empty source:
         the prefix is forced and the search continues after it, like any line's.
 
@@ -182,7 +182,7 @@ class Translator:
                 for i, parts in enumerate(grouped)]
 
     def _copy_attention(self, pairs: list[tuple[list[int], Hypothesis]]) -> dict[int, torch.Tensor]:
-        """id(hypothesis) -> its teacher-forced attention from layer copy_layer (mt.score, one
+        """id(hypothesis) -> its teacher-forced attention from layer copy_layer (mt.decode.scorer, one
         batched pass), for the hypotheses whose lines the copy step mends."""
         if not pairs:
             return {}
@@ -272,7 +272,7 @@ class Translator:
 
     def _word_attention(self, src_words: list[int], sources: list[list[int]], best: list[Hypothesis],
                         attention: dict[int, torch.Tensor] | None = None, n_src: int = 0) -> torch.Tensor:
-        """[target words, source words] attention of a line (mt.align.word_attention); src_words: the
+        """[target words, source words] attention of a line (mt.decode.align.word_attention); src_words: the
         word of each of the line's source pieces (the parts' pieces in order). A cut line's words
         are numbered over the whole line (the pieces of all parts together, as the text is
         detokenised); each part fills its own block."""

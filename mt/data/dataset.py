@@ -1,7 +1,7 @@
 """A prepared corpus on disk: memory-mapped token ids, one flat array and one offsets array per side,
 and the manifest that says what it was made from and lets a reader verify it.
 
-Layout of a prepared directory (`mt prepare`, mt/prepare.py writes it)::
+Layout of a prepared directory (`mt prepare`, mt/data/prepare.py writes it)::
 
     manifest.json        inputs (path, size, sha256), vocabulary sha256, the recipe's data and
                          vocab settings, counts kept / dropped per rule, token counts, the corpora's

@@ -5,7 +5,7 @@ fallback) or as the unknown piece: the model cannot know what it means, and a mo
 text without such pieces does not learn to copy them (README, "Unseen characters"). Names, symbols
 and words in another script are what such characters are made of, and what a translator keeps as
 they are. So after the search, as OpenNMT's `-replace_unk` does for unknown words, the translation
-is mended with the attention of its target words over the source words (mt.align.word_attention,
+is mended with the attention of its target words over the source words (mt.decode.align.word_attention,
 teacher-forced on the hypothesis; a Transformer's decoder layer `decode.copy_layer`):
 
 1. a target word holding the unknown piece `⁇` becomes the source word it attends to most;
@@ -29,8 +29,8 @@ from typing import Sequence
 
 from torch import Tensor
 
-from mt.align import word_ids
-from mt.vocab import UNK_ID, Vocab
+from mt.decode.align import word_ids
+from mt.data.vocab import UNK_ID, Vocab
 
 
 def copy_words(
@@ -45,7 +45,7 @@ def copy_words(
     """Mend a translation's words (see the module's docstring). Returns the new words, the new
     index of each old target word, and the (source word, new target word) pair of each copy.
 
-    attention: [target words, source words] (mt.align.word_attention); unseen: the source words
+    attention: [target words, source words] (mt.decode.align.word_attention); unseen: the source words
     with unseen characters; unknown: the target words holding the unknown piece; keep: the first
     `keep` target words (a forced prefix) stay; unseen_chars: each unseen word's unseen characters
     (default: all of its characters)."""
@@ -109,7 +109,7 @@ class UnseenCopier:
         """The translation (target ids, the first `prefix_len` of them forced) with the source's
         unseen words copied, or None when nothing changes; with the text, copy_words' new index of
         each old target word and its (source word, target word) copies. attention: [target words,
-        the line's own words] (mt.align.word_attention, source_word_ids)."""
+        the line's own words] (mt.decode.align.word_attention, source_word_ids)."""
         words = line.split()
         if not words or not tgt_ids:
             return None

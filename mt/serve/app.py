@@ -6,7 +6,7 @@
 One model instance per served run and one worker thread per model. A request's texts join a
 queue; the worker waits a few milliseconds (`ServeLimits.batch_wait`) for other requests, takes every
 queued request with the same decoding options up to the translator's token budget, and decodes
-their texts together through `mt.translate.Translator`. In float32 a text's translation does not
+their texts together through `mt.decode.translator.Translator`. In float32 a text's translation does not
 depend on what it was batched with, so a request gets the output `mt translate` gives.
 
 Errors are JSON (`{"error": {"status", "type", "message"}}`): 4xx for bad requests (limits, invalid
@@ -36,10 +36,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt import MTError, __version__
 from mt.config import DecodeConfig, ServeLimits, SettingError
-from mt.search import build_search
-from mt.translate import Run, Translation, Translator
+from mt.decode.search import build_search
+from mt.decode.translator import Run, Translation, Translator
 
-log = logging.getLogger("mt.serve")
+log = logging.getLogger("mt.serve.app")
 
 
 class ServeError(Exception):

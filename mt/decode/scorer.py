@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from mt import MTError
-from mt.data import pad, source_tensor, token_batches
+from mt.data.batching import pad, source_tensor, token_batches
 from mt.models.base import Seq2Seq
-from mt.search import LengthPenalty
-from mt.vocab import BOS_ID, EOS_ID, Vocab
+from mt.decode.search import LengthPenalty
+from mt.data.vocab import BOS_ID, EOS_ID, Vocab
 
 
 @dataclass

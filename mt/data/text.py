@@ -135,21 +135,21 @@ def load_corpus(cfg: DataConfig, seed: int = 1, splits: tuple[str, ...] = ("trai
     """The train / valid / test splits named by the recipe (valid and test may be absent); files are
     read for the `splits` asked for only (the generated and split corpora are made whole)."""
     if cfg.corpus == "synthetic":
-        from mt import synthetic
+        from mt.data import synthetic
 
         parts = synthetic.splits(
             cfg.synthetic_train, cfg.synthetic_valid, cfg.synthetic_test, cfg.synthetic_seed, cfg.synthetic_max_clauses
         )
         return {k: ([s for s, _ in v], [t for _, t in v]) for k, v in parts.items() if v}
     if cfg.corpus == "multi30k":
-        from mt import download
+        from mt.data import download
 
         dest = Path(cfg.data_dir)
         download.fetch("multi30k", dest, Path(cfg.mirror) if cfg.mirror else None, langs=[cfg.src_lang, cfg.tgt_lang])
         paths = download.multi30k_split_paths(dest, cfg.src_lang, cfg.tgt_lang)
         return {name: read_parallel(s, t) for name, (s, t) in paths.items() if name in splits}
     if cfg.corpus == "tatoeba":
-        from mt import download
+        from mt.data import download
 
         dest = Path(cfg.data_dir)
         (path,) = download.fetch("tatoeba", dest, Path(cfg.mirror) if cfg.mirror else None)

@@ -1,5 +1,5 @@
 """Tensor batches: padded source / target tensors, and token-based, length-bucketed batches over
-memory-mapped token arrays (mt/dataset.py)."""
+memory-mapped token arrays (mt/data/dataset.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mt.dataset import TokenArray
-from mt.vocab import BOS_ID, EOS_ID, PAD_ID
+from mt.data.dataset import TokenArray
+from mt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 # ----------------------------------------------------------------------------------------------

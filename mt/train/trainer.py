@@ -29,19 +29,19 @@ from mt.checkpoint import (
     write_checkpoint,
 )
 from mt.config import Config, save_config
-from mt.data import TokenBatcher
-from mt.dataset import MANIFEST, PreparedData, sha256_file
+from mt.data.batching import TokenBatcher
+from mt.data.dataset import MANIFEST, PreparedData, sha256_file
 from mt.device import resolve_device
 from mt.files import atomic_copy, atomic_write_json, atomic_write_text
 from mt.models import build_model
-from mt.prepare import check_prepared, prepare
+from mt.data.prepare import check_prepared, prepare
 from mt.rundir import (
     CONFIG, META, METRICS, PREPARED, TRAINER_STATE, WEIGHTS, is_run_dir, latest_checkpoint, vocab_files,
 )
-from mt.search import build_search
-from mt.text import load_corpus
-from mt.translate import Translator
-from mt.vocab import PAD_ID, Vocab
+from mt.decode.search import build_search
+from mt.data.text import load_corpus
+from mt.decode.translator import Translator
+from mt.data.vocab import PAD_ID, Vocab
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from ctranslate2.specs import common_spec, transformer_spec
 from mt import MTError, __version__
 from mt.config import TransformerConfig
 from mt.files import publish, temp_dir
-from mt.translate import Run, load_run
+from mt.decode.translator import Run, load_run
 
 #: every TransformerConfig field and whether the spec can express its value; a field missing here
 #: (one added to mt later) is refused by name rather than silently dropped
@@ -88,7 +88,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class CTranslate2Converter(Converter):
-    """Converts an mt Transformer run (loaded with mt.translate.load_run) to a CTranslate2 TransformerSpec."""
+    """Converts an mt Transformer run (loaded with mt.decode.translator.load_run) to a CTranslate2 TransformerSpec."""
 
     def __init__(self, run: Run) -> None:
         self.run = run

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from mt.vocab import UNK_ID
+from mt.data.vocab import UNK_ID
 
 WORD_START = "\u2581"  # SentencePiece's word boundary marker
 UNKNOWN_PIECE = "<unk>"  # the unknown piece of mt's vocabularies (id 1), detokenised as " ⁇ "

@@ -1,0 +1,1 @@
+"""Exports and imports to other toolkits: CTranslate2."""
