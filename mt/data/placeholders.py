@@ -1,0 +1,259 @@
+"""Placeholders: spans that must pass through a translation unchanged.
+
+URLs, e-mail addresses, numbers, words written in characters the vocabulary lacks (a name in another
+script, an emoji) and the user's own patterns are replaced by indexed placeholder pieces before the
+search and put back after it, by index::
+
+    near 東京 station, call 030 1234.   ->   near ⦅0⦆ station, call ⦅1⦆ ⦅2⦆.
+
+The placeholders are ordinary vocabulary pieces (SentencePiece user-defined symbols, `vocab.placeholders`)
+that training teaches: in a training pair, spans that stand identically in the source and the target
+(numbers, names, URLs) are replaced on both sides by the same placeholder with a probability
+(`data.placeholder_prob`), so the model learns to carry them across, as Marian's and ModernMT's tags are
+taught. Spans with the same text share one placeholder.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from mt import MTError
+
+OPEN, CLOSE = "\u2985", "\u2986"  # ⦅ ⦆: NFKC-stable, so SentencePiece's normalisation keeps them
+
+#: a placeholder piece as the model sees it: ⦅0⦆, ⦅1⦆, ...
+PLACEHOLDER = re.compile(OPEN + r"(\d+)" + CLOSE)
+
+#: the kinds of span, in the order they win where two overlap
+KINDS = ("url", "email", "pattern", "number", "unseen")
+
+_URL = re.compile(r"(?<![\w@])(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>\"'`]+")
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_NUMBER = re.compile(r"(?<![\w.,:/-])\d+(?:[.,:/-]\d+)*(?!\w)")
+_TRAILING = ".,;:!?)]}'\""  # punctuation that ends a sentence or clause after a URL, not the URL
+_WORD_PART = re.compile(r"\w+|[^\w\s]+")  # a word's runs: letters/digits/marks, or everything else
+_CAPITALISED = re.compile(r"(?<!\w)[^\W\d_][\w'’-]*")
+
+
+def placeholder(index: int) -> str:
+    return f"{OPEN}{index}{CLOSE}"
+
+
+def symbols(count: int) -> list[str]:
+    """The vocabulary's placeholder pieces (SentencePiece user-defined symbols)."""
+    return [placeholder(i) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    kind: str
+
+    def text(self, line: str) -> str:
+        return line[self.start:self.end]
+
+
+@dataclass(frozen=True)
+class Masked:
+    """A line with its spans replaced: `text` is what the model reads, `values[k]` what ⦅k⦆ stands for,
+    `counts[k]` how often it stands in the line."""
+
+    text: str
+    values: tuple[str, ...]
+    counts: tuple[int, ...]
+
+    def restore(self, output: str) -> "Restored":
+        return restore(output, self.values, self.counts)
+
+
+@dataclass(frozen=True)
+class Restored:
+    text: str
+    #: indices of placeholders the output did not contain (their values are not in `text`)
+    missing: tuple[int, ...]
+    #: placeholders the output had beyond the source's count, or that the source did not have (removed)
+    dropped: int
+
+
+def _strip_trailing(text: str, start: int, end: int) -> int:
+    """The end of a URL without the punctuation after it (an opening bracket inside keeps its closer)."""
+    while end > start and text[end - 1] in _TRAILING:
+        closer = text[end - 1]
+        opener = {")": "(", "]": "[", "}": "{"}.get(closer)
+        if opener and text.count(opener, start, end) >= text.count(closer, start, end):
+            break
+        end -= 1
+    return end
+
+
+class Protector:
+    """Finds the spans of a line that must pass through unchanged.
+
+    is_unseen(run) tells whether a run of letters (or of symbols) holds a character the vocabulary lacks
+    (after its normalisation); None: no such check. patterns: the user's regular expressions."""
+
+    def __init__(self, is_unseen: Callable[[str], bool] | None = None, patterns: Sequence[str] = (),
+                 kinds: Sequence[str] = KINDS) -> None:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise MTError(f"unknown kind of protected span {unknown[0]!r} (known: {', '.join(KINDS)})")
+        self.kinds = tuple(k for k in KINDS if k in kinds)
+        self.is_unseen = is_unseen
+        self.patterns = []
+        for p in patterns:
+            try:
+                self.patterns.append(re.compile(p))
+            except re.error as e:
+                raise MTError(f"decode.protect: {p!r} is not a regular expression ({e})") from None
+
+    def spans(self, line: str) -> list[Span]:
+        """Non-overlapping spans, left to right; where two overlap, the earlier kind in KINDS wins."""
+        # a literal placeholder in the input is text like any other: it is protected as a span of its own
+        taken = [Span(m.start(), m.end(), "pattern") for m in PLACEHOLDER.finditer(line)]
+        for kind in self.kinds:
+            for span in self._find(kind, line):
+                if span.end > span.start and not any(span.start < t.end and t.start < span.end for t in taken):
+                    taken.append(span)
+        return sorted(taken, key=lambda s: s.start)
+
+    def _find(self, kind: str, line: str):
+        if kind == "url":
+            for m in _URL.finditer(line):
+                yield Span(m.start(), _strip_trailing(line, m.start(), m.end()), kind)
+        elif kind == "email":
+            for m in _EMAIL.finditer(line):
+                yield Span(m.start(), m.end() - (line[m.end() - 1] == "."), kind)
+        elif kind == "pattern":
+            for p in self.patterns:
+                yield from (Span(m.start(), m.end(), kind) for m in p.finditer(line))
+        elif kind == "number":
+            yield from (Span(m.start(), m.end(), kind) for m in _NUMBER.finditer(line))
+        elif self.is_unseen is not None:
+            yield from self._unseen(line)
+
+    def _unseen(self, line: str):
+        """A word (a run of letters, digits and marks) with a character the vocabulary lacks, whole; among
+        symbols and punctuation, just the run of characters it lacks (the emoji, not the '!' after it)."""
+        for m in _WORD_PART.finditer(line):
+            if m.group()[0].isalnum() or m.group()[0] == "_":
+                if self.is_unseen(m.group()):
+                    yield Span(m.start(), m.end(), "unseen")
+                continue
+            start = None
+            for i in range(m.start(), m.end() + 1):
+                unseen = i < m.end() and self.is_unseen(line[i])
+                if unseen and start is None:
+                    start = i
+                elif not unseen and start is not None:
+                    yield Span(start, i, "unseen")
+                    start = None
+
+    def mask(self, line: str, limit: int) -> Masked:
+        """Replace up to `limit` distinct span texts by ⦅0⦆, ⦅1⦆, ... in order of first appearance;
+        spans beyond the limit stay as text."""
+        values: list[str] = []
+        counts: list[int] = []
+        out, pos = [], 0
+        for span in self.spans(line):
+            value = span.text(line)
+            if value in values:
+                index = values.index(value)
+            elif len(values) < limit:
+                index = len(values)
+                values.append(value)
+                counts.append(0)
+            else:
+                continue
+            counts[index] += 1
+            out += [line[pos:span.start], placeholder(index)]
+            pos = span.end
+        out.append(line[pos:])
+        return Masked("".join(out), tuple(values), tuple(counts))
+
+
+def restore(output: str, values: Sequence[str], counts: Sequence[int] | None = None) -> Restored:
+    """Put the values back for ⦅k⦆ in a model's output: each at most as often as the source had it
+    (counts; default once); extra or unknown placeholders are removed with the space before them."""
+    counts = list(counts) if counts is not None else [1] * len(values)
+    used = [0] * len(values)
+    parts, pos, dropped = [], 0, 0
+    for m in PLACEHOLDER.finditer(output):
+        k = int(m.group(1))
+        parts.append(output[pos:m.start()])
+        if k < len(values) and used[k] < counts[k]:
+            used[k] += 1
+            parts.append(values[k])
+        else:
+            dropped += 1
+            parts[-1] = parts[-1].rstrip(" ")
+            if not "".join(parts):  # at the start of the line: no space before what follows
+                m_end = m.end()
+                while m_end < len(output) and output[m_end] == " ":
+                    m_end += 1
+                pos = m_end
+                continue
+        pos = m.end()
+    parts.append(output[pos:])
+    return Restored("".join(parts), tuple(k for k in range(len(values)) if used[k] == 0), dropped)
+
+
+def insert(text: str, value: str, word_index: int) -> str:
+    """`value` put before the word at word_index of `text` (after the last word when past the end): where
+    a dropped placeholder's value goes when the alignment says which target word stands for it."""
+    words = text.split(" ") if text else []
+    words.insert(min(max(word_index, 0), len(words)), value)
+    return " ".join(words)
+
+
+# ----------------------------------------------------------------------------------------------
+# training: the same placeholder on both sides of a pair
+
+
+def _whole(text: str, value: str) -> list[int]:
+    """Where `value` stands in `text` as a whole (not inside a longer word or number)."""
+    found, start = [], text.find(value)
+    while start >= 0:
+        end = start + len(value)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not (before.isalnum() or after.isalnum()):
+            found.append(start)
+        start = text.find(value, start + 1)
+    return found
+
+
+def shared_spans(src: str, tgt: str, protector: Protector, names: bool = True) -> list[str]:
+    """The span texts of `src` that stand identically, as a whole, in `tgt`: its protected spans, and
+    with `names` its capitalised words past the first (names mostly), longest first."""
+    found = [s.text(src) for s in protector.spans(src)]
+    if names:
+        found += [m.group() for m in _CAPITALISED.finditer(src) if m.start() > 0 and m.group()[0].isupper()]
+    shared = []
+    for value in dict.fromkeys(found):
+        if _whole(tgt, value) and not any(value in longer for longer in shared):
+            shared.append(value)
+    return sorted(shared, key=len, reverse=True)
+
+
+def mask_pair(src: str, tgt: str, protector: Protector, count: int, prob: float,
+              rng: random.Random) -> tuple[str, str]:
+    """A training pair with each shared span replaced on both sides, with probability `prob`, by the same
+    placeholder. The indices are drawn at random from the `count` placeholders, so that every one of them
+    is trained (a line at decoding time numbers its spans from 0)."""
+    chosen = [v for v in shared_spans(src, tgt, protector) if rng.random() < prob][:count]
+    if not chosen:
+        return src, tgt
+    indices = rng.sample(range(count), len(chosen))
+    for value, index in zip(chosen, indices):
+        src, tgt = _replace_whole(src, value, index), _replace_whole(tgt, value, index)
+    return src, tgt
+
+
+def _replace_whole(text: str, value: str, index: int) -> str:
+    for start in reversed(_whole(text, value)):
+        text = text[:start] + placeholder(index) + text[start + len(value):]
+    return text

@@ -1,0 +1,107 @@
+"""Placeholders (mt/data/placeholders.py): spans found, masked and restored by index; training pairs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mt import MTError
+from mt.data.placeholders import (PLACEHOLDER, Protector, insert, mask_pair, placeholder, restore, shared_spans,
+                                  symbols)
+
+
+def non_latin(run: str) -> bool:
+    """Stands in for a vocabulary's check: anything past Latin Extended-B is unseen."""
+    return any(ord(c) > 0x24F for c in run)
+
+
+PROTECT = Protector(is_unseen=non_latin, patterns=[r"#[A-Z]+\d+"])
+
+
+@pytest.mark.parametrize("line, values", [
+    ("A man in Tōkyō drinks coffee near 東京 station.", ["東京"]),  # ō is Latin: the word stays
+    ("東京 is big", ["東京"]),  # at the start
+    ("big is 東京", ["東京"]),  # at the end
+    ("東京Москва", ["東京Москва"]),  # one run of letters: one span
+    ("(東京), «Москва» and [42].", ["東京", "Москва", "42"]),  # inside punctuation
+    ("At 14:30 on 2026-12-07 it cost 3.50 for 1,000 items", ["14:30", "2026-12-07", "3.50", "1,000"]),
+    ("Mail bob.smith+x@example.co.uk. Or see https://example.com/a_(b)).", ["bob.smith+x@example.co.uk",
+                                                                          "https://example.com/a_(b)"]),
+    ("See www.example.org, then http://x.de/p?q=1&r=2!", ["www.example.org", "http://x.de/p?q=1&r=2"]),
+    ("Great 😀! Really 😀😀.", ["😀", "😀😀"]),  # the emoji, not the punctuation after it
+    ("order #AB12 and B2 and COVID-19", ["#AB12"]),  # a user pattern; digits in or joined to a word stay
+])
+def test_spans_are_found_masked_and_restored(line: str, values: list[str]) -> None:
+    masked = PROTECT.mask(line, limit=8)
+    assert list(masked.values) == values
+    assert not any(v in masked.text for v in values)
+    assert [int(i) for i in PLACEHOLDER.findall(masked.text)] == list(range(len(values)))
+    back = masked.restore(masked.text)
+    assert (back.text, back.missing, back.dropped) == (line, (), 0)
+
+
+def test_adjacent_and_repeated_spans() -> None:
+    line = "東京 42 東京, 東京42 and 42"
+    masked = PROTECT.mask(line, limit=8)
+    # the same text shares one placeholder; 東京42 is one word (letters and digits) holding an unseen character
+    assert masked.text == "⦅0⦆ ⦅1⦆ ⦅0⦆, ⦅2⦆ and ⦅1⦆"
+    assert masked.values == ("東京", "42", "東京42") and masked.counts == (2, 2, 1)
+    assert masked.restore(masked.text).text == line
+    # a model that reorders: values follow their indices
+    assert masked.restore("⦅1⦆ ⦅2⦆ ⦅0⦆ ⦅0⦆ ⦅1⦆").text == "42 東京42 東京 東京 42"
+
+
+def test_a_literal_placeholder_in_the_input_is_protected_text() -> None:
+    masked = PROTECT.mask("⦅3⦆ and 東京", limit=8)
+    assert masked.values == ("⦅3⦆", "東京") and masked.text == "⦅0⦆ and ⦅1⦆"
+    assert masked.restore(masked.text).text == "⦅3⦆ and 東京"
+
+
+def test_spans_past_the_limit_stay_as_text() -> None:
+    masked = PROTECT.mask("1 2 3 4", limit=2)
+    assert masked.text == "⦅0⦆ ⦅1⦆ 3 4" and masked.values == ("1", "2")
+
+
+def test_restore_drops_extra_and_unknown_placeholders_and_reports_missing_ones() -> None:
+    got = restore("⦅5⦆ a ⦅0⦆ b ⦅0⦆ c ⦅1⦆", ["X", "Y", "Z"])
+    assert got.text == "a X b c Y"  # ⦅5⦆ unknown, the second ⦅0⦆ beyond the source's one: removed with a space
+    assert got.dropped == 2 and got.missing == (2,)
+    assert restore("a ⦅0⦆.", ["X"], [1]).text == "a X."
+    assert insert("ein Mann", "東京", 1) == "ein 東京 Mann" and insert("ein Mann", "東京", 9) == "ein Mann 東京"
+    assert insert("", "東京", 0) == "東京"
+
+
+def test_without_a_vocabulary_check_only_urls_addresses_numbers_and_patterns() -> None:
+    plain = Protector()
+    assert plain.mask("東京 at 5", limit=4).text == "東京 at ⦅0⦆"
+    only_urls = Protector(kinds=["url"])
+    assert only_urls.mask("see www.a.org at 5", limit=4).text == "see ⦅0⦆ at 5"
+    with pytest.raises(MTError, match="unknown kind"):
+        Protector(kinds=["names"])
+    with pytest.raises(MTError, match="decode.protect: '\\(' is not a regular expression"):
+        Protector(patterns=["("])
+
+
+def test_training_pairs_share_placeholders_across_both_sides() -> None:
+    src, tgt = "Tom met Mary in Paris at 5 pm, room 12.", "Tom traf Mary um 5 in Paris, Zimmer 12."
+    assert set(shared_spans(src, tgt, Protector())) == {"Mary", "Paris", "5", "12"}  # not the first word
+    rng = random.Random(3)
+    for _ in range(20):
+        s, t = mask_pair(src, tgt, Protector(), count=8, prob=0.5, rng=rng)
+        ids_s, ids_t = sorted(PLACEHOLDER.findall(s)), sorted(PLACEHOLDER.findall(t))
+        assert ids_s == ids_t and len(set(ids_s)) == len(ids_s)  # each once per side, the same on both
+        assert all(0 <= int(i) < 8 for i in ids_s)
+    s, t = mask_pair(src, tgt, Protector(), count=8, prob=0.0, rng=rng)
+    assert (s, t) == (src, tgt)
+    # a number inside a longer one is not shared
+    assert shared_spans("at 5 pm", "um 15 Uhr", Protector()) == []
+
+
+def test_random_indices_train_every_placeholder() -> None:
+    rng, seen = random.Random(0), set()
+    for _ in range(200):
+        s, _ = mask_pair("Anna is 7.", "Anna ist 7.", Protector(), count=6, prob=1.0, rng=rng)
+        seen.update(PLACEHOLDER.findall(s))
+    assert seen == {str(i) for i in range(6)}
+    assert symbols(3) == [placeholder(0), placeholder(1), placeholder(2)] == ["⦅0⦆", "⦅1⦆", "⦅2⦆"]
