@@ -96,6 +96,10 @@ class DataConfig:
     #: lines with invalid UTF-8 or over the reader's byte limit: false: an error naming file and
     #: line; true: the pair is skipped and counted
     skip_invalid: bool = False
+    #: in a training pair, each span that stands identically on both sides (a number, a name, a URL)
+    #: is replaced on both by the same placeholder with this probability, so that the model learns
+    #: to carry placeholders across (needs vocab.placeholders > 0)
+    placeholder_prob: float = 0.3
     #: worker processes that encode while preparing (0: one per CPU core)
     workers: int = 0
     #: tatoeba has no official split: this many pairs (chosen by seed) become valid / test
@@ -117,6 +121,8 @@ class DataConfig:
             raise MTError(f"data.temperature must be > 0, got {self.temperature}")
         if self.workers < 0:
             raise MTError(f"data.workers must be >= 0, got {self.workers}")
+        if not 0 <= self.placeholder_prob <= 1:
+            raise MTError(f"data.placeholder_prob must be in [0, 1], got {self.placeholder_prob}")
         if self.train and (self.train_src or self.train_tgt):
             raise MTError("data.train lists the training corpora: leave data.train_src / train_tgt unset")
         if self.corpus == "files" and not self.train and not (self.train_src and self.train_tgt):
@@ -143,10 +149,21 @@ class VocabConfig:
     #: vocabularies without byte pieces and keep working as they were (the SentencePiece model
     #: file, not this key, decides how an existing run segments)
     byte_fallback: bool = True
+    #: placeholder pieces ⦅0⦆ ... ⦅N-1⦆ (user-defined symbols) that stand for spans passed through
+    #: unchanged: URLs, e-mail addresses, numbers, words in characters the vocabulary lacks
+    #: (mt.data.placeholders); 0: none (runs trained before placeholders existed). The SentencePiece
+    #: model of a run, not this key, decides what decoding does; the shipped recipes set 8
+    placeholders: int = 0
+    #: separate source and target SentencePiece models numbered by one id table, so that the sides
+    #: share ids (and may share embeddings): what `mt import huggingface` writes for a Marian model;
+    #: mt's own vocabulary training never makes one, fine-tuning keeps it
+    shared_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise MTError(f"vocab.size must be >= 8, got {self.size}")
+        if not 0 <= self.placeholders <= 100:
+            raise MTError(f"vocab.placeholders must be in [0, 100], got {self.placeholders}")
 
 
 @dataclass(frozen=True)
@@ -159,14 +176,22 @@ class TransformerConfig:
     ff_dim: int = 2048
     dropout: float = 0.1
     attn_dropout: float = 0.0
-    activation: Literal["relu", "gelu"] = "relu"
+    #: swish (x * sigmoid(x), Marian's) as well as relu and gelu (exact, erf)
+    activation: Literal["relu", "gelu", "swish"] = "relu"
     norm: Literal["pre", "post"] = "pre"
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    #: sinusoidal: sin/cos interleaved; sinusoidal_concat: the sines, then the cosines (Marian,
+    #: Hugging Face's Marian port); learned: a trained table
+    positions: Literal["sinusoidal", "sinusoidal_concat", "learned"] = "sinusoidal"
     max_positions: int = 1024
-    #: one embedding matrix for source and target (needs vocab.joint)
+    #: one embedding matrix for source and target (needs one id space: vocab.joint, or the shared id
+    #: table of a run imported from Hugging Face)
     share_embeddings: bool = False
     #: output projection tied to the target embedding
     tie_output: bool = True
+    #: token embeddings multiplied by sqrt(d_model) before the positions are added
+    embed_scale: bool = True
+    #: a bias on the output logits (Marian's final logits bias)
+    output_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -249,59 +274,118 @@ class TrainConfig:
             raise MTError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+#: where a decoding option may reach besides the recipe's decode section (which holds every one):
+#: the options of `mt translate` and `mt score`, the command line of `mt serve`, and the requests
+#: of `mt serve` (POST /translate)
+FRONT_ENDS = ("translate", "score", "serve", "request")
+
+#: how the front ends that take a beam size (`beam`) choose the other searches: one switch each
+#: (DecodeConfig.with_options combines them; the recipe names the search in decode.search)
+SEARCH_SWITCHES = {"greedy": "Greedy search.", "sample": "Sampling search (see temperature, topk, topp, seed)."}
+
+
 @dataclass(frozen=True)
-class DecodeConfig:
-    search: Literal["beam", "greedy", "sampling"] = "beam"
-    beam: int = 5
-    n_best: int = 1
-    len_penalty: Literal["gnmt", "d2l", "none"] = "gnmt"
-    alpha: float = 0.6
-    #: max target length = max_len_a * source length + max_len_b (tokens)
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    min_len: int = 0
-    #: stop a sentence once `beam` hypotheses have finished (fairseq); False: stop only when no
-    #: open hypothesis can still beat them (exact, slower)
-    early_stop: bool = True
-    # source tokens x rows per sentence (beam size, samples) per batch: beam 5 at 4096 decodes
-    # batches of ~820 source tokens. Past a few hundred decoder rows a larger batch no longer
-    # speeds up the matrix products while the memory keeps growing with it
-    # (benchmarks/decode_ablations.py, translator_batch_tokens: speed against peak memory)
-    batch_tokens: int = 4096
-    topk: int = 0
-    topp: float = 1.0
-    temperature: float = 1.0
-    seed: int = 1
-    #: Transformer decoder layer whose cross-attention (mean over heads) gives word alignments
-    #: (--alignments, --json "alignment") and attention plots; negative counts from the top
-    alignment_layer: int = -1
-    #: copy source words holding characters the vocabulary lacks (names in another script, emoji,
-    #: rare symbols) into the translation, at the target word that attends to them most (mt.decode.unseen)
-    copy_unseen: bool = True
-    #: Transformer decoder layer whose cross-attention places the copied words: the target word that
-    #: attends most to an unseen word (the first layer placed them best on Multi30k: README)
-    copy_layer: int = 0
+class DecodeOption:
+    """The declaration of one decoding option, held by its DecodeConfig field (`decode_option`): what
+    it does, its bounds and the front ends that take it. The recipe's checks (DecodeConfig), the
+    command lines' options (mt.cli.options) and the request model of `mt serve` (mt.serve.app) are
+    derived from it, so an option declared once reaches them all. Its name, type and default are
+    the field's."""
+
+    help: str
+    ge: int | None = None  # bounds: the value is >= ge, > gt, <= le
+    gt: int | None = None
+    le: int | None = None
+    takes: tuple[str, ...] = ("translate", "request")  # of FRONT_ENDS
+    short: str | None = None  # the command lines' short flag (-b)
 
     def __post_init__(self) -> None:
-        rules = (
-            ("search", self.search in ("beam", "greedy", "sampling"), "must be beam, greedy or sampling"),
-            ("beam", self.beam >= 1, "must be >= 1"),
-            ("n_best", self.n_best >= 1, "must be >= 1"),
-            ("len_penalty", self.len_penalty in ("gnmt", "d2l", "none"), "must be gnmt, d2l or none"),
-            # a penalty that shrinks with length: longer would always win, and beam search's exact
-            # stopping rule (early_stop: false) assumes the opposite
-            ("alpha", self.alpha >= 0, "must not be negative"),
-            ("max_len_a", self.max_len_a >= 0, "must not be negative"),
-            ("max_len_b", self.max_len_b >= 0, "must not be negative"),
-            ("min_len", self.min_len >= 0, "must not be negative"),
-            ("batch_tokens", self.batch_tokens >= 1, "must be >= 1"),
-            ("temperature", self.temperature > 0, "must be > 0"),
-            ("topp", 0 < self.topp <= 1, "must be in (0, 1]"),
-            ("topk", self.topk >= 0, "must not be negative"),
-        )
-        for key, ok, rule in rules:
-            if not ok:
-                raise SettingError("decode", lambda name, key=key, rule=rule: f"{name(key)} {rule}, got {getattr(self, key)!r}")
+        unknown = set(self.takes) - set(FRONT_ENDS)
+        if unknown:
+            raise ValueError(f"unknown front ends {sorted(unknown)} (known: {', '.join(FRONT_ENDS)})")
+
+    def allows(self, value: Any) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le))
+
+    def rule(self) -> str:
+        """The bounds as an error message says them: 'must be >= 1', 'must be in (0, 1]'."""
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        if low is not None and self.le is not None:
+            return f"must be in {low}, {self.le}]"
+        if self.ge == 0:
+            return "must not be negative"
+        if self.ge is not None:
+            return f"must be >= {self.ge}"
+        return f"must be > {self.gt}" if self.gt is not None else f"must be <= {self.le}"
+
+
+def decode_option(default: Any, help: str, **declaration: Any) -> Any:
+    """A DecodeConfig field (default) with its declaration: help, bounds, front ends (DecodeOption)."""
+    return field(default=default, metadata={"option": DecodeOption(help, **declaration)})
+
+
+def decode_options(cls: type | None = None, front_end: str | None = None) -> list[tuple[str, Any, DecodeOption]]:
+    """(name, type, declaration) of the declared fields of `cls` (DecodeConfig or a subclass of it),
+    in field order; front_end: only the options that front end takes."""
+    cls = cls or DecodeConfig
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.metadata["option"]) for f in dataclasses.fields(cls)
+            if "option" in f.metadata and (front_end is None or front_end in f.metadata["option"].takes)]
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How a run decodes (the recipe's decode section). Each field is declared once, here, with what
+    it does, its bounds and the front ends that take it (decode_option)."""
+
+    search: Literal["beam", "greedy", "sampling"] = decode_option(
+        "beam", "beam, greedy or sampling (a front end chooses it with a beam size or a switch: SEARCH_SWITCHES).",
+        takes=())
+    beam: int = decode_option(5, "Beam size (beam search).", ge=1, short="-b")
+    n_best: int = decode_option(
+        1, "Hypotheses per sentence, best first (beam search or sampling). Given alone, K > 1 asks for a beam "
+           "of at least K, or for K samples when the run samples. A line translated in pieces gets one.", ge=1)
+    len_penalty: Literal["gnmt", "d2l", "none"] = decode_option(
+        "gnmt", "Length penalty: gnmt, d2l (1/L^alpha) or none.", takes=("translate", "score", "request"))
+    # a penalty that shrinks with length: longer would always win, and beam search's exact stopping
+    # rule (early_stop: false) assumes the opposite
+    alpha: float = decode_option(0.6, "Length penalty exponent.", ge=0, takes=("translate", "score", "request"))
+    max_len_a: float = decode_option(1.5, "Max target length = max_len_a * source length + max_len_b (tokens).",
+                                     ge=0)
+    max_len_b: int = decode_option(10, "See max_len_a.", ge=0)
+    min_len: int = decode_option(0, "Minimum target length (tokens).", ge=0)
+    early_stop: bool = decode_option(
+        True, "Stop a sentence once beam hypotheses have finished (fairseq); off: only once no open hypothesis "
+              "can still beat them (exact, slower).")
+    batch_tokens: int = decode_option(
+        4096, "Token budget of a batch: padded source tokens x decoder rows per sentence (beam size, samples). "
+              "Speed and memory against this budget: docs/performance.md.",
+        ge=1, takes=("translate", "score", "serve"))
+    topk: int = decode_option(0, "Sample from the k most likely tokens (0: all).", ge=0)
+    topp: float = decode_option(1.0, "Nucleus sampling: the probability mass sampled from (1: all).", gt=0, le=1)
+    temperature: float = decode_option(1.0, "Sampling temperature.", gt=0)
+    seed: int = decode_option(1, "Sampling seed.", ge=0, le=2**63 - 1)
+    alignment_layer: int = decode_option(
+        -1, "Transformer decoder layer whose cross-attention (mean over heads) gives word alignments and "
+            "attention plots; negative counts from the top.", takes=("translate", "score", "request"))
+    copy_unseen: bool = decode_option(
+        True, "Copy source words holding characters the vocabulary lacks (names in another script, emoji, rare "
+              "symbols) into the translation, at the target word that attends to them most (mt.decode.unseen).")
+    copy_layer: int = decode_option(
+        0, "Transformer decoder layer whose cross-attention places the copied words (copy_unseen); negative "
+           "counts from the top. Which layer places them best: docs/performance.md.")
+
+    def __post_init__(self) -> None:
+        for key, tp, option in decode_options(type(self)):
+            value, choices = getattr(self, key), typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+            if choices is not None and value not in choices:
+                rule = f"must be {', '.join(choices[:-1])} or {choices[-1]}"
+            elif choices is None and not option.allows(value):
+                rule = option.rule()
+            else:
+                continue
+            raise SettingError("decode", lambda name, key=key, rule=rule: f"{name(key)} {rule}, got {getattr(self, key)!r}")
         if self.search == "beam" and self.n_best > self.beam:
             raise SettingError("decode", lambda name: f"{name('n_best')} ({self.n_best}) cannot exceed {name('beam')} "
                                                       f"({self.beam}): the n-best list comes from the beam")
@@ -373,7 +457,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def __post_init__(self) -> None:
-        if getattr(self.model, "share_embeddings", False) and not self.vocab.joint:
+        if getattr(self.model, "share_embeddings", False) and not (self.vocab.joint or self.vocab.shared_ids):
             raise MTError("model.share_embeddings needs vocab.joint: true (one vocabulary for both sides)")
 
 

@@ -105,3 +105,40 @@ def test_random_indices_train_every_placeholder() -> None:
         seen.update(PLACEHOLDER.findall(s))
     assert seen == {str(i) for i in range(6)}
     assert symbols(3) == [placeholder(0), placeholder(1), placeholder(2)] == ["⦅0⦆", "⦅1⦆", "⦅2⦆"]
+
+
+def test_prepare_teaches_placeholders_on_both_sides_of_a_pair(tmp_path) -> None:
+    """`mt prepare` with vocab.placeholders replaces the spans a pair shares by the same placeholder,
+    about data.placeholder_prob of them, identically for one process and several."""
+    from mt.config import config_from_dict
+    from mt.data.dataset import PreparedData
+    from mt.data.prepare import prepare
+    from mt.data.vocab import Vocab
+
+    rng = random.Random(0)
+    names = ["Anna", "Boris", "Chen", "Dara"]
+    pairs = []
+    for n in range(400):
+        name = rng.choice(names)
+        pairs.append((f"so {name} sees {n} dogs near {n + 1} cats.", f"{name} {n} hunde bi {n + 1} sihet"))
+    (tmp_path / "a.src").write_text("".join(s + "\n" for s, _ in pairs))
+    (tmp_path / "a.tgt").write_text("".join(t + "\n" for _, t in pairs))
+    outs = []
+    for workers in (1, 2):
+        cfg = config_from_dict({"data": {"corpus": "files", "data_dir": str(tmp_path), "train_src": "a.src",
+                                         "train_tgt": "a.tgt", "placeholder_prob": 0.5, "workers": workers},
+                                "vocab": {"size": 400, "placeholders": 6}})
+        outs.append(prepare(cfg, tmp_path / f"prep{workers}", log=lambda msg: None))
+    assert outs[0]["files"] == outs[1]["files"]
+    prep = PreparedData.open(tmp_path / "prep1")
+    vocab = Vocab(prep.vocab_files()[0])
+    masked_spans = 0
+    for i in range(len(prep.src)):
+        src, tgt = vocab.decode(prep.src[i].tolist()), vocab.decode(prep.tgt[i].tolist())
+        ids = PLACEHOLDER.findall(src)
+        assert sorted(ids) == sorted(PLACEHOLDER.findall(tgt))  # the same placeholders on both sides
+        masked_spans += len(ids)
+        # each is one piece of its own in the token ids the model trains on
+        assert all(vocab.pieces(prep.src[i].tolist()).count(placeholder(int(k))) == 1 for k in ids)
+    # three shared spans a pair (the name, two numbers), each replaced with probability 0.5
+    assert 0.4 < masked_spans / (3 * len(prep.src)) < 0.6

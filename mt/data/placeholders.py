@@ -248,12 +248,20 @@ def mask_pair(src: str, tgt: str, protector: Protector, count: int, prob: float,
     if not chosen:
         return src, tgt
     indices = rng.sample(range(count), len(chosen))
-    for value, index in zip(chosen, indices):
-        src, tgt = _replace_whole(src, value, index), _replace_whole(tgt, value, index)
-    return src, tgt
+    return _replace(src, chosen, indices), _replace(tgt, chosen, indices)
 
 
-def _replace_whole(text: str, value: str, index: int) -> str:
-    for start in reversed(_whole(text, value)):
-        text = text[:start] + placeholder(index) + text[start + len(value):]
-    return text
+def _replace(text: str, values: Sequence[str], indices: Sequence[int]) -> str:
+    """Every whole occurrence of each value (longest first where two overlap) by its placeholder, in one
+    pass over the text (a placeholder's own digits are never taken for a number)."""
+    taken: list[tuple[int, int, int]] = []
+    for value, index in sorted(zip(values, indices), key=lambda vi: -len(vi[0])):
+        for start in _whole(text, value):
+            end = start + len(value)
+            if not any(start < e and s < end for s, e, _ in taken):
+                taken.append((start, end, index))
+    out, pos = [], 0
+    for start, end, index in sorted(taken):
+        out += [text[pos:start], placeholder(index)]
+        pos = end
+    return "".join(out) + text[pos:]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from collections import deque
@@ -30,7 +31,8 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 
 from mt import MTError, __version__
-from mt.config import Config, DataConfig, TrainCorpus, to_dict
+from mt.config import Config, DataConfig, TrainCorpus, VocabConfig, to_dict
+from mt.data.placeholders import Protector, mask_pair
 from mt.data.dataset import FORMAT_VERSION, MANIFEST, PreparedData, TokenWriter, read_manifest, sha256_file, token_dtype
 from mt.data.text import MAX_LINE_BYTES, decode_line, load_corpus, open_binary, resolve_path
 
@@ -228,6 +230,9 @@ class Rules:
     drop_identical: bool
     skip_invalid: bool
     dedup: bool
+    placeholders: int = 0  # vocab.placeholders
+    placeholder_prob: float = 0.0  # data.placeholder_prob
+    seed: int = 0
 
 
 @dataclass
@@ -293,6 +298,7 @@ class Encoder:
             self.sp.append(self.sp[0])
         self.dtype = token_dtype(max(sp.GetPieceSize() for sp in self.sp))
         self.rules, self.threads = rules, threads
+        self.protector = Protector(kinds=("url", "email", "number"))  # and names (mask_pair)
 
     def __call__(self, chunk: Chunk) -> Encoded:
         r = self.rules
@@ -311,6 +317,8 @@ class Encoder:
                 keep.append(i)
                 src_text.append(s)
                 tgt_text.append(t)
+        if r.placeholders and r.placeholder_prob:
+            src_text, tgt_text = self._placeholders(chunk, src_text, tgt_text)
         src_ids = self.sp[0].Encode(src_text, out_type=int, num_threads=self.threads)
         tgt_ids = self.sp[1].Encode(tgt_text, out_type=int, num_threads=self.threads)
         ls = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
@@ -341,6 +349,16 @@ class Encoder:
             np.fromiter(chain.from_iterable(tgt_ids), dtype=self.dtype, count=int(lt.sum())), lt,
             hashes,
         )
+
+
+    def _placeholders(self, chunk: Chunk, src: list[str], tgt: list[str]) -> tuple[list[str], list[str]]:
+        """The spans each pair has on both sides replaced by placeholders (mt.data.placeholders), drawn
+        from a generator seeded by the chunk's place in its corpus: the same pairs for any number of
+        workers."""
+        r = self.rules
+        rng = random.Random(f"{r.seed}:{chunk.corpus}:{chunk.first_line}")
+        pairs = [mask_pair(s, t, self.protector, r.placeholders, r.placeholder_prob, rng) for s, t in zip(src, tgt)]
+        return [s for s, _ in pairs], [t for _, t in pairs]
 
 
 _WORKER_ENCODER: Encoder | None = None  # one per worker process, made by its initializer
@@ -407,7 +425,8 @@ def settings(cfg: Config) -> dict[str, Any]:
     d = cfg.data
     return {"vocab": to_dict(cfg.vocab), "seed": cfg.train.seed,
             "data": {"max_len": d.max_len, "max_ratio": d.max_ratio, "dedup": d.dedup,
-                     "drop_identical": d.drop_identical, "skip_invalid": d.skip_invalid}}
+                     "drop_identical": d.drop_identical, "skip_invalid": d.skip_invalid,
+                     "placeholder_prob": d.placeholder_prob}}
 
 
 def prepare(cfg: Config, out: Path, log: Callable[[str], None] = print, vocab_from: tuple[Path, ...] | None = None,
@@ -487,7 +506,8 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
     vocab = _vocabulary(cfg, sources, tmp, log, vocab_from)
     vocab_done, cpu_vocab = time.monotonic(), _cpu_seconds()
     d = cfg.data
-    rules = Rules(d.max_len, d.max_ratio, d.drop_identical, d.skip_invalid, d.dedup)
+    rules = Rules(d.max_len, d.max_ratio, d.drop_identical, d.skip_invalid, d.dedup, cfg.vocab.placeholders,
+                  d.placeholder_prob, cfg.train.seed)
     workers = d.workers or os.cpu_count() or 1
     if sum(s.size() for s in sources) < POOL_MIN_BYTES:
         workers = 1
@@ -549,7 +569,8 @@ def check_prepared(data: PreparedData, cfg: Config) -> None:
     still exist, must be the files it was made from."""
     theirs = data.manifest["settings"]["vocab"]
     for key, ours in to_dict(cfg.vocab).items():
-        if key != "max_sentences" and theirs.get(key) != ours:
+        # a setting newer than the directory: it was made as the setting's default does
+        if key != "max_sentences" and theirs.get(key, getattr(VocabConfig, key)) != ours:
             raise MTError(f"{data.root} was prepared with vocab.{key}={theirs.get(key)}, the recipe says {ours}; "
                           f"prepare it again with this recipe (mt prepare RECIPE --out {data.root} --force)")
     for rec in data.manifest["inputs"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import struct
 import tempfile
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +15,7 @@ import sentencepiece as spm
 
 from mt import MTError
 from mt.config import VocabConfig
+from mt.data.placeholders import symbols
 
 #: the special ids every mt vocabulary has (SentencePiece is trained with them), models and batches use
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -140,8 +142,9 @@ def train_vocab(sentences: Iterable[str], model_file: Path, cfg: VocabConfig, se
             if need:
                 fallback = "the 256 byte pieces (vocab.byte_fallback), " if cfg.byte_fallback else ""
                 raise MTError(
-                    f"vocab.size {cfg.size} is too small: {fallback}the characters of the training text and "
-                    f"4 special pieces need {need.group(1)}; raise vocab.size"
+                    f"vocab.size {cfg.size} is too small: {fallback}the characters of the training text"
+                    + (f", {cfg.placeholders} placeholders (vocab.placeholders)" if cfg.placeholders else "")
+                    + f" and 4 special pieces need {need.group(1)}; raise vocab.size"
                     + (" or set vocab.byte_fallback: false" if cfg.byte_fallback else "")
                 ) from None
             raise MTError(f"SentencePiece training failed: {str(e).splitlines()[0]}") from None
@@ -164,5 +167,107 @@ def _train(lines: list[str], prefix: Path, cfg: VocabConfig) -> None:
         hard_vocab_limit=False,
         num_threads=min(4, os.cpu_count() or 1),
         minloglevel=2,
+        # placeholders (mt.data.placeholders) are pieces of their own in any context
+        user_defined_symbols=symbols(cfg.placeholders),
     )
 
+
+
+# ----------------------------------------------------------------------------------------------
+# a SentencePiece model re-numbered by an id table (models imported from Hugging Face)
+
+#: SentencePiece piece types (sentencepiece_model.proto)
+_TYPE_NORMAL, _TYPE_UNKNOWN, _TYPE_CONTROL, _TYPE_UNUSED = 1, 2, 3, 5
+#: the pieces mt's special ids carry, in id order (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def _key(field: int, kind: int) -> bytes:
+    return _encode_varint(field << 3 | kind)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _fields(message: bytes) -> list[tuple[int, int, bytes | int]]:
+    """(field number, wire type, value) of a serialised protobuf message: a varint as int, every
+    other value as its raw bytes (length-delimited ones without their length)."""
+    fields, pos = [], 0
+    while pos < len(message):
+        key, pos = _varint(message, pos)
+        kind = key & 7
+        if kind == 0:
+            value, pos = _varint(message, pos)
+        elif kind == 2:
+            size, pos = _varint(message, pos)
+            value, pos = message[pos:pos + size], pos + size
+        elif kind in (1, 5):
+            size = 8 if kind == 1 else 4
+            value, pos = message[pos:pos + size], pos + size
+        else:
+            raise MTError("not a SentencePiece model (unexpected protobuf field)")
+        fields.append((key >> 3, kind, value))
+    return fields
+
+
+def _piece_message(piece: str, score: bytes, kind: int) -> bytes:
+    text = piece.encode("utf-8")
+    body = _key(1, 2) + _encode_varint(len(text)) + text + _key(2, 5) + score + _key(3, 0) + _encode_varint(kind)
+    return _key(1, 2) + _encode_varint(len(body)) + body
+
+
+def spm_pieces(proto: bytes) -> dict[str, tuple[bytes, int]]:
+    """piece -> (score as 4 little-endian float bytes, type) of a serialised SentencePiece model."""
+    pieces = {}
+    for field, _, value in _fields(proto):
+        if field == 1:
+            parts = {f: v for f, _, v in _fields(value)}
+            pieces[parts[1].decode("utf-8")] = (parts.get(2, b"\0\0\0\0"), parts.get(3, _TYPE_NORMAL))
+    return pieces
+
+
+def spm_trainer_option(proto: bytes, field: int, default: int) -> int:
+    """A varint field of the model's TrainerSpec (3: model type, 35: byte fallback)."""
+    for number, _, value in _fields(proto):
+        if number == 2:
+            found = [v for f, kind, v in _fields(value) if f == field and kind == 0]
+            return found[-1] if found else default
+    return default
+
+
+def spm_with_id_table(proto: bytes, table: Sequence[str]) -> bytes:
+    """The SentencePiece model `proto` renumbered so that piece table[i] has id i: the model's own
+    pieces keep their scores and types; the table's other pieces (those of the other language in a
+    table shared by two models) become UNUSED, which segmentation never produces; table[:4] are
+    mt's special pieces. The segmentation is the model's own, and its ids are the table's. Every
+    piece of the model must be in the table (the caller adds those it lacks). The self-test data
+    (expected ids of the old numbering) is dropped; the TrainerSpec gets mt's special ids."""
+    own, low = spm_pieces(proto), struct.pack("<f", -1e9)  # unused pieces merge last in BPE, then split back
+    kinds = [_TYPE_UNKNOWN if i == UNK_ID else _TYPE_CONTROL for i in range(4)]
+    out = bytearray()
+    for i, piece in enumerate(table):
+        if i < 4:
+            out += _piece_message(piece, b"\0\0\0\0", kinds[i])
+        elif piece in own and own[piece][1] not in (_TYPE_UNKNOWN, _TYPE_CONTROL):
+            out += _piece_message(piece, *own[piece])
+        else:
+            out += _piece_message(piece, low, _TYPE_UNUSED)
+    specials = b"".join(_key(field, 0) + _encode_varint(i) for field, i in ((40, UNK_ID), (41, BOS_ID), (42, EOS_ID),
+                                                                            (43, PAD_ID)))
+    for field, piece in zip((48, 45, 46, 47), table[:4]):  # pad, unk, bos, eos piece names
+        text = piece.encode("utf-8")
+        specials += _key(field, 2) + _encode_varint(len(text)) + text
+    for field, kind, value in _fields(proto):
+        if field == 2:  # TrainerSpec: later fields override earlier ones
+            value = value + specials
+        if field in (1, 4):
+            continue
+        out += _key(field, kind) + (_encode_varint(value) if kind == 0 else
+                                    (_encode_varint(len(value)) + value if kind == 2 else value))
+    return bytes(out)
