@@ -341,13 +341,14 @@ def train_pairs(args: argparse.Namespace, vocab: Vocab, max_len: int = 128) -> t
 
 class Stepper:
     """Optimizer steps exactly as mt.train.trainer.Trainer takes them: its optimizer and scheduler builders
-    and its `_update` (autocast, label-smoothed loss, backward, clipping, step), one token batch per
-    step (accum 1). The Trainer object is only a holder of the config; no run directory is made."""
+    and its mt.train.optim.TrainStep (autocast, label-smoothed loss, backward, clipping, step), one token
+    batch per step (accum 1), in one process; no run directory is made."""
 
     def __init__(self, name: str, model: Seq2Seq, device: torch.device, batch_tokens: int = 4096,
                  amp: str = "none", compile: bool = False, seed: int = 1, lr: float = 5e-4, warmup: int = 4000) -> None:
         from mt.config import Config, TrainConfig
-        from mt.train.trainer import Trainer, build_optimizer, build_scheduler
+        from mt.train.optim import TrainStep, build_optimizer, build_scheduler
+        from mt.train.world import World
 
         cfg = Config(
             model=MODELS[name],
@@ -355,7 +356,8 @@ class Stepper:
                               lr=lr, warmup=warmup),
         )
         self.cfg = cfg
-        self.trainer = Trainer(cfg, CACHE / "no-run-dir")
+        self.update = TrainStep(cfg.train, World(device))
+        torch.manual_seed(seed)  # as the Trainer seeds before its first step (dropout)
         self.model = model
         self.train_model = torch.compile(model) if compile else model
         self.optimizer = build_optimizer(model, cfg, device)
@@ -364,7 +366,7 @@ class Stepper:
 
     def step(self, batch) -> tuple[float, int]:
         """One optimizer step on a mt.data.batching.Batch; returns (loss sum, target tokens)."""
-        loss, ntok, stepped = self.trainer._update(self.train_model, self.optimizer, self.scaler, [batch])
+        loss, ntok, stepped = self.update(self.train_model, self.optimizer, self.scaler, [batch])
         if stepped:  # as mt.train.trainer: an fp16 update skipped for overflow does not advance the schedule
             self.scheduler.step()
         return float(loss), ntok

@@ -199,7 +199,7 @@ def main() -> None:
         "batch_tokens": args.batch_tokens,
         "batches": f"the first {len(batches)} batches of epoch 0 (mt.data.batching.TokenBatcher, seed {args.seed}), "
                    f"the same for every model and variant",
-        "step": "mt.train.trainer.Trainer._update on one batch (autocast, label-smoothed loss 0.1, backward, clip 1.0, "
+        "step": "mt.train.optim.TrainStep on one batch (autocast, label-smoothed loss 0.1, backward, clip 1.0, "
                 "Adam step) + inverse_sqrt scheduler step, accum 1; the timed loop includes collate",
         "tokens": "target tokens = real target tokens + eos per sentence (the trainer's ntokens)",
         "memory": "CPU: peak RSS (VmHWM after /proc/self/clear_refs) per phase, delta over the RSS at its start; "

@@ -32,7 +32,9 @@ from mt import MTError
 from mt.config import config_from_dict
 from mt.data.batching import collate
 from mt.models import build_model
-from mt.train.trainer import Trainer, build_optimizer, build_scheduler, label_smoothed_loss
+from mt.train.optim import TrainStep, build_optimizer, build_scheduler, label_smoothed_loss
+from mt.train.trainer import Trainer
+from mt.train.world import World
 from mt.data.vocab import PAD_ID
 
 
@@ -214,9 +216,10 @@ def test_plateau_schedule_drops_after_patience_bad_validations() -> None:
 # one update: clipping and gradient accumulation
 
 
-def _update_setup(tmp_path: Path, **train):
+def _update_setup(world: World | None = None, **train):
+    """One process's TrainStep (on the CPU unless `world` says otherwise), a tiny model and 5 pairs."""
     cfg = config_from_dict(recipe(model={"dropout": 0.0}, train=train))
-    trainer = Trainer(cfg, tmp_path / "unused")
+    step = TrainStep(cfg.train, world or World(torch.device("cpu")))
     torch.manual_seed(3)
     model = build_model(cfg.model, 30, 30)
     g = torch.Generator().manual_seed(5)
@@ -224,24 +227,45 @@ def _update_setup(tmp_path: Path, **train):
     src = [torch.randint(4, 30, (s,), generator=g).tolist() for s, _ in lengths]
     tgt = [torch.randint(4, 30, (t,), generator=g).tolist() for _, t in lengths]
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return trainer, model, src, tgt, scaler
+    return step, model, src, tgt, scaler
+
+
+def test_fp16_is_refused_off_cuda() -> None:
+    cfg = config_from_dict(recipe(train={"amp": "fp16"}))
+    with pytest.raises(MTError, match="train.amp=fp16 needs a CUDA device"):
+        TrainStep(cfg.train, World(torch.device("cpu")))
+
+
+def test_a_single_process_world(monkeypatch) -> None:
+    """Without torchrun's WORLD_SIZE: rank 0 of 1 on train.device, its collective calls pass values through."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world = World.from_env("cpu")
+    assert (world.rank, world.size, world.is_main, world.device) == (0, 1, True, torch.device("cpu"))
+    assert world.agree(True) and not world.agree(False)
+    assert float(world.total(7)) == 7.0
+    t = torch.tensor([1.0, 2.0])
+    [gathered] = world.gather(t)
+    assert gathered is t
+    model = torch.nn.Linear(2, 2)
+    assert world.distribute(model) is model
 
 
 def _params(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_gradient_accumulation_equals_one_update_on_the_union(tmp_path: Path) -> None:
+def test_gradient_accumulation_equals_one_update_on_the_union() -> None:
     # Adam's eps is raised so that parameters whose true gradient is zero (attention key biases: the
     # softmax ignores them) do not turn float noise into full-size steps of random sign
-    trainer, model, src, tgt, scaler = _update_setup(tmp_path, clip_norm=0.0, eps=1e-4)
+    train = {"clip_norm": 0.0, "eps": 1e-4}
+    step, model, src, tgt, scaler = _update_setup(**train)
     first, second, union = collate(src[:2], tgt[:2]), collate(src[2:], tgt[2:]), collate(src, tgt)
     start = _params(model)
     for make_opt, atol in [(lambda m: torch.optim.SGD(m.parameters(), lr=0.5), 1e-6),
-                           (lambda m: build_optimizer(m, trainer.cfg, torch.device("cpu")), 1e-6)]:
+                           (lambda m: build_optimizer(m, config_from_dict(recipe(train=train)), torch.device("cpu")), 1e-6)]:
         accum, whole = copy.deepcopy(model), copy.deepcopy(model)
-        loss_a, tok_a, stepped_a = trainer._update(accum, make_opt(accum), scaler, [first, second])
-        loss_w, tok_w, stepped_w = trainer._update(whole, make_opt(whole), scaler, [union])
+        loss_a, tok_a, stepped_a = step(accum, make_opt(accum), scaler, [first, second])
+        loss_w, tok_w, stepped_w = step(whole, make_opt(whole), scaler, [union])
         assert tok_a == tok_w == union.ntokens and stepped_a and stepped_w
         assert float(loss_a) == pytest.approx(float(loss_w), rel=1e-5)
         moved = False
@@ -256,12 +280,11 @@ def _ddp_update_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        trainer, model, src, tgt, scaler = _update_setup(Path(out_dir) / f"rank{rank}", clip_norm=0.0)
-        trainer.world = 2
+        step, model, src, tgt, scaler = _update_setup(World(torch.device("cpu"), rank=rank, size=2), clip_norm=0.0)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         rows = [0, 1] if rank == 0 else [2, 3, 4]  # the replicas see different numbers of tokens
         batch = collate([src[i] for i in rows], [tgt[i] for i in rows])
-        trainer._update(ddp, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [batch])
+        step(ddp, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [batch])
         torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -271,31 +294,31 @@ def test_ddp_update_weighs_every_token_the_same(tmp_path: Path) -> None:
     """Two replicas with 2 and 3 sentences make the same update as one process on all 5: the loss
     is divided by the tokens of all replicas, not each by its own."""
     torch.multiprocessing.spawn(_ddp_update_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
-    trainer, model, src, tgt, scaler = _update_setup(tmp_path / "single", clip_norm=0.0)
+    step, model, src, tgt, scaler = _update_setup(clip_norm=0.0)
     union = collate(src, tgt)
     first, rest = collate(src[:2], tgt[:2]), collate(src[2:], tgt[2:])
     assert first.ntokens != rest.ntokens  # otherwise per-replica normalisation would give the same
-    trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [union])
+    step(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [union])
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, p in model.named_parameters():
             torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=1e-6, msg=f"rank {rank}: {name}")
 
 
-def test_gradient_clipping(tmp_path: Path) -> None:
+def test_gradient_clipping() -> None:
     batch_args = None
     changes = {}
     for clip in (0.0, 1e-3):
-        trainer, model, src, tgt, scaler = _update_setup(tmp_path / str(clip), clip_norm=clip)
+        step, model, src, tgt, scaler = _update_setup(clip_norm=clip)
         batch_args = collate(src, tgt)
         if clip == 0.0:  # the true gradient norm, for comparison
             probe = copy.deepcopy(model)
             loss = label_smoothed_loss(probe(batch_args.src, batch_args.src_lengths, batch_args.tgt_in),
-                                       batch_args.tgt_out, trainer.cfg.train.label_smoothing)
+                                       batch_args.tgt_out, step.train.label_smoothing)
             (loss / batch_args.ntokens).backward()
             grad_norm = torch.norm(torch.stack([p.grad.norm() for p in probe.parameters() if p.grad is not None]))
         start = _params(model)
-        trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [batch_args])
+        step(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler, [batch_args])
         changes[clip] = torch.norm(torch.stack([(p.detach() - p0).norm() for p0, p in zip(start, model.parameters())]))
     assert grad_norm > 1e-2
     assert float(changes[0.0]) == pytest.approx(float(grad_norm), rel=1e-4)  # SGD lr 1: change == gradient
@@ -492,20 +515,20 @@ def test_resume_counts_patience_from_the_checkpoint_not_from_a_newer_best(tmp_pa
     assert not all(torch.equal(best[k], v) for k, v in weights(run / "model.safetensors").items())
 
 
-def test_skipped_fp16_update_does_not_advance_the_schedule(tmp_path: Path) -> None:
-    trainer, model, src, tgt, _ = _update_setup(tmp_path)
+def test_skipped_fp16_update_does_not_advance_the_schedule() -> None:
+    step, model, src, tgt, _ = _update_setup()
     batch = collate(src, tgt)
     start = _params(model)
     # an fp16 overflow: one gradient turns inf, GradScaler skips the update and lowers its scale
     overflow = torch.amp.GradScaler("cpu", init_scale=1024.0)
     hook = next(model.parameters()).register_hook(lambda g: g * float("inf"))
-    loss, ntok, stepped = trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), overflow, [batch])
+    loss, ntok, stepped = step(model, torch.optim.SGD(model.parameters(), lr=1.0), overflow, [batch])
     hook.remove()
     assert not stepped and overflow.get_scale() < 1024.0
     assert all(torch.equal(p0, p.detach()) for p0, p in zip(start, model.parameters()))
     assert math.isfinite(float(loss)) and ntok == batch.ntokens
     fine = torch.amp.GradScaler("cpu", init_scale=1.0)
-    _, _, stepped = trainer._update(model, torch.optim.SGD(model.parameters(), lr=1.0), fine, [batch])
+    _, _, stepped = step(model, torch.optim.SGD(model.parameters(), lr=1.0), fine, [batch])
     assert stepped and not all(torch.equal(p0, p.detach()) for p0, p in zip(start, model.parameters()))
 
 
@@ -627,7 +650,9 @@ def _wait_for(proc: subprocess.Popen, condition: Callable[[], bool], timeout: fl
         if condition():
             return True
         if proc.poll() is not None:
-            return condition()
+            # exited (say, it ran to its end while this process was not scheduled): nothing left to kill;
+            # True here would make the caller record a kill of a finished run
+            return False
         time.sleep(0.001)
     proc.kill()
     raise AssertionError("timed out")
