@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +89,12 @@ def test_plain_table_when_not_a_tty(files: Path) -> None:
     assert lines[0].split("\t") == ["system", "BLEU", "chrF2"]
     name, bleu, chrf = lines[1].split("\t")
     assert name == "weak.txt"
-    assert bleu == f"{sacrebleu.corpus_bleu(WEAK, [REFS]).score:.3f}"
-    assert chrf == f"{sacrebleu.corpus_chrf(WEAK, [REFS]).score:.3f}"
+    # --precision 3: three decimals, within half a unit of the last one of sacrebleu's score (a rounded
+    # value compared as a string is an exact comparison in disguise; 1e-9 for the decimal representation)
+    want = {"bleu": sacrebleu.corpus_bleu(WEAK, [REFS]).score, "chrf": sacrebleu.corpus_chrf(WEAK, [REFS]).score}
+    for cell, score in ((bleu, want["bleu"]), (chrf, want["chrf"])):
+        assert re.fullmatch(r"\d+\.\d{3}", cell), cell
+        assert float(cell) == pytest.approx(score, abs=0.0005 + 1e-9), cell
     assert any(line.startswith("BLEU signature: nrefs:1|") for line in lines)
 
 
