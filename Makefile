@@ -9,9 +9,9 @@ TORCH_INDEX ?=
 MT     := $(BIN)/mt
 DEMO   := runs/demo
 # a trained Transformer run (and the Multi30k folder) for the serve and CTranslate2 benchmarks:
-#   make bench BENCH_RUN=runs/m30k BENCH_M30K=/work/data/multi30k
+#   make bench BENCH_RUN=runs/m30k BENCH_M30K=../shared/data/multi30k
 BENCH_RUN  ?=
-BENCH_M30K ?= /work/data/multi30k
+BENCH_M30K ?= ../shared/data/multi30k
 
 .PHONY: install test demo bench clean
 

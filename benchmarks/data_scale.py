@@ -18,8 +18,8 @@ Every command runs as a subprocess; measured from outside:
   - tokens/s: the median of the trainer's logged tokens_per_s over the windows after the first.
 
     python benchmarks/data_scale.py                                  # 0.1M pairs (make bench)
-    python benchmarks/data_scale.py --sizes 100000,1000000,10000000 --old /work/bench-data/old-mt
-    python benchmarks/data_scale.py --large --old /work/bench-data/old-mt   # the same three sizes
+    python benchmarks/data_scale.py --sizes 100000,1000000,10000000 --old ../bench-data/old-mt
+    python benchmarks/data_scale.py --large --old ../bench-data/old-mt   # the same three sizes
 
 --old DIR: a checkout of an older mt whose `mt` command runs as `python -m mt.cli.main` with DIR on
 PYTHONPATH (it needs DIR/mt/cli -> ../cli, made here when missing). --old-max-pairs skips the old
@@ -44,6 +44,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 M30K = ROOT.parent / "shared" / "data" / "multi30k"  # as the other benchmarks: ../shared/data/multi30k
+WORK = ROOT.parent / "bench-data"  # beside the repository: corpora of 10M pairs and their runs
 
 RECIPE = """name: data-scale
 data:
@@ -331,7 +332,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000", help="corpus sizes in pairs, comma-separated")
     ap.add_argument("--large", action="store_true", help="sizes 100000,1000000,10000000")
-    ap.add_argument("--work", type=Path, default=Path("/work/bench-data"), help="where corpora and runs go")
+    ap.add_argument("--work", type=Path, default=WORK,
+                    help="where corpora and runs go (default ../bench-data, beside the repository)")
     ap.add_argument("--data", type=Path, default=M30K, help="Multi30k folder (train.en.gz, train.de.gz)")
     ap.add_argument("--old", type=Path, help="checkout of an older mt to measure as 'before'")
     ap.add_argument("--old-max-pairs", type=int, default=1_000_000)

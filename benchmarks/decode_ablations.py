@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import types
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -140,152 +141,110 @@ class RideAlongState:
         return self
 
 
-def calling(search: Search, call: Callable) -> Search:
-    """`search` whose __call__ is call(shipped __call__, search, model, src, src_lengths)."""
-    shipped = type(search).__call__
-
-    class Wrapped(type(search)):
-        def __call__(self, model, src, src_lengths):
-            return call(shipped, self, model, src, src_lengths)
-
-    search.__class__ = Wrapped
+def with_hooks(search: Search, **hooks: Callable) -> Search:
+    """`search` with some of its hook methods (Search.grad_mode, Search.start_state, BeamSearch.top)
+    replaced on this one object; each function takes the search first, as a method does."""
+    for name, hook in hooks.items():
+        setattr(search, name, types.MethodType(hook, search))
     return search
 
 
 def ride_along(search: Search) -> Search:
-    """Finished sentences stay in the model's batch to the end (RideAlong)."""
-    return calling(search, lambda shipped, s, model, src, lengths: shipped(s, RideAlong(model), src, lengths))
+    """Finished sentences stay in the model's batch to the end: the search runs on RideAlong(model)
+    (its __call__ is the one thing replaced; the search is still a GreedySearch or BeamSearch)."""
+
+    class RidingAlong(type(search)):
+        def __call__(self, model, src, src_lengths, prefixes=None):
+            return super().__call__(RideAlong(model), src, src_lengths, prefixes)
+
+    search.__class__ = RidingAlong
+    return search
 
 
-TOPK = torch.Tensor.topk
-
-
-def topk_per_row(t: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
-    """torch.Tensor.topk over dim 1 of a 2-d tensor as a Python loop of one topk per row."""
-    topk = TOPK
-    if t.dim() != 2 or dim not in (1, -1):
-        return topk(t, k, dim, largest, sorted)
-    values, indices = zip(*(topk(row, k, 0, largest, sorted) for row in t))
+def top_per_row(search: BeamSearch, scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BeamSearch.top as a Python loop of one topk per sentence."""
+    values, indices = zip(*(row.topk(n) for row in scores))
     return torch.stack(values), torch.stack(indices)
 
 
-def loop_topk(search: Search) -> Search:
+def loop_topk(search: BeamSearch) -> BeamSearch:
     """Beam search's topk per sentence in a Python loop instead of one topk over the
-    [sentences, beam x vocab] tensor (torch.Tensor.topk patched while the search runs)."""
-
-    def call(shipped, s, model, src, lengths):
-        with patched(torch.Tensor, "topk", topk_per_row):
-            return shipped(s, model, src, lengths)
-
-    return calling(search, call)
+    [sentences, beam x vocab] tensor."""
+    return with_hooks(search, top=top_per_row)
 
 
-@contextlib.contextmanager
-def patched(obj, name, value) -> Iterator[None]:
-    had = name in vars(obj)
-    old = vars(obj).get(name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        if had:
-            setattr(obj, name, old)
-        else:
-            delattr(obj, name)
+def state_changed(change: Callable[[Seq2Seq, DecoderState, int], None]) -> Callable[[str, object], Search]:
+    """A search factory: the shipped search whose start_state hook then alters each new decoder
+    state with change(model, state, max_len)."""
 
-
-def state_changed(model, change: Callable) -> contextlib.AbstractContextManager:
-    """The model's init_state patched: change(model, enc, max_len, state) alters each new state."""
-    orig = type(model).init_state
-
-    def init_state(self, enc, max_len, need_attention=False):
-        state = orig(self, enc, max_len, need_attention)
-        change(self, enc, max_len, state)
+    def start_state(search, model, src, src_lengths, max_lens):
+        state = Search.start_state(search, model, src, src_lengths, max_lens)
+        change(model, state, int(max_lens.max()) + 1)
         return state
 
-    return patched(type(model), "init_state", init_state)
+    return lambda kind, args: with_hooks(make_search(kind, args), start_state=start_state)
 
 
-def no_grouped_static(model):
+def no_grouped_static(model, state, max_len) -> None:
     """Static tensors copied per beam (state.expand falls back to select)."""
-    return state_changed(model, lambda self, enc, max_len, state: setattr(state, "grouped_static", False))
+    state.grouped_static = False
 
 
-def preallocated_cache(model):
-    def change(self, enc, max_len, state):
-        shape = (enc.memory.size(0), self.cfg.heads, max_len, self.cfg.d_model // self.cfg.heads)
-        for key in state.dynamic:
-            state.dynamic[key] = PreallocatedKVCache(enc.memory.new_empty(shape), enc.memory.new_empty(shape))
-
-    return state_changed(model, change)
+def preallocated_cache(model, state, max_len) -> None:
+    shape = (state.batch_size, model.cfg.heads, max_len, model.cfg.d_model // model.cfg.heads)
+    like = state.static["k0"]  # the first layer's cross-attention keys: the model's dtype and device
+    for key in state.dynamic:
+        state.dynamic[key] = PreallocatedKVCache(like.new_empty(shape), like.new_empty(shape))
 
 
-def eager_reorder(model):
-    def change(self, enc, max_len, state):
-        for key in state.dynamic:
-            state.dynamic[key] = EagerKVCache()
-
-    return state_changed(model, change)
+def eager_reorder(model, state, max_len) -> None:
+    for key in state.dynamic:
+        state.dynamic[key] = EagerKVCache()
 
 
-class EncodePerBeam(BeamSearch):
-    """The source repeated beam times and encoded (and its cross-attention K/V projected) per beam,
-    instead of once per sentence; the search then goes on from one copy per sentence as usual."""
-
-    def __call__(self, model, src, src_lengths):
-        with torch.inference_mode():
-            k = self.beam
-            enc = model.encode(src.repeat_interleave(k, 0), src_lengths.repeat_interleave(k))
-            max_lens = self.max_lengths(model, src_lengths)
-            state = model.init_state(enc, int(max_lens.max()) + 1)
-            state = state.select(torch.arange(src.size(0), device=src.device) * k)
-            return self._search(model, state, max_lens, src_lengths)
+def encode_per_beam(search: BeamSearch, model, src, src_lengths, max_lens) -> DecoderState:
+    """Search.start_state with the source repeated beam times and encoded (and its cross-attention
+    K/V projected) per beam, instead of once per sentence; the search then goes on from one copy
+    per sentence as usual."""
+    k = search.beam
+    enc = model.encode(src.repeat_interleave(k, 0), src_lengths.repeat_interleave(k))
+    state = model.init_state(enc, int(max_lens.max()) + 1, need_attention=search.return_attention)
+    return state.select(torch.arange(src.size(0), device=src.device) * k)
 
 
-def grad_mode(mode: str) -> Callable[[Search], Search]:
-    """Search run under torch.no_grad() or with autograd on, instead of torch.inference_mode()."""
-
-    def call(shipped, s, model, src, lengths):
-        with torch.no_grad() if mode == "no_grad" else torch.enable_grad():
-            return shipped.__wrapped__(s, model, src, lengths)  # the undecorated Search.__call__
-
-    return lambda search: calling(search, call)
-
-
-def as_class(cls, search: Search) -> Search:
-    search.__class__ = cls
-    return search
+def grad_mode(mode: Callable[[], contextlib.AbstractContextManager]) -> Callable[[str, object], Search]:
+    """A search factory: the search run under mode() (torch.no_grad, torch.enable_grad) instead of
+    torch.inference_mode()."""
+    return lambda kind, args: with_hooks(make_search(kind, args), grad_mode=lambda search: mode())
 
 
 BOTH, BEAM = ("beam", "greedy"), ("beam",)
 
-# name -> (applies to, "technique (alternative: ...)", model patch or None, search factory (kind, args), searches)
-VARIANTS: dict[str, tuple[str, str, Callable | None, Callable, tuple[str, ...]]] = {
+# name -> (applies to, "technique (alternative: ...)", search factory (kind, args), searches)
+VARIANTS: dict[str, tuple[str, str, Callable[[str, object], Search], tuple[str, ...]]] = {
     "shared_cross_attention_kv": (
         "all", "beams share their sentence's encoder output / cross-attention K/V (alternative: copied per beam)",
-        no_grouped_static, make_search, BEAM),
+        state_changed(no_grouped_static), BEAM),
     "kv_cache_by_concatenation": (
         "transformer", "KV cache grown by torch.cat (alternative: a preallocated max_len buffer written in place)",
-        preallocated_cache, make_search, BOTH),
+        state_changed(preallocated_cache), BOTH),
     "kv_reorder_fused": (
         "transformer", "a beam reorder of the KV cache gathered into the next append's buffer (alternative: "
         "index_select at the reorder, then cat at the append)",
-        eager_reorder, make_search, BEAM),
+        state_changed(eager_reorder), BEAM),
     "encoder_once": (
         "all", "source encoded once and expanded to beams (alternative: source repeated and encoded per beam)",
-        None, lambda kind, a: as_class(EncodePerBeam, make_search(kind, a)), BEAM),
+        lambda kind, a: with_hooks(make_search(kind, a), start_state=encode_per_beam), BEAM),
     "drop_finished_sentences": (
         "all", "finished sentences leave the batch (alternative: they ride along to the end)",
-        None, lambda kind, a: ride_along(make_search(kind, a)), BOTH),
+        lambda kind, a: ride_along(make_search(kind, a)), BOTH),
     "flat_topk": (
         "all", "one topk over [sentences, beam x vocab] (alternative: a Python loop of topk per sentence)",
-        None, lambda kind, a: loop_topk(make_search(kind, a)), BEAM),
+        lambda kind, a: loop_topk(make_search(kind, a)), BEAM),
     "inference_mode": (
-        "all", "torch.inference_mode (alternative: torch.no_grad)",
-        None, lambda kind, a: grad_mode("no_grad")(make_search(kind, a)), BOTH),
+        "all", "torch.inference_mode (alternative: torch.no_grad)", grad_mode(torch.no_grad), BOTH),
     "no_autograd": (
-        "all", "no autograd recording (alternative: grad enabled)",
-        None, lambda kind, a: grad_mode("enable_grad")(make_search(kind, a)), BOTH),
+        "all", "no autograd recording (alternative: grad enabled)", grad_mode(torch.enable_grad), BOTH),
 }
 
 
@@ -316,9 +275,10 @@ def translator_budgets(model, vocab, args, lines, device) -> dict:
     from mt.decode.translator import Translator
 
     res = {}
-    for src_tokens in (args.batch_tokens // args.beam, 2048, 4096, 8192):
-        tr = Translator(model, vocab, vocab, make_search("beam", args), device, batch_tokens=src_tokens * args.beam,
-                        warn=lambda m: None)
+    decode = DecodeConfig(beam=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b, copy_unseen=False)
+    for src_tokens in (args.batch_tokens // args.beam, 2048, 4096, 8192):  # the search of make_search("beam", args)
+        tr = Translator.for_model(model, vocab, vocab, decode, device, batch_tokens=src_tokens * args.beam,
+                                  warn=lambda m: None)
         with common.Measure(device) as m:
             tr.translate(lines)
         res[str(src_tokens)] = {"batch_tokens": src_tokens * args.beam,
@@ -379,13 +339,12 @@ def main() -> None:
         base = {k: measure_search(model, make_search(k, args), src_ids, ids, args.batch_size, device, r) for k in BOTH}
         common.log(f"{name}: baseline beam {base['beam'][0]['sentences_per_s']} sent/s, "
                    f"greedy {base['greedy'][0]['sentences_per_s']}")
-        for vname, (applies, what, patch, factory, kinds) in VARIANTS.items():
+        for vname, (applies, what, factory, kinds) in VARIANTS.items():
             if applies == "transformer" and not is_transformer:
                 continue
             entry: dict = {"technique": what}
             for kind in kinds:
-                with patch(model) if patch else contextlib.nullcontext():
-                    rec, out = measure_search(model, factory(kind, args), src_ids, ids, args.batch_size, device, r)
+                rec, out = measure_search(model, factory(kind, args), src_ids, ids, args.batch_size, device, r)
                 same = sum(out[i] == base[kind][1][i] for i in ids)
                 entry[kind] = {"alternative": rec, "same_output": f"{same}/{len(ids)}"}
                 common.log(f"{name}: {vname}, alternative, {kind}: {rec['sentences_per_s']} sent/s, same {same}/{len(ids)}")

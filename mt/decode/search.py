@@ -9,7 +9,7 @@ finish leave the batch, so the tensors shrink as the search goes on.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,7 +62,13 @@ class LengthPenalty:
 
 
 class Search:
-    """Shared setup and finalising. Subclasses implement `_search`.
+    """Shared setup and finalising. Subclasses implement `_search` (the step loop).
+
+    Hooks, each one part of the search that a subclass (or benchmarks/decode_ablations.py, which
+    measures each against its alternative) may replace without touching the rest:
+    `grad_mode()` the autograd mode the whole search runs under (torch.inference_mode());
+    `start_state(model, src, src_lengths, max_lens)` encodes the batch and makes the decoder state
+    the step loop starts from (one row per sentence).
 
     Target prefixes: `search(model, src, src_lengths, prefixes)` forces sentence i's output to start
     with prefixes[i] (token ids; [] for none). The search decodes the prefix's tokens as if it had
@@ -91,21 +97,31 @@ class Search:
     #: decoder rows per source sentence (beam size, samples): what a batch budget is divided by
     rows_per_sentence = 1
 
-    @torch.inference_mode()
     def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor,
                  prefixes: Sequence[Sequence[int]] | None = None) -> list[list[Hypothesis]]:
-        forced = forced_prefixes(prefixes, src.size(0), src.device)
-        max_lens = self.max_lengths(model, src_lengths)
-        if forced is not None:
-            prefix_lens = (forced >= 0).sum(dim=1)
-            limit = model.max_tgt_positions
-            if limit is not None and int(prefix_lens.max()) > limit - 1:
-                raise MTError(f"a target prefix of {int(prefix_lens.max())} tokens is longer than the model's "
-                              f"{limit - 1} target positions")
-            max_lens = torch.maximum(max_lens, prefix_lens)
+        with self.grad_mode():
+            forced = forced_prefixes(prefixes, src.size(0), src.device)
+            max_lens = self.max_lengths(model, src_lengths)
+            if forced is not None:
+                prefix_lens = (forced >= 0).sum(dim=1)
+                limit = model.max_tgt_positions
+                if limit is not None and int(prefix_lens.max()) > limit - 1:
+                    raise MTError(f"a target prefix of {int(prefix_lens.max())} tokens is longer than the model's "
+                                  f"{limit - 1} target positions")
+                max_lens = torch.maximum(max_lens, prefix_lens)
+            state = self.start_state(model, src, src_lengths, max_lens)
+            return self._search(model, state, max_lens, src_lengths, forced)
+
+    def grad_mode(self) -> contextlib.AbstractContextManager:
+        """Hook: the autograd mode the search runs under. Nothing a search computes is ever
+        differentiated, so it records nothing and its tensors skip autograd's bookkeeping."""
+        return torch.inference_mode()
+
+    def start_state(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lens: Tensor) -> DecoderState:
+        """Hook: the source encoded once per sentence, and the decoder state for hypotheses of up
+        to max_lens tokens (eos after them) that the step loop starts from."""
         enc = model.encode(src, src_lengths)
-        state = model.init_state(enc, int(max_lens.max()) + 1, need_attention=self.return_attention)
-        return self._search(model, state, max_lens, src_lengths, forced)
+        return model.init_state(enc, int(max_lens.max()) + 1, need_attention=self.return_attention)
 
     def max_lengths(self, model: Seq2Seq, src_lengths: Tensor) -> Tensor:
         """Longest hypothesis (tokens before eos) per sentence: a * source length + b."""
@@ -242,6 +258,61 @@ class SamplingSearch(_RowSearch):
         return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
 
 
+@dataclass
+class _Beams:
+    """The open hypotheses of the sentences still searched, sentence-major: `width` rows per
+    sentence (1 before the first step, when a sentence's beams would all be the same; then beam)."""
+
+    sent_ids: Tensor  # [nb] original sentence of each active sentence
+    sent_max: Tensor  # [nb] its longest hypothesis (tokens before eos)
+    n_done: Tensor  # [nb] its finished hypotheses
+    scores: Tensor  # [nb, width] log-probability of each open hypothesis
+    prev: Tensor  # [nb * width] each row's last token
+    seqs: Tensor  # [nb * width, steps] tokens so far
+    token_lps: Tensor  # [nb * width, steps] their log-probabilities
+    forced: Tensor | None  # [nb, P] target prefixes, -1 padded (None: no prefixes)
+    attn_rows: Tensor | None = None  # [nb * width, steps, S] attention so far (when asked for)
+    width: int = 1
+
+    @classmethod
+    def start(cls, max_lens: Tensor, bos: int, forced: Tensor | None) -> _Beams:
+        b, device = max_lens.size(0), max_lens.device
+        return cls(
+            sent_ids=torch.arange(b, device=device),
+            sent_max=max_lens.clone(),
+            n_done=torch.zeros(b, dtype=torch.long, device=device),
+            scores=torch.zeros((b, 1), device=device),
+            prev=torch.full((b,), bos, dtype=torch.long, device=device),
+            seqs=torch.empty((b, 0), dtype=torch.long, device=device),
+            token_lps=torch.empty((b, 0), device=device),
+            forced=forced,
+        )
+
+    def row_forced(self) -> Tensor | None:
+        """The target prefixes per row: [nb * width, P]."""
+        return self.forced.repeat_interleave(self.width, dim=0) if self.forced is not None else None
+
+    def keep_sentences(self, keep: Tensor, k: int) -> None:
+        """Only sentences `keep` (indices, in order) go on, with their k rows each."""
+        keep_rows = (keep[:, None] * k + torch.arange(k, device=keep.device)).view(-1)
+        self.sent_ids, self.sent_max, self.scores = self.sent_ids[keep], self.sent_max[keep], self.scores[keep]
+        self.n_done = self.n_done[keep]
+        self.prev, self.seqs, self.token_lps = self.prev[keep_rows], self.seqs[keep_rows], self.token_lps[keep_rows]
+        self.forced = self.forced[keep] if self.forced is not None else None
+        self.attn_rows = self.attn_rows[keep_rows] if self.attn_rows is not None else None
+
+
+@dataclass
+class _Candidates:
+    """The best 2 x beam continuations of each sentence at one step, best first: [nb, 2 x beam]."""
+
+    scores: Tensor  # hypothesis log-probability with the token (-inf pads a vocabulary smaller than 2 x beam)
+    beam: Tensor  # the row (within its sentence) each one continues
+    tok: Tensor  # its token
+    lp: Tensor  # the token's log-probability
+    is_eos: Tensor  # the token is eos: the hypothesis ends
+
+
 class BeamSearch(Search):
     """Batched beam search: batch x beam rows in one tensor, top-k over beam x vocab.
 
@@ -249,6 +320,7 @@ class BeamSearch(Search):
     `beam` candidates) are replaced by the best open ones. A sentence stops when `beam`
     hypotheses have finished (early_stop) or, with early_stop=False, when no open hypothesis
     can beat the `beam`-th finished one any more (exact with respect to the length penalty).
+    Besides Search's hooks, `top(scores, n)` picks the best candidates of every sentence.
     """
 
     def __init__(
@@ -263,103 +335,101 @@ class BeamSearch(Search):
         self.lp = len_penalty or LengthPenalty("none")
         self.early_stop = early_stop
 
+    def top(self, scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """Hook: the n best entries of each row of scores [sentences, candidates], best first, and
+        their indices; one topk over the whole tensor."""
+        return scores.topk(n, dim=1)
+
     def _search(self, model, state, max_lens, src_lengths, forced=None):
-        b, k, eos = src_lengths.size(0), self.beam, model.eos_id
-        device = src_lengths.device
-        # the first step runs once per sentence (its beams would all be the same); the state is
-        # expanded to batch x beam rows after it
-        width = 1  # rows per sentence in the state
-        sent_ids = torch.arange(b, device=device)  # original sentence of each active sentence
-        sent_max = max_lens.clone()
-        n_done = torch.zeros(b, dtype=torch.long, device=device)  # finished hypotheses per sentence
-        scores = torch.zeros((b, 1), device=device)
-        prev = torch.full((b,), model.bos_id, dtype=torch.long, device=device)
-        seqs = torch.empty((b, 0), dtype=torch.long, device=device)
-        token_lps = torch.empty((b, 0), device=device)
-        attn_rows: Tensor | None = None
-        done: list[list[Hypothesis]] = [[] for _ in range(b)]
+        k = self.beam
+        # the first step runs once per sentence; the state is expanded to batch x beam rows after it
+        beams = _Beams.start(max_lens, model.bos_id, forced)
+        done: list[list[Hypothesis]] = [[] for _ in range(src_lengths.size(0))]
         src_len, first_limit = src_lengths.tolist(), int(max_lens.min())
         step = 0
-        while sent_ids.numel():
-            nb = sent_ids.numel()
-            lp, attn = model.decode_step(prev, state)  # [nb * width, V]
-            vocab = lp.size(-1)
-            row_forced = forced.repeat_interleave(width, dim=0) if forced is not None else None
-            lp = self._mask_scores(lp, step, sent_max.repeat_interleave(width), model, first_limit, row_forced)
+        while beams.sent_ids.numel():
+            lp, attn = model.decode_step(beams.prev, state)  # [nb * width, V]
+            sent_max = beams.sent_max.repeat_interleave(beams.width)
+            lp = self._mask_scores(lp, step, sent_max, model, first_limit, beams.row_forced())
             if attn is not None and self.return_attention:
-                attn_all = attn[:, None] if attn_rows is None else torch.cat([attn_rows, attn[:, None]], dim=1)
+                attn_all = attn[:, None] if beams.attn_rows is None else torch.cat([beams.attn_rows, attn[:, None]], 1)
             else:
                 attn_all = None
-            cand = (scores.view(-1, 1) + lp).view(nb, width * vocab)
-            top_scores, top_idx = cand.topk(min(2 * k, width * vocab), dim=1)  # [nb, 2k], sorted
-            if top_scores.size(1) < 2 * k:  # fewer candidates than 2k (a vocabulary smaller than 2k)
-                short = 2 * k - top_scores.size(1)
-                top_scores = torch.cat([top_scores, top_scores.new_full((nb, short), NEG_INF)], dim=1)
-                top_idx = torch.cat([top_idx, top_idx.new_zeros((nb, short))], dim=1)
-            top_lp = lp.view(nb, width * vocab).gather(1, top_idx)  # each candidate's token log-probability
-            top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
-            top_tok = top_idx % vocab
-            is_eos = top_tok == eos
-
+            cand = self._candidates(beams, lp, model.eos_id)
             # hypotheses that end here: eos among the first k candidates, with a finite score
-            ends = is_eos & torch.isfinite(top_scores)
+            ends = cand.is_eos & torch.isfinite(cand.scores)
             ends[:, k:] = False
             if bool(ends.any()):
-                self._collect(ends, top_scores, top_beam, top_lp, seqs, token_lps, attn_all, sent_ids, src_len, step,
-                              width, done)
-                n_done = n_done + ends.sum(dim=1)
-
-            # the best k candidates that do not end continue
-            open_scores = top_scores.masked_fill(is_eos, NEG_INF)
-            scores, pick = open_scores.topk(k, dim=1)  # [nb, k]
-            beam_src = top_beam.gather(1, pick)
-            prev = top_tok.gather(1, pick).view(-1)
-            rows = (torch.arange(nb, device=device)[:, None] * width + beam_src).view(-1)
-            seqs = torch.cat([seqs[rows], prev[:, None]], dim=1)
-            token_lps = torch.cat([token_lps[rows], top_lp.gather(1, pick).view(-1, 1)], dim=1)
-            attn_rows = attn_all[rows] if attn_all is not None else None
-            if width < k:  # after the first step: each sentence's row becomes its k beams
+                self._collect(ends, cand, beams, attn_all, src_len, step, done)
+                beams.n_done = beams.n_done + ends.sum(dim=1)
+            rows = self._advance(beams, cand, attn_all)
+            if beams.width < k:  # after the first step: each sentence's row becomes its k beams
                 state = state.expand(k)  # the model may share static tensors among beams
-                width = k
+                beams.width = k
             else:
                 state.select_(rows, same_sources=True)
-
-            finished = self._finished(scores, n_done, sent_ids, sent_max, done, k)
+            finished = self._finished(beams, done)
             if bool(finished.any()):  # finished sentences leave the batch
                 keep = (~finished).nonzero()[:, 0]
-                keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
-                sent_ids, sent_max, scores, n_done = sent_ids[keep], sent_max[keep], scores[keep], n_done[keep]
-                prev, seqs, token_lps = prev[keep_rows], seqs[keep_rows], token_lps[keep_rows]
-                forced = forced[keep] if forced is not None else None
-                attn_rows = attn_rows[keep_rows] if attn_rows is not None else None
+                beams.keep_sentences(keep, k)
                 state.keep_sentences_(keep, k)
             step += 1
         return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
 
-    def _collect(self, ends, top_scores, top_beam, top_lp, seqs, token_lps, attn_all, sent_ids, src_len, step, width,
-                 done) -> None:
+    def _candidates(self, beams: _Beams, lp: Tensor, eos: int) -> _Candidates:
+        """Each sentence's best 2 x beam continuations of its open hypotheses (lp [nb * width, V]:
+        the masked token log-probabilities)."""
+        k, nb, width, vocab = self.beam, beams.sent_ids.numel(), beams.width, lp.size(-1)
+        cand = (beams.scores.view(-1, 1) + lp).view(nb, width * vocab)
+        top_scores, top_idx = self.top(cand, min(2 * k, width * vocab))  # [nb, 2k], sorted
+        if top_scores.size(1) < 2 * k:  # fewer candidates than 2k (a vocabulary smaller than 2k)
+            short = 2 * k - top_scores.size(1)
+            top_scores = torch.cat([top_scores, top_scores.new_full((nb, short), NEG_INF)], dim=1)
+            top_idx = torch.cat([top_idx, top_idx.new_zeros((nb, short))], dim=1)
+        top_lp = lp.view(nb, width * vocab).gather(1, top_idx)  # each candidate's token log-probability
+        top_tok = top_idx % vocab
+        top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
+        return _Candidates(top_scores, top_beam, top_tok, top_lp, top_tok == eos)
+
+    def _advance(self, beams: _Beams, cand: _Candidates, attn_all: Tensor | None) -> Tensor:
+        """The best k candidates that do not end become the open hypotheses (k rows per sentence);
+        returns the row of the step's batch that each new row continues."""
+        nb, width = beams.sent_ids.numel(), beams.width
+        open_scores = cand.scores.masked_fill(cand.is_eos, NEG_INF)
+        beams.scores, pick = self.top(open_scores, self.beam)  # [nb, k]
+        beam_src = cand.beam.gather(1, pick)
+        beams.prev = cand.tok.gather(1, pick).view(-1)
+        rows = (torch.arange(nb, device=beam_src.device)[:, None] * width + beam_src).view(-1)
+        beams.seqs = torch.cat([beams.seqs[rows], beams.prev[:, None]], dim=1)
+        beams.token_lps = torch.cat([beams.token_lps[rows], cand.lp.gather(1, pick).view(-1, 1)], dim=1)
+        beams.attn_rows = attn_all[rows] if attn_all is not None else None
+        return rows
+
+    def _collect(self, ends: Tensor, cand: _Candidates, beams: _Beams, attn_all: Tensor | None, src_len: list[int],
+                 step: int, done: list[list[Hypothesis]]) -> None:
         """The hypotheses that end at this step, into `done` (per original sentence)."""
         length_norm = float(self.lp(float(step + 1)))
         i, j = ends.nonzero().unbind(1)
-        rows = i * width + top_beam[i, j]
-        tok_scores = torch.cat([token_lps[rows], top_lp[i, j][:, None]], dim=1)
+        rows = i * beams.width + cand.beam[i, j]
+        tok_scores = torch.cat([beams.token_lps[rows], cand.lp[i, j][:, None]], dim=1)
         # one transfer per tensor, not one per hypothesis (each is a device sync on CUDA)
-        for k, (sent, raw, tokens, per_token) in enumerate(zip(sent_ids[i].tolist(), top_scores[i, j].tolist(),
-                                                               seqs[rows].tolist(), tok_scores.tolist())):
-            attention = self._attention(attn_all[rows[k]] if attn_all is not None else None, src_len[sent])
+        for n, (sent, raw, tokens, per_token) in enumerate(zip(beams.sent_ids[i].tolist(), cand.scores[i, j].tolist(),
+                                                               beams.seqs[rows].tolist(), tok_scores.tolist())):
+            attention = self._attention(attn_all[rows[n]] if attn_all is not None else None, src_len[sent])
             done[sent].append(Hypothesis(tokens, raw / length_norm, raw, attention, per_token))
 
-    def _finished(self, scores: Tensor, n_done: Tensor, sent_ids: Tensor, sent_max: Tensor, done, k: int) -> Tensor:
+    def _finished(self, beams: _Beams, done: list[list[Hypothesis]]) -> Tensor:
         """[nb] bool: sentences whose search is over."""
+        k, scores = self.beam, beams.scores
         finished = ~torch.isfinite(scores[:, 0])  # no open hypothesis left
-        full = n_done >= k
+        full = beams.n_done >= k
         if self.early_stop:
             return finished | full
         for i in full.nonzero()[:, 0].tolist():
             # an open hypothesis only loses log-probability; its best possible score takes the
             # largest length penalty it could still get (the open scores are sorted)
-            bound = float(scores[i, 0]) / float(self.lp(float(int(sent_max[i]) + 1)))
-            kth = sorted((h.score for h in done[int(sent_ids[i])]), reverse=True)[k - 1]
+            bound = float(scores[i, 0]) / float(self.lp(float(int(beams.sent_max[i]) + 1)))
+            kth = sorted((h.score for h in done[int(beams.sent_ids[i])]), reverse=True)[k - 1]
             finished[i] |= kth >= bound
         return finished
 

@@ -12,7 +12,7 @@ model(s) are copied beside it, so the usual CTranslate2 code works on the direct
 
 How mt's Transformer maps onto the spec (mt/models/transformer.py):
 - pre-norm (x + f(norm(x)), final layer norms) or post-norm (norm(x + f(x))): `pre_norm`;
-- token embedding x sqrt(d_model) + position: `scale_embeddings` (CTranslate2's default);
+- token embedding x sqrt(d_model) (x 1 without model.embed_scale) + position: `scale_embeddings`;
 - positions: mt's sinusoidal table interleaves sin/cos (CTranslate2's built-in one concatenates
   them), so the table itself is written to `position_encodings`, as learned positions are;
 - self-attention's fused q|k|v and cross-attention's q and fused k|v Linear layers are exactly
@@ -62,6 +62,8 @@ _EXPRESSIBLE = {
     "max_positions": lambda v: True,
     "share_embeddings": lambda v: True,
     "tie_output": lambda v: True,
+    "embed_scale": lambda v: True,  # the spec's scale_embeddings
+    "output_bias": lambda v: v is False,  # the spec's output projection has no bias here
 }
 # torch's nn.GELU() is the exact (erf) form: CTranslate2's GELU, not GELUTanh
 _ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
@@ -100,8 +102,8 @@ class CTranslate2Converter(Converter):
         spec = transformer_spec.TransformerSpec.from_config(
             (cfg.enc_layers, cfg.dec_layers), cfg.heads, pre_norm=cfg.norm == "pre",
             activation=_ACTIVATIONS[cfg.activation])
-        self._embedder(spec.encoder, model.src_embed)
-        self._embedder(spec.decoder, model.tgt_embed)
+        self._embedder(spec.encoder, model.src_embed, cfg.embed_scale)
+        self._embedder(spec.decoder, model.tgt_embed, cfg.embed_scale)
         for layer_spec, layer in zip(spec.encoder.layer, model.encoder):
             self._attention(layer_spec.self_attention, layer.attn, layer.sub_attn.norm)
             self._ffn(layer_spec.ffn, layer.ff, layer.sub_ff.norm)
@@ -123,12 +125,12 @@ class CTranslate2Converter(Converter):
         spec.register_target_vocabulary([tgt_vocab.sp.IdToPiece(i) for i in range(len(tgt_vocab))])
         return spec
 
-    def _embedder(self, spec, embedder) -> None:
+    def _embedder(self, spec, embedder, scale: bool) -> None:
         embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
         # a shared embedding is one numpy array for both sides (the spec saves aliases once)
         weight = embedder.tokens.weight
         embeddings.weight = self._arrays.setdefault(id(weight), _np(weight))
-        spec.scale_embeddings = True  # x sqrt(d_model), as mt's Embedder
+        spec.scale_embeddings = scale  # x sqrt(d_model), as mt's Embedder with model.embed_scale
         table = embedder.positions.weight if embedder.positions is not None else embedder.table
         spec.position_encodings.encodings = _np(table)
 
