@@ -35,16 +35,17 @@ import ctranslate2  # noqa: E402
 from mt.data.text import read_lines  # noqa: E402
 from mt.interop.ctranslate2 import export_ctranslate2  # noqa: E402
 from mt.metrics import score  # noqa: E402
-from mt.decode.quantize import quantize_int8  # noqa: E402
-from mt.decode.search import build_search  # noqa: E402
-from mt.decode.translator import Translator, load_run  # noqa: E402
+from mt.decode.loading import load_for_decoding  # noqa: E402
+from mt.decode.translator import Translator  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a Transformer run directory (mt train)")
     p.add_argument("--test", default="test_2016_flickr", help="Multi30k test set name (default test_2016_flickr)")
-    p.add_argument("--data", default="/work/data/multi30k", help="folder with TEST.{src,tgt}.gz")
+    p.add_argument("--data", default=common.DEFAULT_DATA,
+                   help="folder with TEST.{src,tgt}.gz; relative paths resolve against the repository root "
+                        f"(default {common.DEFAULT_DATA})")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lines", type=int, default=0, help="first N lines only (0: all)")
     p.add_argument("--repeats", type=int, default=1, help="time each setting this many times, keep the fastest")
@@ -55,10 +56,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    run = load_run(args.run)
+    run = load_for_decoding([args.run], device="cpu", threads=args.threads).run
     cfg = run.config
-    data = Path(args.data)
+    data = common.data_dir(args)
     src_lines = read_lines(data / f"{args.test}.{cfg.data.src_lang}.gz")
     ref_lines = read_lines(data / f"{args.test}.{cfg.data.tgt_lang}.gz")
     if args.lines:
@@ -79,13 +79,12 @@ def main() -> None:
         for setting in args.settings.split(","):
             precision, search = setting.split("-")
             beam = 5 if search == "beam5" else 1
-            decode = replace(d, search="beam" if beam > 1 else "greedy", beam=beam, n_best=1, len_penalty="d2l")
+            decode = replace(d, search="beam" if beam > 1 else "greedy", beam=beam, n_best=1, len_penalty="d2l",
+                             copy_unseen=False)  # CTranslate2 copies nothing
             if precision == "int8" and mt_int8 is None:
-                mt_int8 = load_run(args.run)
-                quantize_int8(mt_int8.model)
+                mt_int8 = load_for_decoding([args.run], device="cpu", int8=True).run
             model_run = mt_int8 if precision == "int8" else run
-            translator = Translator(model_run.model, model_run.src_vocab, model_run.tgt_vocab, build_search(decode),
-                                    "cpu", d.batch_tokens)
+            translator = Translator.for_model(model_run.model, model_run.src_vocab, model_run.tgt_vocab, decode, "cpu")
             if precision not in engines:
                 engines[precision] = ctranslate2.Translator(str(out), device="cpu", compute_type=precision,
                                                             inter_threads=1, intra_threads=args.threads)

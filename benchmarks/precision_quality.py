@@ -24,12 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mt.device import set_decoding_dtype  # noqa: E402
 from mt.metrics import score  # noqa: E402
-from mt.decode.quantize import quantize_int8  # noqa: E402
-from mt.decode.search import build_search  # noqa: E402
+from mt.decode.loading import load_for_decoding  # noqa: E402
 from mt.data.text import read_lines  # noqa: E402
-from mt.decode.translator import Translator, load_run  # noqa: E402
+from mt.decode.translator import load_run  # noqa: E402
 
 TYPES = ("int8", "bfloat16")
 
@@ -63,15 +61,11 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict:
     del probe
     outputs: dict = {}
     for weights in ("float32", *args.types):
-        run = load_run(run_dir, device)
-        if weights == "int8":
-            quantize_int8(run.model)
-        elif weights != "float32":
-            set_decoding_dtype(run.model, weights, device, warn=common.log)
+        loaded = load_for_decoding([run_dir], device="cpu", int8=weights == "int8",
+                                   dtype="float32" if weights == "int8" else weights, warn=common.log)
         for search in ("greedy", "beam"):
-            decode = replace(run.config.decode, search=search)
-            tr = Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode), device,
-                            decode.batch_tokens, warn=lambda m: None)
+            decode = replace(loaded.run.config.decode, search=search, copy_unseen=False)
+            tr = loaded.translator(decode, warn=lambda m: None)
             tr.translate(src[:16])  # warm-up
             with common.Measure(device) as m:
                 hyps = [t.text for t in tr.translate(src)]

@@ -42,7 +42,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("run", type=Path, help="run directory (mt train)")
     p.add_argument("--input", type=Path, default=None,
                    help="source lines (plain or .gz; default DATA/test_2016_flickr.SRC.gz, SRC the run's src_lang)")
-    p.add_argument("--data", default="/work/data/multi30k", help="folder with the Multi30k files")
+    p.add_argument("--data", default=common.DEFAULT_DATA,
+                   help="folder with the Multi30k files; relative paths resolve against the repository root "
+                        f"(default {common.DEFAULT_DATA})")
     p.add_argument("--requests", type=int, default=300, help="requests per setting, one line each (default 300)")
     p.add_argument("--concurrency", default="1,8,64", help="concurrent clients, comma list (default 1,8,64)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of mt serve and mt translate (default 2)")
@@ -79,17 +81,10 @@ def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tup
         if p.returncode != 0:
             raise SystemExit(f"mt translate failed:\n{p.stderr}")
         out = p.stdout.split("\n")[:-1]
-    from mt.decode.search import build_search
-    from mt.decode.translator import Translator, load_run
+    from mt.decode.loading import load_for_decoding
 
-    loaded = load_run(run)
-    if int8:
-        from mt.decode.quantize import quantize_int8
-
-        quantize_int8(loaded.model)
-    d = loaded.config.decode
-    translator = Translator(loaded.model, loaded.src_vocab, loaded.tgt_vocab, build_search(d), "cpu", d.batch_tokens,
-                            copy_unseen=d.copy_unseen, copy_layer=d.copy_layer)  # as mt translate decodes
+    loaded = load_for_decoding([run], device="cpu", int8=int8)
+    translator = loaded.translator(loaded.run.config.decode)  # as mt translate decodes
     translator.translate(lines[:8])  # warm-up
     t0 = time.perf_counter()
     same = [t.text for t in translator.translate(lines)] == out
@@ -166,7 +161,7 @@ def _r(x: float | None) -> float | None:
 def main() -> None:
     args = parse_args()
     cfg = load_config(args.run / CONFIG)
-    source = args.input or Path(args.data) / f"test_2016_flickr.{cfg.data.src_lang}.gz"
+    source = args.input or common.data_dir(args) / f"test_2016_flickr.{cfg.data.src_lang}.gz"
     lines = read_source(source, args.requests)
     serve_extra = shlex.split(args.serve_args) + (["--int8"] if args.int8 else [])
     import torch

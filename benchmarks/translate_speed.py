@@ -246,7 +246,7 @@ def breakdown(model, args, src_ids, ids, batch_size, device) -> dict:
         for m, fn in originals.items():
             setattr(DecoderState, m, fn)
         for name in ("encode", "init_state", "decode_step"):
-            del model.__dict__[name]
+            delattr(model, name)  # the instance attribute set above; the class method shows again
     total = rec["seconds"]
     parts = {k: {"seconds": round(v, 3), "share": round(v / total, 3), "calls": calls[k]} for k, v in timers.items()}
     rest = total - sum(timers.values())
@@ -408,9 +408,9 @@ def against_reference(name: str, model, args, src_ids, sents: Sentences, runs, o
 
 def translator_run(name: str, model, vocab, args, lines: list[str], device) -> dict:
     """mt.decode.translator.Translator end to end (beam) on `lines`."""
-    batch_tokens = DecodeConfig.batch_tokens
-    tr = Translator(model, vocab, vocab, make_search("beam", args), device, batch_tokens=batch_tokens,
-                    warn=lambda m: None)
+    decode = DecodeConfig(beam=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b, copy_unseen=False)
+    batch_tokens = decode.batch_tokens  # the search of make_search("beam", args)
+    tr = Translator.for_model(model, vocab, vocab, decode, device, warn=lambda m: None)
     with common.Measure(device) as m:
         result = tr.translate(lines)
     tokens = sum(len(vocab.encode(t.text)) + 1 for t in result)

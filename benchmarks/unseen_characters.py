@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from mt.metrics import score  # noqa: E402
-from mt.decode.search import build_search  # noqa: E402
 from mt.data.text import read_lines  # noqa: E402
-from mt.decode.translator import Translator, load_run  # noqa: E402
+from mt.decode.loading import load_for_decoding  # noqa: E402
+from mt.decode.translator import Translator  # noqa: E402
 from mt.data.vocab import UNK_ID  # noqa: E402
 
 LINES = [
@@ -62,12 +62,12 @@ LINES = [
 
 def measure(run_dir: Path, lines: list[str], args: argparse.Namespace) -> dict:
     beam = args.beam
-    run = load_run(run_dir, "cpu")
+    run = load_for_decoding([run_dir], device="cpu").run
     decode = run.config.decode if beam is None else replace(run.config.decode, search="beam", beam=beam)
     known = run.src_vocab.characters | set(" ")
     unseen_in = [Counter(c for c in line if c not in known) for line in lines]
-    translators = {copy: Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode), "cpu",
-                                    decode.batch_tokens, copy_unseen=copy) for copy in (False, True)}
+    translators = {copy: Translator.for_model(run.model, run.src_vocab, run.tgt_vocab, replace(decode, copy_unseen=copy),
+                                              "cpu") for copy in (False, True)}
     outputs, seconds = {}, {}
     for copy, translator in translators.items():
         start = time.perf_counter()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import sys
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import typer
 
 from mt import MTError
-from mt.config import DecodeConfig, SettingError, load_config
+from mt.cli.options import decode_config, decoding_options
+from mt.config import load_config
 from mt.device import check_device
 from mt.files import Output, check_output_path
 from mt.rundir import CONFIG, check_run_dir, checkpoints_per_run
@@ -34,6 +34,7 @@ Examples:
 """
 
 
+@decoding_options("score")
 def score(
     model: list[Path] = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`; repeat for an ensemble."),
     src: Optional[Path] = typer.Option(None, "--src", help="Source sentences (plain or .gz); with --tgt. Without both: TAB-separated pairs on stdin."),
@@ -42,20 +43,17 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per pair: log_prob, score, tokens, token_scores."),
     n_best_input: bool = typer.Option(False, "--n-best-input", help="--tgt is an n-best list ('i ||| text ||| score'); writes it back with this model's scores, each source's entries sorted best first."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the word alignment (Pharaoh 'src-tgt' pairs)."),
-    alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention aligns (negative: from the top) \\[default: the run's decode.alignment_layer]."),
-    len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none \\[default: the run's]."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Length penalty exponent \\[default: the run's]."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded tokens per batch \\[default: the run's decode.batch_tokens]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file; once for all runs or once per -m."),
     ensemble_weights: Optional[str] = typer.Option(None, "--ensemble-weights", metavar="W1,W2,...", help="Each -m run's share of the ensemble's mixture (normalised; default equal)."),
     buffer_lines: int = typer.Option(1000, "--buffer-lines", help="Pairs read before scoring."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    **options,
 ) -> None:
+    # options: the decoding options mt score takes (mt.cli.options), None when not given: the run's
     _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads, checkpoint)
     weights = parse_weights(ensemble_weights, len(model))
-    decode = _decode_config(model[0], len_penalty=len_penalty, alpha=alpha, batch_tokens=batch_tokens,
-                            alignment_layer=alignment_layer)
+    decode = decode_config(load_config(check_run_dir(model[0]) / CONFIG).decode, **options)
     run, scorer = _load_scorer(model, checkpoint, weights, decode, device, threads, alignments)
     streams: list = []  # the files opened here
     try:
@@ -72,21 +70,16 @@ def score(
 
 def _load_scorer(model, checkpoint, weights, decode, device: str, threads, alignments: bool):
     """The run(s) on the device (several: an ensemble) and their Scorer."""
-    import torch
-
-    from mt.device import resolve_device
-    from mt.decode.ensemble import load_models
+    from mt.decode.loading import load_for_decoding
     from mt.decode.scorer import Scorer
     from mt.decode.search import LengthPenalty
 
-    dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    run = load_models(model, dev, checkpoint, weights)
+    loaded = load_for_decoding(model, checkpoints=checkpoint, weights=weights, device=device, threads=threads)
+    run = loaded.run
     if alignments:
         run.model.set_attention_layer(decode.alignment_layer)
-    scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab, LengthPenalty(decode.len_penalty, decode.alpha), dev,
-                    decode.batch_tokens, return_attention=alignments)
+    scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab, LengthPenalty(decode.len_penalty, decode.alpha),
+                    loaded.device, decode.batch_tokens, return_attention=alignments)
     return run, scorer
 
 
@@ -160,16 +153,6 @@ def parse_weights(text: Optional[str], runs: int) -> Optional[list[float]]:
     if any(not w >= 0 for w in weights) or not sum(weights) > 0:
         raise MTError(f"--ensemble-weights: weights must be >= 0 and not all 0, got {text!r}")
     return weights
-
-
-def _decode_config(run_dir: Path, **options) -> DecodeConfig:
-    """The first run's decode settings with the command line's (None: not given), checked by
-    DecodeConfig and named by their flags in its messages."""
-    base = load_config(check_run_dir(run_dir) / CONFIG).decode
-    try:
-        return replace(base, **{k: v for k, v in options.items() if v is not None})
-    except SettingError as e:
-        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
 
 
 def _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads, checkpoint) -> None:

@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 
 from mt import MTError
-from mt.config import ServeLimits, SettingError
+from mt.cli.options import decode_config, decoding_options, flag
+from mt.config import DecodeConfig, ServeLimits, SettingError
 from mt.device import check_device, check_precision
 from mt.rundir import check_run_dir
 
@@ -38,16 +39,16 @@ def _parse_model(spec: str) -> tuple[str, Path]:
     return name, check_run_dir(run)
 
 
+@decoding_options("serve")
 def serve(
     model: List[str] = typer.Option(..., "--model", "-m", help="Run directory, or NAME=RUN; repeat to serve several (the first is the default)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; there is no authentication)."),
     port: int = typer.Option(8000, "--port", "-p", help="TCP port (0: any free port, printed at start)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    int8: bool = typer.Option(False, "--int8", help="int8 Linear layers (CPU only), as `mt translate --int8`."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (CUDA only)."),
+    int8: bool = typer.Option(False, "--int8", help="int8 Linear layers (CPU only), as `mt translate --int8`; measured speed and BLEU: docs/performance.md."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (CUDA only), as `mt translate --dtype`."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Token budget of a batch (source tokens x beam) \\[default: the run's decode.batch_tokens]."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more requests."),
     max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Characters per text."),
@@ -58,24 +59,13 @@ def serve(
     max_output_tokens: int = typer.Option(1024, "--max-output-tokens", help="Longest translation in tokens (of a text, or of each piece of a long one): a request's min_len, max_len_a or max_len_b above it is refused, a * length + b is cut to it."),
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer texts are translated in pieces \\[default: 1024 or the model's limit]."),
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug (access log at info)."),
+    **options,
 ) -> None:
-    if batch_wait_ms < 0:  # in milliseconds here: ServeLimits would name it in seconds
-        raise MTError(f"--batch-wait-ms must not be negative, got {batch_wait_ms}")
-    for name, value in (("--threads", threads), ("--batch-tokens", batch_tokens), ("--max-input-tokens", max_input_tokens)):
-        if value is not None and value < 1:
-            raise MTError(f"{name} must be >= 1, got {value}")
-    try:
-        limits = ServeLimits(max_texts=max_texts, max_chars=max_chars, max_body=max_body, queue_size=queue_size,
-                             timeout=timeout, batch_wait=batch_wait_ms / 1000, max_beam=max_beam,
-                             max_output_tokens=max_output_tokens)
-    except SettingError as e:
-        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
-    if not 0 <= port <= 65535:
-        raise MTError(f"--port must be in 0..65535, got {port}")
-    if log_level not in ("critical", "error", "warning", "info", "debug"):
-        raise MTError(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
-    check_device(device)
-    check_precision(dtype, device, int8)
+    # options: the decoding options of the server (mt.cli.options: --batch-tokens), None when not given
+    limits = _limits(batch_wait_ms, max_texts=max_texts, max_chars=max_chars, max_body=max_body,
+                     queue_size=queue_size, timeout=timeout, max_beam=max_beam, max_output_tokens=max_output_tokens)
+    decode_config(DecodeConfig(), **options)  # the options' own checks; each run's settings are its own
+    _check(port, log_level, device, dtype, int8, threads=threads, max_input_tokens=max_input_tokens)
     runs = [_parse_model(spec) for spec in model]
     names = [name for name, _ in runs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -89,7 +79,8 @@ def serve(
 
     sock = _listen(host, port)  # before loading: a port in use fails at once
     try:
-        service = _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens)
+        service = _load(runs, limits, device, threads, int8, dtype, checkpoint, options["batch_tokens"],
+                        max_input_tokens)
         from mt.serve.app import create_app
 
         app = create_app(service)
@@ -105,6 +96,29 @@ def serve(
         _run(config, sock)
     finally:
         sock.close()
+
+
+def _limits(batch_wait_ms: float, **limits) -> ServeLimits:
+    """The server's limits (ServeLimits), named by their flags in its messages."""
+    if batch_wait_ms < 0:  # in milliseconds here: ServeLimits would name it in seconds
+        raise MTError(f"--batch-wait-ms must not be negative, got {batch_wait_ms}")
+    try:
+        return ServeLimits(batch_wait=batch_wait_ms / 1000, **limits)
+    except SettingError as e:
+        raise MTError(e.worded(flag)) from None
+
+
+def _check(port: int, log_level: str, device: str, dtype: str, int8: bool, **at_least_one) -> None:
+    """The checks of the command line that need neither torch nor a model."""
+    for name, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise MTError(f"{flag(name)} must be >= 1, got {value}")
+    if not 0 <= port <= 65535:
+        raise MTError(f"--port must be in 0..65535, got {port}")
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise MTError(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
+    check_device(device)
+    check_precision(dtype, device, int8)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -126,26 +140,15 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, max_input_tokens):
-    import torch
-
+    from mt.decode.loading import load_for_decoding
     from mt.serve.app import ServedModel, TranslationService
-    from mt.device import resolve_device, set_decoding_dtype
-    from mt.decode.translator import load_run
 
-    dev = resolve_device("cpu" if int8 else device)
-    if threads:
-        torch.set_num_threads(threads)
     served = []
     for name, path in runs:
-        run = load_run(path, dev, checkpoint)
-        if int8:
-            from mt.decode.quantize import quantize_int8
-
-            quantize_int8(run.model)
-        if dtype != "float32":
-            set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
-        served.append(ServedModel(name, run, dev, batch_tokens, max_input_tokens,
-                                  "int8" if int8 else dtype, str(path)))
+        loaded = load_for_decoding([path], checkpoints=[checkpoint], device=device, threads=threads, int8=int8,
+                                   dtype=dtype)
+        served.append(ServedModel(name, loaded.run, loaded.device, batch_tokens, max_input_tokens, loaded.precision,
+                                  str(path)))
     return TranslationService(served, limits)
 
 

@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 
 from mt import MTError
-from mt.config import DecodeConfig, SettingError, load_config
-from mt.device import check_device, check_precision
+from mt.cli.options import decode_config, decoding_options
 from mt.cli.score import parse_weights
+from mt.config import load_config
+from mt.device import check_device, check_precision
 from mt.files import check_output_path
 from mt.rundir import CONFIG, check_run_dir, checkpoints_per_run
 
@@ -65,57 +66,44 @@ def _format(tr, index: int, n_best: int, scores: bool, as_json: bool, alignments
     return text + "\n"
 
 
+@decoding_options("translate")
 def translate(
     model: list[Path] = typer.Option(..., "--model", "-m", help="Run directory written by `mt train`; repeat for an ensemble (the log of the runs' mean probability; same SentencePiece models)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Input file (plain or .gz) \\[default: stdin]."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file \\[default: stdout]."),
-    beam: Optional[int] = typer.Option(None, "--beam", "-b", help="Beam size (beam search) \\[default: the run's decode.beam]."),
-    greedy: bool = typer.Option(False, "--greedy", help="Greedy search."),
-    sample: bool = typer.Option(False, "--sample", help="Sampling search (see --temperature, --topk, --topp)."),
-    n_best: Optional[int] = typer.Option(None, "--n-best", help="Output the K best hypotheses per line (Moses format, or in --json). Alone: a beam of at least K, or K samples when the run samples. A line translated in pieces gets one."),
     scores: bool = typer.Option(False, "--scores", help="Append a TAB and the hypothesis score to each line."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per input line."),
-    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Padded source tokens x beam size per batch (default: the run's decode.batch_tokens, 4096)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input line (with --n-best: its hypotheses)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`); once for every -m or once per -m."),
     ensemble_weights: Optional[str] = typer.Option(None, "--ensemble-weights", metavar="W1,W2,...", help="Each -m run's share of the ensemble's mixture (normalised; default equal)."),
-    len_penalty: Optional[str] = typer.Option(None, "--len-penalty", help="gnmt, d2l or none."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Length penalty exponent."),
-    max_len_a: Optional[float] = typer.Option(None, "--max-len-a", help="Max target length = a * source length + b."),
-    max_len_b: Optional[int] = typer.Option(None, "--max-len-b", help="See --max-len-a."),
-    min_len: Optional[int] = typer.Option(None, "--min-len", help="Minimum target length (tokens)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),
-    topk: Optional[int] = typer.Option(None, "--topk", help="Sample from the k most likely tokens (0: all)."),
-    topp: Optional[float] = typer.Option(None, "--topp", help="Nucleus sampling mass (1: all)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
     attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Write one attention heatmap PNG per sentence here."),
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer lines are translated in pieces \\[default: 1024 or the model's limit]."),
     buffer_lines: Optional[int] = typer.Option(None, "--buffer-lines", help="Lines read before translating \\[default: 1000, 1 on a terminal]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): int8 matrix products move and multiply a quarter of the bytes of float32 ones, at a small cost in accuracy; measured speed and BLEU: README, Performance (benchmarks/translate_speed.py, precision_quality.py)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (half the bytes per weight; faster on CPUs with AVX512-BF16 or AMX; slower than float32 on an H200 as measured) or float16 (CUDA only). Figures: README, Performance."),
+    int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): the matrix products move and multiply a quarter of the bytes of float32 ones, at a small cost in accuracy. Measured speed and BLEU: docs/performance.md."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (half the bytes per weight; fast on CPUs that multiply bf16 natively, AVX512-BF16 or AMX) or float16 (CUDA only). Measured speed and BLEU: docs/performance.md."),
     prefix_file: Optional[Path] = typer.Option(None, "--prefix-file", help="Target text each translation starts with, one line per input line (empty: none); the search continues from it."),
     input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
-    alignment_layer: Optional[int] = typer.Option(None, "--alignment-layer", help="Transformer decoder layer whose cross-attention (mean over heads) aligns words; negative: from the top \\[default: the run's decode.alignment_layer, -1]."),
-    copy_unseen: Optional[bool] = typer.Option(None, "--copy-unseen/--no-copy-unseen", help="Copy source words with characters the vocabulary lacks (names in other scripts, emoji, symbols) to the target word that attends to them most \\[default: the run's decode.copy_unseen, on]."),
+    **options,
 ) -> None:
+    # options: the decoding options (mt.cli.options), None when not given: the run's decode section
     # every check that needs no model comes first, before `import torch` (seconds)
     _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
-                   as_json, n_best, buffer_lines=buffer_lines, threads=threads, max_input_tokens=max_input_tokens)
+                   as_json, options["n_best"], buffer_lines=buffer_lines, threads=threads,
+                   max_input_tokens=max_input_tokens)
     for run_dir in model:
         check_run_dir(run_dir)
-    decode = _decode_config(load_config(model[0] / CONFIG).decode, greedy=greedy, sample=sample, beam=beam,
-                            n_best=n_best, batch_tokens=batch_tokens, len_penalty=len_penalty, alpha=alpha,
-                            max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len, temperature=temperature,
-                            topk=topk, topp=topp, seed=seed, alignment_layer=alignment_layer,
-                            copy_unseen=copy_unseen)
+    decode = decode_config(load_config(model[0] / CONFIG).decode, **options)
     weights = parse_weights(ensemble_weights, len(model))
     checkpoints = checkpoints_per_run(model, checkpoint)
-    need_attention = attention_plot is not None or alignments or as_json
-    translator = _build_translator(model, checkpoints, weights, decode, device, threads, int8, dtype,
-                                   max_input_tokens, need_attention, alignments or as_json,
-                                   "--alignments" if alignments else "--attention-plot" if attention_plot else None)
+    from mt.decode.loading import load_for_decoding
+
+    loaded = load_for_decoding(model, checkpoints=checkpoints, weights=weights, device=device, threads=threads,
+                               int8=int8, dtype=dtype, attention_for="--alignments" if alignments else
+                               "--attention-plot" if attention_plot is not None else None)
+    translator = loaded.translator(decode, return_attention=attention_plot is not None or alignments or as_json,
+                                   alignments=alignments or as_json, max_input_tokens=max_input_tokens)
     if attention_plot is not None:
         try:
             attention_plot.mkdir(parents=True, exist_ok=True)
@@ -148,44 +136,6 @@ def _check_options(input, output, prefix_file, attention_plot, input_format, dev
     check_output_path(output)
     if attention_plot is not None and attention_plot.exists() and not attention_plot.is_dir():
         raise MTError(f"--attention-plot {attention_plot}: exists and is not a directory")
-
-
-def _decode_config(base: DecodeConfig, greedy: bool, sample: bool, **options) -> DecodeConfig:
-    """The run's decode settings with the command line's (None: not given), combined and checked by
-    DecodeConfig.with_options and named by their flags in its messages."""
-    try:
-        return base.with_options(greedy=greedy, sample=sample, **options)
-    except SettingError as e:
-        raise MTError(e.worded(lambda key: "--" + key.replace("_", "-"))) from None
-
-
-def _build_translator(model, checkpoints, weights, decode: DecodeConfig, device: str, threads, int8: bool, dtype: str,
-                      max_input_tokens, need_attention: bool, word_alignments: bool, attention_flag: str | None):
-    """Load the run(s) (several: an ensemble) on the device, in the asked precision, and the
-    Translator with its search. attention_flag: the option that needs the model's attention."""
-    import torch
-
-    from mt.device import resolve_device, set_decoding_dtype
-    from mt.decode.ensemble import load_models
-    from mt.decode.search import build_search
-    from mt.decode.translator import Translator
-
-    dev = resolve_device("cpu" if int8 else device)  # before loading anything: `--device cuda` without a GPU fails at once
-    if threads:
-        torch.set_num_threads(threads)
-    run = load_models(model, dev, checkpoints, weights)
-    if attention_flag is not None and not run.model.has_attention:
-        raise MTError(f"{attention_flag}: the model has no attention (an RNN with model.attention: none)")
-    if int8:
-        from mt.decode.quantize import quantize_int8
-
-        quantize_int8(run.model)
-    if dtype != "float32":
-        set_decoding_dtype(run.model, dtype, dev, warn=lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
-    run.model.set_attention_layer(decode.alignment_layer)  # alignments, plots, the copy of unseen words
-    return Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(decode, return_attention=need_attention),
-                      dev, decode.batch_tokens, max_input_tokens, alignments=word_alignments,
-                      copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer)
 
 
 def _write_stream(translator, input: Optional[Path], output: Optional[Path], prefix_file: Optional[Path],

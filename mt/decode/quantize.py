@@ -9,8 +9,7 @@ there are no CUDA kernels, so a quantized model runs on the CPU only.
 Decoding on a CPU spends most of its time in these matrix products, and int8 ones move a quarter
 of the weight bytes and run on the CPU's integer dot-product instructions (AVX2, AVX-512 VNNI), so
 the gain grows with the model and depends on the CPU. benchmarks/translate_speed.py --int8 measures
-the speed and benchmarks/precision_quality.py the BLEU against float32 (figures: README
-"Performance").
+the speed and benchmarks/precision_quality.py the BLEU against float32 (figures: docs/performance.md).
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ import torch
 from mt import MTError
 from mt.decode.align import links_from, source_word_ids, word_attention, word_ids
 from mt.checkpoint import load_weights, read_json
-from mt.config import Config, load_config
+from mt.config import Config, DecodeConfig, load_config
 from mt.data.batching import source_tensor, token_batches
 from mt.models import build_model
 from mt.models.base import Seq2Seq
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
 from mt.decode.scorer import Scorer
-from mt.decode.search import Hypothesis, Search
+from mt.decode.search import Hypothesis, Search, build_search
 from mt.decode.unseen import UnseenCopier
 from mt.data.vocab import Vocab
 
@@ -109,6 +109,21 @@ class Translator:
             limit = min(limit, model.max_src_positions - 1)  # one position for eos
         self.max_input_tokens = limit
         self.warn = warn or (lambda msg: print(f"mt: warning: {msg}", file=sys.stderr))
+
+    @classmethod
+    def for_model(cls, model: Seq2Seq, src_vocab: Vocab, tgt_vocab: Vocab, decode: DecodeConfig,
+                  device: torch.device | str = "cpu", *, return_attention: bool = False, alignments: bool = False,
+                  max_len_cap: int | None = None, batch_tokens: int | None = None,
+                  max_input_tokens: int | None = None, warn: Callable[[str], None] | None = None) -> "Translator":
+        """A Translator of a model in memory that decodes as `decode` says: its search, batch budget,
+        attention layer (decode.alignment_layer, set on the model) and copy of unseen words.
+        return_attention: each Translation keeps its attention (plots); alignments: and its word
+        alignment; max_len_cap: no translation longer (tokens); batch_tokens: another budget than
+        decode.batch_tokens. mt.decode.loading loads runs for it."""
+        model.set_attention_layer(decode.alignment_layer)
+        search = build_search(decode, return_attention=return_attention or alignments, max_len_cap=max_len_cap)
+        return cls(model, src_vocab, tgt_vocab, search, device, batch_tokens or decode.batch_tokens, max_input_tokens,
+                   warn=warn, alignments=alignments, copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer)
 
     # -- ids ----------------------------------------------------------------------------------
     def search_ids(self, src_ids: Sequence[Sequence[int]],

@@ -2,7 +2,7 @@
 
 A character the source vocabulary never saw reaches the model as byte pieces (`<0xE6>`, with byte
 fallback) or as the unknown piece: the model cannot know what it means, and a model trained on
-text without such pieces does not learn to copy them (README, "Unseen characters"). Names, symbols
+text without such pieces does not learn to copy them (docs/decoding.md, "Unseen characters"). Names, symbols
 and words in another script are what such characters are made of, and what a translator keeps as
 they are. So after the search, as OpenNMT's `-replace_unk` does for unknown words, the translation
 is mended with the attention of its target words over the source words (mt.decode.align.word_attention,
@@ -17,7 +17,7 @@ teacher-forced on the hypothesis; a Transformer's decoder layer `decode.copy_lay
 
 The unseen word's own column is used, not the target words' alignment: pieces the model never
 trained on draw the attention of many target words, so that most of a sentence can be "aligned"
-to them, while the word the model made of them attends to them most (measured: README). Words are
+to them, while the word the model made of them attends to them most (measured: docs/decoding.md). Words are
 whitespace-separated words; the copied text is the source line's own word, as written. Words of a
 forced target prefix are never replaced, and nothing is inserted before them. Lines whose source
 and output hold no byte or unknown piece (nearly all of them) are left alone and cost nothing.

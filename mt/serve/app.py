@@ -25,17 +25,17 @@ import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Optional
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mt import MTError, __version__
-from mt.config import DecodeConfig, ServeLimits, SettingError
+from mt.config import SEARCH_SWITCHES, DecodeConfig, ServeLimits, SettingError, decode_options
 from mt.decode.search import build_search
 from mt.decode.translator import Run, Translation, Translator
 
@@ -55,7 +55,7 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
 
 
 # -- the request ---------------------------------------------------------------------------------
-class TranslateRequest(BaseModel):
+class RequestBase(BaseModel):
     """POST /translate. Give `text` or `texts`; every decoding option is optional (default: the
     run's `decode` section, as `mt translate` uses it)."""
 
@@ -73,25 +73,24 @@ class TranslateRequest(BaseModel):
                                examples=["Ein Mann"])
     prefixes: list[str] | None = Field(None, description="With texts: one target prefix per text (\"\" for none).")
     model: str | None = Field(None, description="Served model name (GET /info); default: the first one.")
-    beam: int | None = Field(None, ge=1, description="Beam size (beam search).", examples=[5])
-    greedy: bool = Field(False, description="Greedy search.")
-    sample: bool = Field(False, description="Sampling (see temperature, topk, topp, seed).")
-    n_best: int | None = Field(None, ge=1, description="Hypotheses per text (beam search or sampling).")
-    len_penalty: Literal["gnmt", "d2l", "none"] | None = Field(None, description="Length penalty form.")
-    alpha: float | None = Field(None, ge=0, description="Length penalty exponent.")
-    max_len_a: float | None = Field(None, ge=0, description="Max target length = a * source length + b.")
-    max_len_b: int | None = Field(None, ge=0, description="See max_len_a.")
-    min_len: int | None = Field(None, ge=0, description="Minimum target length (tokens).")
-    temperature: float | None = Field(None, gt=0, description="Sampling temperature.")
-    topk: int | None = Field(None, ge=0, description="Sample from the k most likely tokens (0: all).")
-    topp: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Sampling seed.")
     alignments: bool = Field(False, description="Add each translation's word alignment from the attention "
                                                 "(pairs [source word, target word], as `mt translate --alignments`).")
-    alignment_layer: int | None = Field(None, description="Decoder layer whose cross-attention aligns words "
-                                                          "(negative: from the top; default: the run's).")
-    copy_unseen: bool | None = Field(None, description="Copy source words with characters the vocabulary lacks "
-                                                       "to the target word aligned to them (default: the run's, on).")
+
+
+def request_model(cls: type | None = None) -> type[RequestBase]:
+    """The request of POST /translate: RequestBase's fields and one optional field per decoding option
+    of `cls` (default DecodeConfig) that requests take, with its declared bounds and help (the search
+    switches greedy and sample follow the beam size)."""
+    fields: dict[str, Any] = {}
+    for name, tp, option in decode_options(cls, "request"):
+        fields[name] = (Optional[tp], Field(None, ge=option.ge, gt=option.gt, le=option.le,
+                                            description=f"{option.help} Default: the run's decode.{name}."))
+        if name == "beam":
+            fields.update({switch: (bool, Field(False, description=help)) for switch, help in SEARCH_SWITCHES.items()})
+    return create_model("TranslateRequest", __base__=RequestBase, __doc__=RequestBase.__doc__, **fields)
+
+
+TranslateRequest = request_model()
 
 
 class Hyp(BaseModel):
@@ -133,27 +132,27 @@ def _error_doc(description: str, example: str) -> dict[str, Any]:
         "schema": ERROR_SCHEMA, "example": {"error": {"status": 0, "type": "...", "message": example}}}}}
 
 
-def request_decode(base: DecodeConfig, req: TranslateRequest, limits: ServeLimits, decoder_layers: int | None = None) -> DecodeConfig:
+def request_decode(base: DecodeConfig, req: RequestBase, limits: ServeLimits, decoder_layers: int | None = None) -> DecodeConfig:
     """The run's decoding section with the request's options, as `mt translate` combines them.
-    decoder_layers: the model's (Transformer) decoder layers, which alignment_layer must name."""
+    decoder_layers: the model's (Transformer) decoder layers, which alignment_layer and copy_layer
+    must name."""
     max_beam, max_out = limits.max_beam, limits.max_output_tokens
     for name in ("min_len", "max_len_b", "max_len_a"):
         value = getattr(req, name)
         if value is not None and value > max_out:
             raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit on the "
                                                      f"translation length ({max_out} tokens)")
-    if req.alignment_layer is not None and decoder_layers is not None \
-            and not -decoder_layers <= req.alignment_layer < decoder_layers:
-        raise ServeError(422, "invalid_options", f"alignment_layer {req.alignment_layer} does not exist: the model's "
-                                                 f"decoder has {decoder_layers} layers (0..{decoder_layers - 1}, "
-                                                 f"or -1..-{decoder_layers})")
+    for name in ("alignment_layer", "copy_layer"):
+        layer = getattr(req, name)
+        if layer is not None and decoder_layers is not None and not -decoder_layers <= layer < decoder_layers:
+            raise ServeError(422, "invalid_options", f"{name} {layer} does not exist: the model's decoder has "
+                                                     f"{decoder_layers} layers (0..{decoder_layers - 1}, or "
+                                                     f"-1..-{decoder_layers})")
     for name in ("beam", "n_best"):
         value = getattr(req, name)
         if value is not None and value > max_beam:
             raise ServeError(422, "invalid_options", f"{name} {value} is above this server's limit ({max_beam})")
-    options = {k: getattr(req, k) for k in ("beam", "n_best", "len_penalty", "alpha", "max_len_a", "max_len_b",
-                                            "min_len", "temperature", "topk", "topp", "seed", "alignment_layer",
-                                            "copy_unseen")}
+    options = {name: getattr(req, name) for name, _, _ in decode_options(type(base), "request")}
     try:  # combined as mt translate combines them; messages name the options as the request does
         decode = base.with_options(greedy=req.greedy, sample=req.sample, **options)
     except SettingError as e:
@@ -339,14 +338,11 @@ class Batcher:
                   prefixes: list[str] | None = None, ids: list[list[int]] | None = None) -> list[Translation]:
         """Decode one batch; ids: the texts' source segmentation when already made (to price them)."""
         s = self.served
-        # the one worker thread decodes: the model's setting holds for this batch (alignments, copies)
-        s.run.model.set_attention_layer(decode.alignment_layer)
-        translator = Translator(s.run.model, s.run.src_vocab, s.run.tgt_vocab,
-                                build_search(decode, return_attention=alignments,
-                                             max_len_cap=self.limits.max_output_tokens), s.device,
-                                s.batch_tokens or decode.batch_tokens, s.max_input_tokens,
-                                warn=lambda msg: log.warning("%s", msg), alignments=alignments,
-                                copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer)
+        # the one worker thread decodes: the model's attention layer holds for this batch (alignments, copies)
+        translator = Translator.for_model(s.run.model, s.run.src_vocab, s.run.tgt_vocab, decode, s.device,
+                                          alignments=alignments, max_len_cap=self.limits.max_output_tokens,
+                                          batch_tokens=s.batch_tokens, max_input_tokens=s.max_input_tokens,
+                                          warn=lambda msg: log.warning("%s", msg))
         return translator.translate(texts, prefixes=prefixes, encoded=ids)
 
 
