@@ -85,7 +85,8 @@ def test_without_a_vocabulary_check_only_urls_addresses_numbers_and_patterns() -
 
 def test_training_pairs_share_placeholders_across_both_sides() -> None:
     src, tgt = "Tom met Mary in Paris at 5 pm, room 12.", "Tom traf Mary um 5 in Paris, Zimmer 12."
-    assert set(shared_spans(src, tgt, Protector())) == {"Mary", "Paris", "5", "12"}  # not the first word
+    assert set(shared_spans(src, tgt, Protector())) == {"Tom", "Mary", "Paris", "5", "12"}
+    assert shared_spans("A man in Paris.", "Ein Mann in Paris.", Protector()) == ["Paris"]
     rng = random.Random(3)
     for _ in range(20):
         s, t = mask_pair(src, tgt, Protector(), count=8, prob=0.5, rng=rng)
@@ -142,3 +143,152 @@ def test_prepare_teaches_placeholders_on_both_sides_of_a_pair(tmp_path) -> None:
         assert all(vocab.pieces(prep.src[i].tolist()).count(placeholder(int(k))) == 1 for k in ids)
     # three shared spans a pair (the name, two numbers), each replaced with probability 0.5
     assert 0.4 < masked_spans / (3 * len(prep.src)) < 0.6
+
+
+# ----------------------------------------------------------------------------------------------
+# a trained model carries placeholders across; the translator masks, restores and places them
+
+NAMES = ["Anna", "Boris", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jana"]
+UNSEEN_NAMES = ["東京", "Москва", "القاهرة", "Αθήνα"]
+
+
+def _with_spans(pairs: list[tuple[str, str]], rng: random.Random) -> list[tuple[str, str]]:
+    """Synthetic pairs, some with a number ("... no 4711." -> "... nr 4711.") or a name in front
+    ("Anna says ..." -> "Anna seit ..."): spans that stand identically on both sides."""
+    out = []
+    for src, tgt in pairs:
+        r = rng.random()
+        if r < 0.4:
+            n = rng.randint(1, 99999)
+            src, tgt = f"{src[:-1]} no {n}.", f"{tgt[:-1]} nr {n}."
+        elif r < 0.7:
+            name = rng.choice(NAMES)
+            src, tgt = f"{name} says {src}", f"{name} seit {tgt}"
+        out.append((src, tgt))
+    return out
+
+
+@pytest.fixture(scope="module")
+def placeholder_run(tmp_path_factory):
+    """A small Transformer trained 500 steps on synthetic pairs with numbers and names, 70% of those
+    spans replaced by placeholders in training (data.placeholder_prob 0.7)."""
+    import torch
+
+    from mt.config import config_from_dict
+    from mt.data import synthetic
+    from mt.train.trainer import Trainer
+
+    folder = tmp_path_factory.mktemp("placeholders")
+    rng = random.Random(0)
+    split = synthetic.splits(4000, 100, 0, seed=3, max_clauses=1)
+    for name in ("train", "valid"):
+        pairs = _with_spans(split[name], rng)
+        (folder / f"{name}.src").write_text("".join(s + "\n" for s, _ in pairs))
+        (folder / f"{name}.tgt").write_text("".join(t + "\n" for _, t in pairs))
+    cfg = config_from_dict({
+        "data": {"corpus": "files", "data_dir": str(folder), "train_src": "train.src", "train_tgt": "train.tgt",
+                 "valid_src": "valid.src", "valid_tgt": "valid.tgt", "max_len": 40, "placeholder_prob": 0.7},
+        "vocab": {"size": 500, "byte_fallback": False, "placeholders": 4},
+        "model": {"arch": "transformer", "d_model": 64, "heads": 4, "enc_layers": 2, "dec_layers": 2, "ff_dim": 128,
+                  "dropout": 0.0, "share_embeddings": True},
+        "train": {"batch_tokens": 1500, "max_steps": 500, "lr": 0.003, "warmup": 60, "valid_every": 1000,
+                  "label_smoothing": 0.0},
+        "decode": {"search": "greedy"},
+    })
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, folder / "run").train()
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "run"
+
+
+def _held_out_lines() -> list[str]:
+    """Lines the model never saw: numbers of other sizes, names in scripts its vocabulary lacks."""
+    from mt.data import synthetic
+
+    rng, lines = random.Random(7), []
+    for i, (src, _) in enumerate(synthetic.splits(0, 0, 40, seed=99, max_clauses=1)["test"]):
+        number, name = rng.randint(100000, 999999), rng.choice(UNSEEN_NAMES)
+        lines.append([f"{src[:-1]} no {number}.", f"{name} says {src}", f"{name} says {src[:-1]} no {number % 97}.",
+                      src][i % 4])
+    return lines
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_a_trained_model_carries_placeholders_across(placeholder_run, search: str) -> None:
+    from dataclasses import replace
+
+    from mt.decode.loading import load_for_decoding
+
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    decode = replace(loaded.run.config.decode, search=search, beam=4)
+    translator = loaded.translator(decode)
+    assert translator.n_placeholders == 4
+    lines = _held_out_lines()
+    outputs = [t.text for t in translator.translate(lines)]
+    spans = [(v, out) for line, out in zip(lines, outputs) for v in translator.protector.mask(line, 4).values]
+    assert len(spans) == 40  # 10 numbers, 10 names, 10 of both
+    assert all(v in out for v, out in spans)  # with the placing of what the model dropped
+    counts = translator.placeholder_counts
+    assert counts["masked"] == 40 and counts["lacked"] <= 2  # the model itself carried >= 95% of them
+    # without placeholders the same model reads the numbers as unknown words and the names as unseen ones
+    plain = loaded.translator(replace(decode, placeholders=False, copy_unseen=False))
+    plain_out = [t.text for t in plain.translate(lines)]
+    assert sum(v in out for (v, _), out in zip(spans, plain_out)) < len(spans) / 2
+
+
+def test_placeholders_the_output_lacks_are_placed_by_attention_or_appended(placeholder_run) -> None:
+    """A model that never writes a placeholder (a random one, its placeholder pieces masked out): each is
+    placed where the attention puts it (a model with attention), or appended (one without); the text of
+    every span reaches the output either way."""
+    import torch
+
+    from mt.config import DecodeConfig, RNNConfig, TransformerConfig
+    from mt.data.vocab import Vocab
+    from mt.decode.translator import Translator
+    from mt.models import build_model
+    from mt.rundir import vocab_files
+
+    vocab = Vocab(vocab_files(placeholder_run, True)[0])
+    lines = ["東京 says the dog sees a cat no 4711.", "the cat sees www.example.org and help@example.net ."]
+    for cfg, how in ((TransformerConfig(d_model=32, heads=4, enc_layers=1, dec_layers=1, ff_dim=64), "lacked"),
+                     (RNNConfig(cell="gru", attention="none", emb_dim=16, hidden=32), "appended")):
+        torch.manual_seed(0)
+        model = build_model(cfg, len(vocab), len(vocab)).eval()
+        never = [vocab.sp.PieceToId(placeholder(k)) for k in range(4)]
+        step = model.decode_step
+
+        def without_placeholders(prev, state, step=step, never=never):
+            lp, attention = step(prev, state)
+            lp[:, never] = float("-inf")
+            return lp, attention
+
+        model.decode_step = without_placeholders
+        translator = Translator.for_model(model, vocab, vocab, DecodeConfig(search="greedy", max_len_b=6))
+        outputs = [t.text for t in translator.translate(lines)]
+        for value in ("東京", "4711", "www.example.org", "help@example.net"):
+            assert sum(value in out for out in outputs) == 1, (value, outputs)
+        assert translator.placeholder_counts[how] == 4
+    assert outputs[0].endswith("東京 4711")  # appended in order, at the end
+
+
+def test_prefixes_alignments_and_n_best_with_placeholders(placeholder_run) -> None:
+    from dataclasses import replace
+
+    from mt.decode.loading import load_for_decoding
+
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    translator = loaded.translator(replace(loaded.run.config.decode, search="beam", beam=4, n_best=3),
+                                   alignments=True)
+    line = "Москва says the dog sees a cat no 4711."
+    [tr] = translator.translate([line], prefixes=["Москва seit"])
+    assert tr.text.startswith("Москва seit") and "4711" in tr.text
+    assert len(tr.nbest) == 3 and all("Москва" in text and "4711" in text for text, _ in tr.nbest)
+    words, out = line.split(), tr.text.split()
+    # each restored span is aligned to its own source word (the words of the line and of the translation
+    # as written, not as the model saw them)
+    for value in ("Москва", "4711"):
+        t = next(i for i, w in enumerate(out) if value in w)
+        assert {words[s] for s, tt in tr.alignment if tt == t} == {next(w for w in words if value in w)}

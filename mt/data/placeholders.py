@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from mt import MTError
@@ -77,6 +77,9 @@ class Restored:
     missing: tuple[int, ...]
     #: placeholders the output had beyond the source's count, or that the source did not have (removed)
     dropped: int
+    #: each whitespace-separated word of the output: the index of its (first) word in `text`, None
+    #: for a word that was only a removed placeholder
+    words: list[int | None] = field(default_factory=list)
 
 
 def _strip_trailing(text: str, start: int, end: int) -> int:
@@ -177,28 +180,48 @@ class Protector:
 
 def restore(output: str, values: Sequence[str], counts: Sequence[int] | None = None) -> Restored:
     """Put the values back for ⦅k⦆ in a model's output: each at most as often as the source had it
-    (counts; default once); extra or unknown placeholders are removed with the space before them."""
+    (counts; default once); extra or unknown placeholders are removed (a word that was only one goes
+    with its space). Restored.words maps each word of the output to its first word in the text."""
     counts = list(counts) if counts is not None else [1] * len(values)
     used = [0] * len(values)
-    parts, pos, dropped = [], 0, 0
-    for m in PLACEHOLDER.finditer(output):
+    dropped = 0
+
+    def put(m: re.Match) -> str:
+        nonlocal dropped
         k = int(m.group(1))
-        parts.append(output[pos:m.start()])
         if k < len(values) and used[k] < counts[k]:
             used[k] += 1
-            parts.append(values[k])
-        else:
-            dropped += 1
-            parts[-1] = parts[-1].rstrip(" ")
-            if not "".join(parts):  # at the start of the line: no space before what follows
-                m_end = m.end()
-                while m_end < len(output) and output[m_end] == " ":
-                    m_end += 1
-                pos = m_end
-                continue
-        pos = m.end()
-    parts.append(output[pos:])
-    return Restored("".join(parts), tuple(k for k in range(len(values)) if used[k] == 0), dropped)
+            return values[k]
+        dropped += 1
+        return ""
+
+    if PLACEHOLDER.search(output) is None:
+        words = list(range(len(output.split())))
+        return Restored(output, tuple(range(len(values))), 0, words)
+    out: list[str] = []
+    words: list[int | None] = []
+    for word in output.split():
+        new = PLACEHOLDER.sub(put, word)
+        words.append(len(out) if new else None)
+        out.extend(new.split())
+    return Restored(" ".join(out), tuple(k for k in range(len(values)) if used[k] == 0), dropped, words)
+
+
+def source_words(masked: Masked) -> list[int]:
+    """Each word of the masked line: the index of its first word in the line as written (a value
+    with spaces in it, from a user's pattern, is several words there)."""
+    out, extra = [], 0
+    for word in masked.text.split():
+        out.append(len(out) + extra)
+        extra += sum(len(masked.values[int(k)].split()) - 1 for k in PLACEHOLDER.findall(word)
+                     if int(k) < len(masked.values))
+    return out
+
+
+def mask_like(text: str, masked: Masked) -> str:
+    """`text` (a target prefix) with the masked line's values, where they stand there whole, replaced by
+    the same placeholders."""
+    return _replace(text, masked.values, range(len(masked.values))) if masked.values else text
 
 
 def insert(text: str, value: str, word_index: int) -> str:
@@ -228,10 +251,11 @@ def _whole(text: str, value: str) -> list[int]:
 
 def shared_spans(src: str, tgt: str, protector: Protector, names: bool = True) -> list[str]:
     """The span texts of `src` that stand identically, as a whole, in `tgt`: its protected spans, and
-    with `names` its capitalised words past the first (names mostly), longest first."""
+    with `names` its capitalised words (names mostly: a capitalised word that stands as it is in the
+    other language), longest first."""
     found = [s.text(src) for s in protector.spans(src)]
     if names:
-        found += [m.group() for m in _CAPITALISED.finditer(src) if m.start() > 0 and m.group()[0].isupper()]
+        found += [m.group() for m in _CAPITALISED.finditer(src) if m.group()[0].isupper()]
     shared = []
     for value in dict.fromkeys(found):
         if _whole(tgt, value) and not any(value in longer for longer in shared):

@@ -15,7 +15,7 @@ import sentencepiece as spm
 
 from mt import MTError
 from mt.config import VocabConfig
-from mt.data.placeholders import symbols
+from mt.data.placeholders import placeholder, symbols
 
 #: the special ids every mt vocabulary has (SentencePiece is trained with them), models and batches use
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -57,6 +57,15 @@ class Vocab:
         """The ids that carry no character the model was trained on: the byte pieces and the unknown
         piece (what a character outside the vocabulary becomes)."""
         return frozenset(i for i in range(len(self)) if self.sp.IsByte(i)) | {UNK_ID}
+
+    @cached_property
+    def placeholders(self) -> int:
+        """How many placeholder pieces ⦅0⦆, ⦅1⦆, ... the vocabulary has (vocab.placeholders; 0 for
+        vocabularies trained without them)."""
+        n = 0
+        while self.sp.PieceToId(placeholder(n)) != self.sp.unk_id():
+            n += 1
+        return n
 
     @cached_property
     def characters(self) -> frozenset[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -20,7 +22,8 @@ from mt.models.base import Seq2Seq
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
 from mt.decode.scorer import Scorer
 from mt.decode.search import Hypothesis, Search, build_search
-from mt.decode.unseen import UnseenCopier
+from mt.decode.unseen import UnseenCopier, unseen_characters
+from mt.data.placeholders import PLACEHOLDER, Masked, Protector, insert, mask_like, placeholder, source_words
 from mt.data.vocab import Vocab
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
@@ -88,16 +91,29 @@ class Translator:
         alignments: bool = False,
         copy_unseen: bool = False,
         copy_layer: int = 0,
+        placeholders: bool = False,
+        protect: Sequence[str] = (),
     ) -> None:
         """alignments=True: each Translation gets its word alignment (the search must return attention).
         copy_unseen=True: source words with characters the vocabulary lacks are copied into the
         translation (mt.decode.unseen; a model without attention cannot place them and is left alone),
-        placed by the attention of decoder layer `copy_layer` (Transformers)."""
+        placed by the attention of decoder layer `copy_layer` (Transformers).
+        placeholders=True (for vocabularies with placeholder pieces): URLs, e-mail addresses, numbers,
+        words in characters the vocabulary lacks and the `protect` patterns' spans are replaced by
+        placeholders before the search and put back after it (mt.data.placeholders); a placeholder
+        the output lacks is placed by the attention, like a copied word, or appended."""
         self.model, self.src_vocab, self.tgt_vocab, self.search = model, src_vocab, tgt_vocab, search
         if alignments and not search.return_attention:
             raise ValueError("word alignments need a search built with return_attention=True")
         self.alignments = alignments
-        self.copier = UnseenCopier(src_vocab, tgt_vocab) if copy_unseen and model.has_attention else None
+        count = min(src_vocab.placeholders, tgt_vocab.placeholders) if placeholders else 0
+        self.protector = Protector(lambda run: bool(unseen_characters(src_vocab, run)), protect) if count else None
+        self.n_placeholders = count
+        #: placeholders masked, and those the model's outputs lacked: placed by attention, or appended
+        self.placeholder_counts: Counter[str] = Counter()
+        self.copy_unseen = copy_unseen
+        wanted = copy_unseen or self.protector is not None
+        self.copier = UnseenCopier(src_vocab, tgt_vocab) if wanted and model.has_attention else None
         self.copy_layer = copy_layer
         if self.copier is not None:
             with model.attention_layer_set(copy_layer):  # a layer the model lacks: an MTError now, not mid-file
@@ -123,7 +139,8 @@ class Translator:
         model.set_attention_layer(decode.alignment_layer)
         search = build_search(decode, return_attention=return_attention or alignments, max_len_cap=max_len_cap)
         return cls(model, src_vocab, tgt_vocab, search, device, batch_tokens or decode.batch_tokens, max_input_tokens,
-                   warn=warn, alignments=alignments, copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer)
+                   warn=warn, alignments=alignments, copy_unseen=decode.copy_unseen, copy_layer=decode.copy_layer,
+                   placeholders=decode.placeholders, protect=decode.protect)
 
     # -- ids ----------------------------------------------------------------------------------
     def search_ids(self, src_ids: Sequence[Sequence[int]],
@@ -158,7 +175,27 @@ class Translator:
         forced on the first piece. An empty line with a prefix is translated from an empty source:
         the prefix is forced and the search continues after it, like any line's.
 
-        encoded: the lines' source segmentation (src_vocab.encode_batch) when the caller made it already."""
+        encoded: the lines' source segmentation (src_vocab.encode_batch) when the caller made it already.
+
+        With placeholders (see __init__), the spans to pass through are masked in the lines (and in the
+        prefixes, where they stand there too) before the search and restored in the translations."""
+        if self.protector is None:
+            return self._translate(lines, first_line, prefixes, encoded)
+        masks = [self.protector.mask(line, self.n_placeholders) for line in lines]
+        masked = [m.text for m in masks]
+        self.placeholder_counts["masked"] += sum(sum(m.counts) for m in masks)
+        if encoded is not None:  # the caller's segmentation holds for the lines that masking left alone
+            changed = [i for i, (a, b) in enumerate(zip(lines, masked)) if a != b]
+            encoded = list(encoded)
+            for i, ids in zip(changed, self.src_vocab.encode_batch([masked[i] for i in changed])):
+                encoded[i] = ids
+        if prefixes is not None:
+            prefixes = [mask_like(p, m) for p, m in zip(prefixes, masks)]
+        results = self._translate(masked, first_line, prefixes, encoded)
+        return [self._restore(r, m) for r, m in zip(results, masks)]
+
+    def _translate(self, lines: Sequence[str], first_line: int = 1, prefixes: Sequence[str] | None = None,
+                   encoded: Sequence[list[int]] | None = None) -> list[Translation]:
         encoded = list(encoded) if encoded is not None else self.src_vocab.encode_batch(lines)
         if len(encoded) != len(lines):
             raise ValueError(f"{len(encoded)} segmented lines for {len(lines)} lines")
@@ -189,12 +226,46 @@ class Translator:
             sources[i].append(ids)
         copy_attention: dict[int, torch.Tensor] = {}
         if self.copier is not None:
-            mend = [any(self.copier.needed(ids, h.tokens) for ids, hs in zip(sources[i], parts) for h in hs)
+            mend = [any(self._needs_mending(ids, h.tokens) for ids, hs in zip(sources[i], parts) for h in hs)
                     for i, parts in enumerate(grouped)]
             copy_attention = self._copy_attention([(ids, h) for i in range(len(lines)) if mend[i]
                                                    for ids, hs in zip(sources[i], grouped[i]) for h in hs])
+        if self.protector is not None:  # what the best translations lacked, before any mending
+            self.placeholder_counts["lacked"] += sum(len(self._lacking(ids, hs[0].tokens))
+                                                     for i in range(len(lines)) for ids, hs in zip(sources[i], grouped[i]) if hs)
         return [self._result(lines[i], encoded[i], parts, sources[i], len(prefix_ids[i]), copy_attention)
                 for i, parts in enumerate(grouped)]
+
+    def _lacking(self, src_ids: Sequence[int], tgt_ids: Sequence[int]) -> set[str]:
+        """The placeholders of a source that its translation lacks (their indices, as text)."""
+        have = {k for p in self.src_vocab.pieces(src_ids) for k in PLACEHOLDER.findall(p)}
+        return have - {k for p in self.tgt_vocab.pieces(tgt_ids) for k in PLACEHOLDER.findall(p)} if have else set()
+
+    def _needs_mending(self, src_ids: Sequence[int], tgt_ids: Sequence[int]) -> bool:
+        """Whether the copy step has work on a hypothesis: unseen words to copy, placeholders to place."""
+        return ((self.copy_unseen and self.copier.needed(src_ids, tgt_ids))
+                or (self.protector is not None and bool(self._lacking(src_ids, tgt_ids))))
+
+    def _restore(self, tr: Translation, masked: Masked) -> Translation:
+        """A translation of a masked line with the placeholders' values put back (a value that no
+        hypothesis holds, with no attention to place it by, is appended) and its word alignment
+        renumbered over the line's and the translation's own words."""
+        nbest, best = [], None
+        for text, score in tr.nbest:
+            restored = masked.restore(text)
+            text = restored.text
+            for k in restored.missing:
+                text = insert(text, masked.values[k], len(text.split()))
+            if best is None:
+                best = restored
+                self.placeholder_counts["appended"] += len(restored.missing)
+            nbest.append((text, score))
+        alignment = tr.alignment
+        if alignment is not None and best is not None:
+            src = source_words(masked)
+            alignment = sorted({(src[s], best.words[t]) for s, t in alignment
+                                if s < len(src) and t < len(best.words) and best.words[t] is not None})
+        return dataclasses.replace(tr, text=nbest[0][0] if nbest else tr.text, nbest=nbest, alignment=alignment)
 
     def _copy_attention(self, pairs: list[tuple[list[int], Hypothesis]]) -> dict[int, torch.Tensor]:
         """id(hypothesis) -> its teacher-forced attention from layer copy_layer (mt.decode.scorer, one
@@ -276,7 +347,13 @@ class Translator:
         """The text of `tokens` with the line's unseen words copied (placed by `placing`), and
         `alignment` (None: not asked for) with the target words renumbered as they moved; None when
         nothing is copied."""
-        mended = self.copier.mend(line, tokens, placing, prefix_len) if self.copier is not None else None
+        also = None
+        if self.protector is not None:  # the placeholders the output lacks, at the line's words that hold them
+            present = set(PLACEHOLDER.findall(self.tgt_vocab.decode(tokens)))
+            also = {w: "".join(placeholder(int(k)) for k in PLACEHOLDER.findall(word) if k not in present)
+                    for w, word in enumerate(line.split()) if set(PLACEHOLDER.findall(word)) - present}
+        mended = (self.copier.mend(line, tokens, placing, prefix_len, self.copy_unseen, also)
+                  if self.copier is not None else None)
         if mended is None:
             return None
         text, position, copies = mended

@@ -93,6 +93,12 @@ def copy_words(
     return words, position, sorted((best(rows[t]), t) for t in copied)
 
 
+def unseen_characters(vocab: Vocab, text: str) -> set[str]:
+    """The characters of `text` the vocabulary lacks, once normalised as SentencePiece does."""
+    known = vocab.characters
+    return {c for c in vocab.sp.Normalize(text) if c not in known and c != "\u2581"}
+
+
 class UnseenCopier:
     """copy_words for one pair of vocabularies: which lines need it, and the mended text."""
 
@@ -104,20 +110,24 @@ class UnseenCopier:
         unreadable = self.src_vocab.unreadable_ids
         return any(i in unreadable for i in src_ids) or UNK_ID in tgt_ids
 
-    def mend(self, line: str, tgt_ids: Sequence[int], attention: Tensor,
-             prefix_len: int = 0) -> tuple[str, list[int], list[tuple[int, int]]] | None:
+    def mend(self, line: str, tgt_ids: Sequence[int], attention: Tensor, prefix_len: int = 0,
+             unseen_words: bool = True, also: dict[int, str] | None = None,
+             ) -> tuple[str, list[int], list[tuple[int, int]]] | None:
         """The translation (target ids, the first `prefix_len` of them forced) with the source's
         unseen words copied, or None when nothing changes; with the text, copy_words' new index of
         each old target word and its (source word, target word) copies. attention: [target words,
-        the line's own words] (mt.decode.align.word_attention, source_word_ids)."""
+        the line's own words] (mt.decode.align.word_attention, source_word_ids). also: more source
+        words to place, by index, with the text that stands for each (placeholders the output lacks);
+        unseen_words=False: only those."""
         words = line.split()
         if not words or not tgt_ids:
             return None
         # the words holding a character the vocabulary lacks once normalised as SentencePiece does
         # (a word unknown to a word vocabulary, all of whose characters are known, is left to the
         # model and to rule 1)
-        known, normalize = self.src_vocab.characters, self.src_vocab.sp.Normalize
-        chars = [{c for c in normalize(word) if c not in known and c != "\u2581"} for word in words]
+        chars = [unseen_characters(self.src_vocab, word) if unseen_words else set() for word in words]
+        for w, text in (also or {}).items():
+            words[w], chars[w] = text, {text}  # placed as a whole: the output lacks it
         unseen = [w for w, c in enumerate(chars) if c]
         chars = [chars[w] for w in unseen]
         tgt_word_of = word_ids(self.tgt_vocab.pieces(tgt_ids))
@@ -125,7 +135,7 @@ class UnseenCopier:
         for i, w in zip(tgt_ids, tgt_word_of):
             groups[w].append(i)
         tgt_words = [self.tgt_vocab.decode(g).strip() for g in groups]
-        unknown = [w for w, g in enumerate(groups) if UNK_ID in g]
+        unknown = [w for w, g in enumerate(groups) if UNK_ID in g] if unseen_words else []
         keep = tgt_word_of[prefix_len - 1] + 1 if prefix_len else 0
         if attention.shape != (len(tgt_words), len(words)) or not bool((attention > 0).any()):
             return None  # no attention to place them by (a pair too long to score)
