@@ -375,6 +375,22 @@ class DecodeConfig:
     copy_layer: int = decode_option(
         0, "Transformer decoder layer whose cross-attention places the copied words (copy_unseen); negative "
            "counts from the top. Which layer places them best: docs/performance.md.")
+    placeholders: bool = decode_option(
+        True, "Pass URLs, e-mail addresses, numbers, words in characters the vocabulary lacks and decode.protect's "
+              "patterns through unchanged: each is replaced by a placeholder the model was trained to carry "
+              "across, and put back after the search (runs whose vocabulary has placeholders: "
+              "vocab.placeholders; mt.data.placeholders).")
+    protect: tuple[str, ...] = decode_option(
+        (), "Regular expressions of more spans to pass through unchanged as placeholders (product names, "
+            "codes; recipe only).", takes=())
+    no_repeat_ngram: int = decode_option(
+        0, "No n-gram of target pieces occurs twice in a translation (0: off).", ge=0)
+    repetition_penalty: float = decode_option(
+        1.0, "CTRL's penalty on pieces already in the translation, as CTranslate2's (1: off; > 1 penalises): "
+             "their log-probabilities are multiplied by it, then renormalised.", gt=0)
+    max_repeat: int = decode_option(
+        3, "Loop guard: a unit of 1 to 4 pieces stands at most this many times in a row, unless the source "
+           "repeats one as often or more (0: off).", ge=0)
 
     def __post_init__(self) -> None:
         for key, tp, option in decode_options(type(self)):
