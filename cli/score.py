@@ -79,7 +79,8 @@ def _load_scorer(model, checkpoint, weights, decode, device: str, threads, align
     if alignments:
         run.model.set_attention_layer(decode.alignment_layer)
     scorer = Scorer(run.model, run.src_vocab, run.tgt_vocab, LengthPenalty(decode.len_penalty, decode.alpha),
-                    loaded.device, decode.batch_tokens, return_attention=alignments)
+                    loaded.device, decode.batch_tokens, return_attention=alignments,
+                    placeholders=decode.placeholders, protect=decode.protect)
     return run, scorer
 
 

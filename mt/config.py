@@ -379,7 +379,7 @@ class DecodeConfig:
         True, "Pass URLs, e-mail addresses, numbers, words in characters the vocabulary lacks and decode.protect's "
               "patterns through unchanged: each is replaced by a placeholder the model was trained to carry "
               "across, and put back after the search (runs whose vocabulary has placeholders: "
-              "vocab.placeholders; mt.data.placeholders).")
+              "vocab.placeholders; mt.data.placeholders).", takes=("translate", "score", "request"))
     protect: tuple[str, ...] = decode_option(
         (), "Regular expressions of more spans to pass through unchanged as placeholders (product names, "
             "codes; recipe only).", takes=())

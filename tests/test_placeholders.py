@@ -225,10 +225,10 @@ def test_a_trained_model_carries_placeholders_across(placeholder_run, search: st
     loaded = load_for_decoding([placeholder_run], device="cpu")
     decode = replace(loaded.run.config.decode, search=search, beam=4)
     translator = loaded.translator(decode)
-    assert translator.n_placeholders == 4
+    assert translator.protector.limit == 4
     lines = _held_out_lines()
     outputs = [t.text for t in translator.translate(lines)]
-    spans = [(v, out) for line, out in zip(lines, outputs) for v in translator.protector.mask(line, 4).values]
+    spans = [(v, out) for line, out in zip(lines, outputs) for v in translator.protector.mask(line).values]
     assert len(spans) == 40  # 10 numbers, 10 names, 10 of both
     assert all(v in out for v, out in spans)  # with the placing of what the model dropped
     counts = translator.placeholder_counts
@@ -292,3 +292,26 @@ def test_prefixes_alignments_and_n_best_with_placeholders(placeholder_run) -> No
     for value in ("Москва", "4711"):
         t = next(i for i, w in enumerate(out) if value in w)
         assert {words[s] for s, tt in tr.alignment if tt == t} == {next(w for w in words if value in w)}
+
+
+def test_mt_score_masks_both_sides_as_the_translation_was_made(placeholder_run) -> None:
+    """Scoring a translation with the same masking on both sides gives the score of the search that made it."""
+    from dataclasses import replace
+
+    from mt.decode.loading import load_for_decoding
+    from mt.decode.scorer import Scorer
+    from mt.decode.search import LengthPenalty
+
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    decode = replace(loaded.run.config.decode, search="beam", beam=4, copy_unseen=False)
+    lines = ["Москва says the dog sees a cat no 4711.", "the cat sees two dogs no 12."]
+    translations = loaded.translator(decode).translate(lines)
+    run = loaded.run
+    penalty = LengthPenalty(decode.len_penalty, decode.alpha)
+    masked = Scorer(run.model, run.src_vocab, run.tgt_vocab, penalty, placeholders=True)
+    scored = masked.score([(line, tr.text) for line, tr in zip(lines, translations)])
+    for s, tr in zip(scored, translations):
+        assert s.score == pytest.approx(tr.nbest[0][1], abs=1e-4)  # float32 sums in another order
+        assert any(PLACEHOLDER.search(p) for p in run.tgt_vocab.pieces(s.tokens))
+    plain = Scorer(run.model, run.src_vocab, run.tgt_vocab, penalty).score([(lines[0], translations[0].text)])
+    assert plain[0].score < scored[0].score  # read as written, the name and number cost the model more

@@ -100,11 +100,12 @@ class Protector:
     (after its normalisation); None: no such check. patterns: the user's regular expressions."""
 
     def __init__(self, is_unseen: Callable[[str], bool] | None = None, patterns: Sequence[str] = (),
-                 kinds: Sequence[str] = KINDS) -> None:
+                 kinds: Sequence[str] = KINDS, limit: int = 8) -> None:
         unknown = [k for k in kinds if k not in KINDS]
         if unknown:
             raise MTError(f"unknown kind of protected span {unknown[0]!r} (known: {', '.join(KINDS)})")
         self.kinds = tuple(k for k in KINDS if k in kinds)
+        self.limit = limit  # placeholders a line may use (the vocabulary's)
         self.is_unseen = is_unseen
         self.patterns = []
         for p in patterns:
@@ -155,9 +156,10 @@ class Protector:
                     yield Span(start, i, "unseen")
                     start = None
 
-    def mask(self, line: str, limit: int) -> Masked:
-        """Replace up to `limit` distinct span texts by ⦅0⦆, ⦅1⦆, ... in order of first appearance;
-        spans beyond the limit stay as text."""
+    def mask(self, line: str, limit: int | None = None) -> Masked:
+        """Replace up to `limit` (default: the protector's) distinct span texts by ⦅0⦆, ⦅1⦆, ... in order
+        of first appearance; spans beyond the limit stay as text."""
+        limit = self.limit if limit is None else limit
         values: list[str] = []
         counts: list[int] = []
         out, pos = [], 0

@@ -23,6 +23,8 @@ from mt import MTError
 from mt.data.batching import pad, source_tensor, token_batches
 from mt.models.base import Seq2Seq
 from mt.decode.search import LengthPenalty
+from mt.decode.unseen import placeholder_protector
+from mt.data.placeholders import mask_like
 from mt.data.vocab import BOS_ID, EOS_ID, Vocab
 
 
@@ -49,8 +51,13 @@ class Scorer:
         device: torch.device | str = "cpu",
         batch_tokens: int = 4096,
         return_attention: bool = False,
+        placeholders: bool = False,
+        protect: Sequence[str] = (),
     ) -> None:
+        """placeholders=True: pairs are masked as the Translator masks them (mt.data.placeholders), the
+        target's spans by the source's placeholders, so a translation is scored as the model made it."""
         self.model, self.src_vocab, self.tgt_vocab = model, src_vocab, tgt_vocab
+        self.protector = placeholder_protector(src_vocab, tgt_vocab, protect) if placeholders else None
         self.len_penalty = len_penalty or LengthPenalty("none")
         self.device = torch.device(device)
         self.batch_tokens = batch_tokens
@@ -115,6 +122,9 @@ class Scorer:
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[Scored]:
         """Score (source, target) text pairs; an empty target scores the eos alone."""
+        if self.protector is not None:
+            masks = [self.protector.mask(s) for s, _ in pairs]
+            pairs = [(m.text, mask_like(t, m)) for m, (_, t) in zip(masks, pairs)]
         src_ids = self.src_vocab.encode_batch([s for s, _ in pairs])
         tgt_ids = self.tgt_vocab.encode_batch([t for _, t in pairs])
         return self.score_ids(src_ids, tgt_ids)

@@ -22,8 +22,8 @@ from mt.models.base import Seq2Seq
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
 from mt.decode.scorer import Scorer
 from mt.decode.search import Hypothesis, Search, build_search
-from mt.decode.unseen import UnseenCopier, unseen_characters
-from mt.data.placeholders import PLACEHOLDER, Masked, Protector, insert, mask_like, placeholder, source_words
+from mt.decode.unseen import UnseenCopier, placeholder_protector
+from mt.data.placeholders import PLACEHOLDER, Masked, insert, mask_like, placeholder, source_words
 from mt.data.vocab import Vocab
 
 #: longest input (subword tokens) translated in one piece by models without a position limit
@@ -106,9 +106,7 @@ class Translator:
         if alignments and not search.return_attention:
             raise ValueError("word alignments need a search built with return_attention=True")
         self.alignments = alignments
-        count = min(src_vocab.placeholders, tgt_vocab.placeholders) if placeholders else 0
-        self.protector = Protector(lambda run: bool(unseen_characters(src_vocab, run)), protect) if count else None
-        self.n_placeholders = count
+        self.protector = placeholder_protector(src_vocab, tgt_vocab, protect) if placeholders else None
         #: placeholders masked, and those the model's outputs lacked: placed by attention, or appended
         self.placeholder_counts: Counter[str] = Counter()
         self.copy_unseen = copy_unseen
@@ -181,7 +179,7 @@ class Translator:
         prefixes, where they stand there too) before the search and restored in the translations."""
         if self.protector is None:
             return self._translate(lines, first_line, prefixes, encoded)
-        masks = [self.protector.mask(line, self.n_placeholders) for line in lines]
+        masks = [self.protector.mask(line) for line in lines]
         masked = [m.text for m in masks]
         self.placeholder_counts["masked"] += sum(sum(m.counts) for m in masks)
         if encoded is not None:  # the caller's segmentation holds for the lines that masking left alone

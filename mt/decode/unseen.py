@@ -30,6 +30,7 @@ from typing import Sequence
 from torch import Tensor
 
 from mt.decode.align import word_ids
+from mt.data.placeholders import Protector
 from mt.data.vocab import UNK_ID, Vocab
 
 
@@ -97,6 +98,16 @@ def unseen_characters(vocab: Vocab, text: str) -> set[str]:
     """The characters of `text` the vocabulary lacks, once normalised as SentencePiece does."""
     known = vocab.characters
     return {c for c in vocab.sp.Normalize(text) if c not in known and c != "\u2581"}
+
+
+def placeholder_protector(src_vocab: Vocab, tgt_vocab: Vocab, patterns: Sequence[str] = ()) -> Protector | None:
+    """What masks a pair of vocabularies' lines with placeholders (mt.data.placeholders): as many as both
+    vocabularies have, a word unseen when the source vocabulary lacks one of its characters; None when
+    either has none (a run trained without them)."""
+    count = min(src_vocab.placeholders, tgt_vocab.placeholders)
+    if not count:
+        return None
+    return Protector(lambda run: bool(unseen_characters(src_vocab, run)), patterns, limit=count)
 
 
 class UnseenCopier:
