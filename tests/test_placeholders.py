@@ -315,3 +315,36 @@ def test_mt_score_masks_both_sides_as_the_translation_was_made(placeholder_run) 
         assert any(PLACEHOLDER.search(p) for p in run.tgt_vocab.pieces(s.tokens))
     plain = Scorer(run.model, run.src_vocab, run.tgt_vocab, penalty).score([(lines[0], translations[0].text)])
     assert plain[0].score < scored[0].score  # read as written, the name and number cost the model more
+
+
+def test_a_ctranslate2_export_carries_placeholders_masked_outside_the_engine(placeholder_run, tmp_path) -> None:
+    """mt_export.json says how many placeholders the model carries; masking before CTranslate2 and
+    restoring after it gives mt's own translations."""
+    import json
+    from dataclasses import replace
+
+    import ctranslate2  # the test extra installs it
+
+    from mt.decode.loading import load_for_decoding
+    from mt.interop.ctranslate2 import export_ctranslate2
+
+    out = export_ctranslate2(placeholder_run, tmp_path / "ct2")
+    info = json.loads((out / "mt_export.json").read_text(encoding="utf-8"))
+    assert info["placeholders"] == 4 and any("placeholders" in note for note in info["notes"])
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    # greedy, no guard, no copy: what CTranslate2 itself does
+    decode = replace(loaded.run.config.decode, search="greedy", max_repeat=0, copy_unseen=False)
+    translator = loaded.translator(decode)
+    lines = _held_out_lines()[:12]
+    mine = [t.text for t in translator.translate(lines)]
+    engine = ctranslate2.Translator(str(out), device="cpu", compute_type="float32", intra_threads=1)
+    vocab = loaded.run.src_vocab
+    theirs = []
+    for line in lines:
+        masked = translator.protector.mask(line)
+        pieces = vocab.pieces(vocab.encode(masked.text))
+        max_len = int((len(pieces) + 1) * decode.max_len_a + decode.max_len_b)
+        result = engine.translate_batch([pieces], beam_size=1, max_decoding_length=max_len)
+        theirs.append(masked.restore(vocab.sp.DecodePieces(result[0].hypotheses[0])).text)
+    # float32 on both; a near tie may flip one greedy choice
+    assert sum(a == b for a, b in zip(mine, theirs)) >= len(lines) - 1, list(zip(mine, theirs))

@@ -58,15 +58,16 @@ _EXPRESSIBLE = {
     "attn_dropout": lambda v: True,  # training only
     "activation": lambda v: v in _ACTIVATIONS,
     "norm": lambda v: v in ("pre", "post"),
-    "positions": lambda v: v in ("sinusoidal", "learned"),
+    "positions": lambda v: v in ("sinusoidal", "sinusoidal_concat", "learned"),  # the table is written
     "max_positions": lambda v: True,
     "share_embeddings": lambda v: True,
     "tie_output": lambda v: True,
     "embed_scale": lambda v: True,  # the spec's scale_embeddings
-    "output_bias": lambda v: v is False,  # the spec's output projection has no bias here
+    "output_bias": lambda v: True,  # the spec's output projection's bias
 }
 # torch's nn.GELU() is the exact (erf) form: CTranslate2's GELU, not GELUTanh
-_ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
+_ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+                "swish": common_spec.Activation.SWISH}
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which mt's layers use
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 
@@ -117,6 +118,8 @@ class CTranslate2Converter(Converter):
         # tied: the same array as the target embedding, which the spec saves once
         output = _np(model.output.weight)
         spec.decoder.projection.weight = spec.decoder.embeddings.weight if cfg.tie_output else output
+        if model.output.bias is not None:
+            spec.decoder.projection.bias = _np(model.output.bias)
         spec.config.add_source_eos = True
         spec.config.decoder_start_token = "<s>"
         spec.config.layer_norm_epsilon = LAYER_NORM_EPS
@@ -172,6 +175,8 @@ def decoding_options(run: Run) -> dict:
         "min_decoding_length": d.min_len,
         "max_decoding_length": min(256, limit),
         "max_input_length": limit,
+        "no_repeat_ngram_size": d.no_repeat_ngram,
+        "repetition_penalty": d.repetition_penalty,
     }
     notes = ["CTranslate2's maximum length is fixed (max_decoding_length), not "
              f"{d.max_len_a} * source length + {d.max_len_b} as in mt"]
@@ -180,7 +185,20 @@ def decoding_options(run: Run) -> dict:
                      f"length_penalty={d.alpha} is L ** {d.alpha}, what `mt translate --len-penalty d2l` uses")
     if d.search == "sampling":
         notes.append("the run samples: use sampling_topk / sampling_topp / sampling_temperature")
-    return {"translate_batch": options, "notes": notes}
+    if d.repetition_penalty != 1.0:
+        notes.append("repetition_penalty: CTranslate2 applies it to the logits, mt to the log-probabilities "
+                     "(which it renormalises); the same setting penalises alike but not identically")
+    if d.max_repeat > 0:
+        notes.append(f"not passed: max_repeat={d.max_repeat} (mt's loop guard) has no CTranslate2 option; "
+                     "no_repeat_ngram_size is the nearest")
+    notes.append("not passed: per-line constraints (phrases the output must contain) have no CTranslate2 "
+                 "option; per-line avoid lists map only to suppress_sequences, which holds for the whole batch")
+    placeholders = min(run.src_vocab.placeholders, run.tgt_vocab.placeholders) if d.placeholders else 0
+    if placeholders:
+        notes.append(f"placeholders: the model carries {placeholders} placeholders (⦅0⦆...) across; masking and "
+                     "restoring happen outside the engine: mask each line before translate_batch and restore each "
+                     "output after it (mt.data.placeholders: Protector.mask, Masked.restore), as mt translate does")
+    return {"translate_batch": options, "notes": notes, "placeholders": placeholders}
 
 
 def check_export_target(run_dir: Path, out: Path, force: bool) -> None:
