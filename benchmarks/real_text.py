@@ -114,13 +114,17 @@ def measure(run_dir: Path, args: argparse.Namespace) -> dict:
             "seconds": round(time.perf_counter() - started, 2),
             "degenerate": sum(degenerate(o) for o in outputs),
             "spans_kept": sum(span in out for (_, spans), out in zip(LINES, outputs) for span in spans),
+            "guard_fired": translator.search.guard_fired,
+            "placeholders": dict(translator.placeholder_counts),
             "outputs": outputs,
         }
         if test is not None:
+            fired = translator.search.guard_fired
             hyps = [t.text for t in translator.translate(test[0])]
             scores = score(hyps, test[1], ["bleu", "chrf"])
             entry["test2016"] = {"bleu": round(scores["bleu"].score, 2), "chrf": round(scores["chrf"].score, 2),
-                                 "degenerate": sum(degenerate(h) for h in hyps)}
+                                 "degenerate": sum(degenerate(h) for h in hyps),
+                                 "guard_fired": translator.search.guard_fired - fired}
         report[name] = entry
     return report
 

@@ -24,6 +24,7 @@ PROTECT = Protector(is_unseen=non_latin, patterns=[r"#[A-Z]+\d+"])
     ("東京 is big", ["東京"]),  # at the start
     ("big is 東京", ["東京"]),  # at the end
     ("東京Москва", ["東京Москва"]),  # one run of letters: one span
+    ("a temple in दिल्ली.", ["दिल्ली"]),  # vowel signs and viramas (marks) belong to their word
     ("(東京), «Москва» and [42].", ["東京", "Москва", "42"]),  # inside punctuation
     ("At 14:30 on 2026-12-07 it cost 3.50 for 1,000 items", ["14:30", "2026-12-07", "3.50", "1,000"]),
     ("Mail bob.smith+x@example.co.uk. Or see https://example.com/a_(b)).", ["bob.smith+x@example.co.uk",
@@ -348,3 +349,30 @@ def test_a_ctranslate2_export_carries_placeholders_masked_outside_the_engine(pla
         theirs.append(masked.restore(vocab.sp.DecodePieces(result[0].hypotheses[0])).text)
     # float32 on both; a near tie may flip one greedy choice
     assert sum(a == b for a, b in zip(mine, theirs)) >= len(lines) - 1, list(zip(mine, theirs))
+
+
+def test_the_real_text_benchmark_reports_loops_and_spans(placeholder_run, tmp_path) -> None:
+    """benchmarks/real_text.py on a tiny run: its JSON counts; with placeholders every span reaches the output."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_text.py"
+    out = tmp_path / "real_text.json"
+    r = subprocess.run([sys.executable, str(script), str(placeholder_run), "--beam", "2", "--threads", "1",
+                        "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    [report] = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    assert report["lines"] == 30 and report["spans"] == 31 and report["placeholder_pieces"] == 4
+    assert set(report) >= {"run", "no_placeholders", "model_alone"}
+    sys.path.insert(0, str(script.parent))
+    from real_text import LINES
+
+    missing = [(span, out) for (_, spans), out in zip(LINES, report["run"]["outputs"]) for span in spans
+               if span not in out]
+    assert report["run"]["spans_kept"] == 31 and not missing, missing
+    assert report["run"]["placeholders"]["masked"] >= 31
+    assert report["model_alone"]["guard_fired"] == 0  # max_repeat 0: no guard
+    for name in ("run", "no_placeholders", "model_alone"):
+        assert 0 <= report[name]["degenerate"] <= 30 and len(report[name]["outputs"]) == 30

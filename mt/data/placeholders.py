@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -34,8 +35,24 @@ _URL = re.compile(r"(?<![\w@])(?:[a-zA-Z][a-zA-Z0-9+.-]*://|www\.)[^\s<>\"'`]+")
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _NUMBER = re.compile(r"(?<![\w.,:/-])\d+(?:[.,:/-]\d+)*(?!\w)")
 _TRAILING = ".,;:!?)]}'\""  # punctuation that ends a sentence or clause after a URL, not the URL
-_WORD_PART = re.compile(r"\w+|[^\w\s]+")  # a word's runs: letters/digits/marks, or everything else
 _CAPITALISED = re.compile(r"(?<!\w)[^\W\d_][\w'’-]*")
+
+
+def _wordlike(c: str) -> bool:
+    """A letter, digit or mark (the vowel signs of Devanagari, combining accents): part of a word."""
+    return c.isalnum() or c == "_" or unicodedata.category(c)[0] == "M"
+
+
+def _word_parts(line: str) -> list[tuple[int, int, bool]]:
+    """(start, end, wordlike) of the line's runs of word characters and of other non-space characters."""
+    parts: list[tuple[int, int, bool]] = []
+    for i, c in enumerate(line):
+        kind = None if c.isspace() else _wordlike(c)
+        if kind is not None and parts and parts[-1][1] == i and parts[-1][2] == kind:
+            parts[-1] = (parts[-1][0], i + 1, kind)
+        elif kind is not None:
+            parts.append((i, i + 1, kind))
+    return parts
 
 
 def placeholder(index: int) -> str:
@@ -142,19 +159,19 @@ class Protector:
     def _unseen(self, line: str):
         """A word (a run of letters, digits and marks) with a character the vocabulary lacks, whole; among
         symbols and punctuation, just the run of characters it lacks (the emoji, not the '!' after it)."""
-        for m in _WORD_PART.finditer(line):
-            if m.group()[0].isalnum() or m.group()[0] == "_":
-                if self.is_unseen(m.group()):
-                    yield Span(m.start(), m.end(), "unseen")
+        for start, end, wordlike in _word_parts(line):
+            if wordlike:
+                if self.is_unseen(line[start:end]):
+                    yield Span(start, end, "unseen")
                 continue
-            start = None
-            for i in range(m.start(), m.end() + 1):
-                unseen = i < m.end() and self.is_unseen(line[i])
-                if unseen and start is None:
-                    start = i
-                elif not unseen and start is not None:
-                    yield Span(start, i, "unseen")
-                    start = None
+            first = None  # among symbols: each run of unseen ones
+            for i in range(start, end + 1):
+                unseen = i < end and self.is_unseen(line[i])
+                if unseen and first is None:
+                    first = i
+                elif not unseen and first is not None:
+                    yield Span(first, i, "unseen")
+                    first = None
 
     def mask(self, line: str, limit: int | None = None) -> Masked:
         """Replace up to `limit` (default: the protector's) distinct span texts by ⦅0⦆, ⦅1⦆, ... in order
