@@ -16,6 +16,7 @@ EPILOG = """\b
 Examples:
   mt export -m runs/m30k --format ctranslate2 --out runs/m30k-ct2
   mt export -m runs/m30k --format ctranslate2 --out runs/m30k-ct2-int8 --quantization int8
+  mt export -m runs/post-norm --format huggingface --out runs/post-norm-hf   # pip install 'mt\\[hf]'
 \b
 Then, with the usual CTranslate2 code (pip install 'mt\\[ctranslate2]'):
   python -c "import ctranslate2, sentencepiece as spm
@@ -25,12 +26,12 @@ Then, with the usual CTranslate2 code (pip install 'mt\\[ctranslate2]'):
   print(sp.decode(out[0].hypotheses[0]))"
 """
 
-FORMATS = ("ctranslate2",)
+FORMATS = ("ctranslate2", "huggingface")
 
 
 def export(
     model: Path = typer.Option(..., "--model", "-m", help="Run directory written by `mt train` (a Transformer)."),
-    format: str = typer.Option(..., "--format", "-f", help="Target format: ctranslate2."),
+    format: str = typer.Option(..., "--format", "-f", help="Target format: ctranslate2, or huggingface (a post-norm Transformer as a Marian model for transformers)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create (it must not exist, unless --force)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", "-q", help="Weight type of the exported model: int8, int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16 or float32 \\[default: float32; CTranslate2 can still convert at load time with compute_type]."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file."),
@@ -43,6 +44,15 @@ def export(
         raise MTError(f"{out}: already exists (use --force to replace it)")
     if checkpoint not in ("best", "last") and not Path(checkpoint).exists():
         raise MTError(f"{checkpoint}: no such checkpoint (use best, last, or a .safetensors file)")
+    if format == "huggingface":
+        if quantization is not None:
+            raise MTError("--quantization is for --format ctranslate2; a Hugging Face export keeps float32 weights")
+        from mt.interop.huggingface import export_huggingface
+
+        written = export_huggingface(model, out, checkpoint, force)
+        print(f"mt export: wrote {written} (Hugging Face transformers, MarianMTModel with MarianTokenizer)",
+              file=sys.stderr)
+        return
     try:
         import ctranslate2  # noqa: F401
     except ImportError:

@@ -48,7 +48,7 @@ def _root(
 
 
 def _register() -> None:
-    from mt.cli import average, data, evaluate, export, prepare, score, serve, train, translate
+    from mt.cli import average, data, evaluate, export, importer, prepare, score, serve, train, translate
 
     app.command("prepare", help=prepare.__doc__, epilog=prepare.EPILOG)(prepare.prepare)
     app.command("train", help=train.__doc__, epilog=train.EPILOG)(train.train)
@@ -59,6 +59,7 @@ def _register() -> None:
     app.command("serve", help=serve.__doc__, epilog=serve.EPILOG)(serve.serve)
     app.command("export", help=export.__doc__, epilog=export.EPILOG)(export.export)
     app.add_typer(data.app, name="data")
+    app.add_typer(importer.app, name="import")
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -89,15 +89,17 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = x.shape
         return x.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
 
-    def _weights(self, q: Tensor, k: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        """softmax(QK^T / sqrt(Dh)) under the mask, averaged over heads: [B, T, S] (rows sum to 1)."""
+    def _weights(self, q: Tensor, k: Tensor, mask: Tensor | None, causal: bool, mean: bool = True) -> Tensor:
+        """softmax(QK^T / sqrt(Dh)) under the mask, averaged over heads: [B, T, S] (rows sum to 1);
+        mean=False: per head, [B, H, T, S]."""
         scores = (q.float() @ k.float().transpose(-1, -2)) * (self.head_dim**-0.5)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         if causal:
             t, s = scores.shape[-2:]
             scores = scores.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1), float("-inf"))
-        return scores.softmax(-1).mean(dim=1).to(q.dtype)
+        weights = scores.softmax(-1)
+        return (weights.mean(dim=1) if mean else weights).to(q.dtype)
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of the source: 2 x [B, H, S, Dh]."""
@@ -141,7 +143,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, dropout: float, activation: str) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
-        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.act = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}[activation]()
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -209,6 +211,15 @@ class DecoderLayer(nn.Module):
         return x, weights
 
 
+def sinusoidal_concat_table(positions: int, dim: int) -> Tensor:
+    """Sines in the first half of the features, cosines in the second, the same frequencies as
+    `sinusoidal_table`: the layout of Marian and of Hugging Face's Marian port, computed in float64
+    as that port does, then rounded to float32."""
+    pos = torch.arange(positions, dtype=torch.float64)[:, None]
+    angles = pos / torch.pow(10000.0, torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [P, ceil(dim / 2)]
+    return torch.cat([torch.sin(angles), torch.cos(angles[:, : dim // 2])], dim=1).float()
+
+
 def sinusoidal_table(positions: int, dim: int) -> Tensor:
     pos = torch.arange(positions, dtype=torch.float32)[:, None]
     inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
@@ -219,17 +230,18 @@ def sinusoidal_table(positions: int, dim: int) -> Tensor:
 
 
 class Embedder(nn.Module):
-    """Token embedding x sqrt(d) + position, then dropout."""
+    """Token embedding x sqrt(d) (x 1 without model.embed_scale) + position, then dropout."""
 
     def __init__(self, tokens: nn.Embedding, cfg: TransformerConfig) -> None:
         super().__init__()
         self.tokens = tokens
-        self.scale = math.sqrt(cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
         if cfg.positions == "learned":
             self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
         else:
             self.positions = None
-            self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+            make = sinusoidal_concat_table if cfg.positions == "sinusoidal_concat" else sinusoidal_table
+            self.register_buffer("table", make(cfg.max_positions, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:  # [B, T] -> [B, T, D]
@@ -261,10 +273,12 @@ class Transformer(Seq2Seq):
         pre = cfg.norm == "pre"
         self.enc_norm = nn.LayerNorm(d) if pre else nn.Identity()
         self.dec_norm = nn.LayerNorm(d) if pre else nn.Identity()
-        self.output = nn.Linear(d, tgt_vocab_size, bias=False)
+        self.output = nn.Linear(d, tgt_vocab_size, bias=cfg.output_bias)
         for name, p in self.named_parameters():
             if p.dim() == 2 and "embed" not in name and name != "output.weight":
                 nn.init.xavier_uniform_(p)
+        if cfg.output_bias:
+            nn.init.zeros_(self.output.bias)
         if cfg.tie_output:
             self.output.weight = tgt_tokens.weight
         else:
@@ -295,6 +309,26 @@ class Transformer(Seq2Seq):
         for layer in self.decoder:
             x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
         return self.output(self.dec_norm(x))
+
+    def cross_attention_heads(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced cross-attention of every decoder layer and head: [B, layers, heads, T, S]
+        (mt.decode.trace; decode_step returns one layer's mean over heads)."""
+        enc = self.encode(src, src_lengths)
+        queries: list[Tensor] = []  # each layer's cross-attention input, taken as the layer runs
+        hooks = [layer.cross_attn.register_forward_pre_hook(lambda _, args: queries.append(args[0]))
+                 for layer in self.decoder]
+        try:
+            x = self.tgt_embed(tgt_in)
+            for layer in self.decoder:
+                x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        mask = enc.src_mask[:, None, None, :]
+        heads = [layer.cross_attn._weights(layer.cross_attn._split(layer.cross_attn.q(h)),
+                                           layer.cross_attn.project_kv(enc.memory)[0], mask, False, mean=False)
+                 for layer, h in zip(self.decoder, queries)]
+        return torch.stack(heads, dim=1)
 
     # -- incremental decoding -----------------------------------------------------------------
     def init_state(self, enc: EncoderOut, max_len: int, need_attention: bool = False) -> DecoderState:
