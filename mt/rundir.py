@@ -112,3 +112,22 @@ def checkpoints_per_run(run_dirs: Sequence[str | Path], checkpoints: Sequence[st
         if c not in ("best", "last") and not Path(c).exists():
             raise MTError(f"{c}: no such checkpoint (use best, last, or a .safetensors file)")
     return list(checkpoints) * len(run_dirs) if len(checkpoints) == 1 else list(checkpoints)
+
+
+def check_export_target(run_dir: Path, out: Path, force: bool) -> None:
+    """Refuse an --out that exporting could not write or must not replace: the run directory or a
+    folder holding it, an existing folder without --force, or (with --force) one that is not an
+    exported model (no mt_export.json): --force replaces an earlier export, nothing else."""
+    target, run = out.resolve(), run_dir.resolve()
+    if target == run or target in run.parents:
+        raise MTError(f"{out}: is the run directory {'itself' if target == run else 'or holds it'}; "
+                      "export to a new directory")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise MTError(f"{out}: already exists (use --force to replace it)")
+    if not out.is_dir():
+        raise MTError(f"{out}: exists and is not a directory")
+    if not (out / "mt_export.json").is_file():
+        raise MTError(f"{out}: exists and is not a model mt exported (no mt_export.json); --force only "
+                      "replaces an earlier export: remove it yourself or choose another --out")

@@ -44,6 +44,7 @@ from mt import MTError, __version__
 from mt.config import TransformerConfig
 from mt.files import publish, temp_dir
 from mt.decode.translator import Run, load_run
+from mt.rundir import check_export_target
 
 #: every TransformerConfig field and whether the spec can express its value; a field missing here
 #: (one added to mt later) is refused by name rather than silently dropped
@@ -199,25 +200,6 @@ def decoding_options(run: Run) -> dict:
                      "restoring happen outside the engine: mask each line before translate_batch and restore each "
                      "output after it (mt.data.placeholders: Protector.mask, Masked.restore), as mt translate does")
     return {"translate_batch": options, "notes": notes, "placeholders": placeholders}
-
-
-def check_export_target(run_dir: Path, out: Path, force: bool) -> None:
-    """Refuse an --out that exporting could not write or must not replace: the run directory or a
-    folder holding it, an existing folder without --force, or (with --force) one that is not an
-    exported model (no mt_export.json): --force replaces an earlier export, nothing else."""
-    target, run = out.resolve(), run_dir.resolve()
-    if target == run or target in run.parents:
-        raise MTError(f"{out}: is the run directory {'itself' if target == run else 'or holds it'}; "
-                      "export to a new directory")
-    if not out.exists() and not out.is_symlink():
-        return
-    if not force:
-        raise MTError(f"{out}: already exists (use --force to replace it)")
-    if not out.is_dir():
-        raise MTError(f"{out}: exists and is not a directory")
-    if not (out / "mt_export.json").is_file():
-        raise MTError(f"{out}: exists and is not a model mt exported (no mt_export.json); --force only "
-                      "replaces an earlier export: remove it yourself or choose another --out")
 
 
 def export_ctranslate2(run_dir: str | Path, out: str | Path, checkpoint: str = "best",

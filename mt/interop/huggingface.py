@@ -42,7 +42,7 @@ from mt import MTError, __version__
 from mt.config import Config, DataConfig, DecodeConfig, TransformerConfig, VocabConfig, load_config, save_config
 from mt.data.vocab import SPECIAL_PIECES, spm_pieces, spm_trainer_option, spm_with_id_table
 from mt.files import atomic_write_json, publish, temp_dir
-from mt.rundir import CONFIG, META, SRC_VOCAB, TGT_VOCAB, WEIGHTS, check_run_dir
+from mt.rundir import CONFIG, META, SRC_VOCAB, TGT_VOCAB, WEIGHTS, check_export_target, check_run_dir
 
 #: the files of a Marian folder that the import reads (and fetches, for a model id)
 HF_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "source.spm",
@@ -396,23 +396,6 @@ def _write_tokenizer(transformers, run, folder: Path, separate: bool) -> None:
     tok.save_pretrained(str(folder))
 
 
-def check_target(run_dir: Path, out: Path, force: bool) -> None:
-    """Refuse an --out that is the run directory or holds it, exists without --force, or (with
-    --force) is not an earlier export (no mt_export.json): the rules of the CTranslate2 export,
-    without importing ctranslate2."""
-    target, run = out.resolve(), run_dir.resolve()
-    if target == run or target in run.parents:
-        raise MTError(f"{out}: is the run directory {'itself' if target == run else 'or holds it'}; "
-                      "export to a new directory")
-    if not out.exists() and not out.is_symlink():
-        return
-    if not force:
-        raise MTError(f"{out}: already exists (use --force to replace it)")
-    if not (out / "mt_export.json").is_file():
-        raise MTError(f"{out}: exists and is not a model mt exported (no mt_export.json); --force only "
-                      "replaces an earlier export: remove it yourself or choose another --out")
-
-
 def export_notes(d: DecodeConfig) -> list[str]:
     """What of the run's decode section generation_config.json cannot say."""
     notes = [f"transformers' maximum length is fixed (max_length / max_new_tokens), not {d.max_len_a} * source "
@@ -432,7 +415,7 @@ def export_huggingface(run_dir: str | Path, out: str | Path, checkpoint: str = "
     from mt.decode.translator import load_run
 
     run_dir, out = Path(run_dir), Path(out)
-    check_target(run_dir, out, force)
+    check_export_target(run_dir, out, force)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise MTError(f"{parent}: no such directory for the exported model")
