@@ -2,7 +2,7 @@
 on the same lines.
 
     python benchmarks/serve_load.py RUN [--input FILE] [--requests 300] [--concurrency 1,8,64]
-        [--threads 2] [--max-seconds 120] [--serve-args "--batch-wait-ms 5"] [--output FILE]
+        [--threads 2] [--max-seconds 120] [--serve-args "--batch-wait-ms 5"] [--beam K] [--trace] [--output FILE]
 
 Starts `mt serve -m RUN` on 127.0.0.1 (a free port), sends --requests requests of one line each
 (the first --requests lines of --input, default the run's Multi30k test_2016_flickr source) from C
@@ -11,6 +11,11 @@ answers and transport errors) and whether every answer equals `mt translate`'s o
 `mt translate -m RUN` runs on the same lines first (the reference output); its throughput is that
 of the same Translator call timed in this process (start-up excluded). Loopback only; every setting stops after
 --max-seconds, the server after SIGTERM (its exit status is recorded). Prints one JSON document.
+
+--beam K: beam search of K (requests and mt translate) instead of the run's decoding. --trace: every
+request also asks for the beam search's tree ("trace": true, as the web page does; needs beam search:
+the run's or --beam's); a traced request is decoded alone, never batched with others. The same
+command without --trace is the figure with the trace off.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop sending after this long per setting")
     p.add_argument("--int8", action="store_true", help="int8 weights in mt serve and mt translate (--int8)")
     p.add_argument("--serve-args", default="", help="more `mt serve` options, e.g. \"--batch-wait-ms 10\"")
+    p.add_argument("--beam", type=int, default=None, help="beam search of this size (default: the run's decoding)")
+    p.add_argument("--trace", action="store_true", help="every request asks for the search's tree (\"trace\": true)")
     p.add_argument("--output", default=None, help="also write the JSON document to this file")
     return p.parse_args()
 
@@ -67,10 +74,11 @@ def read_source(path: Path, n: int) -> list[str]:
     return lines
 
 
-def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tuple[list[str], dict]:
+def time_translate(run: Path, lines: list[str], threads: int, int8: bool,
+                   beam: int | None = None) -> tuple[list[str], dict]:
     """`mt translate` on the lines (its output is the reference; its wall time includes start-up), and
     its throughput without start-up: the same Translator call in this process, timed."""
-    extra = ["--int8"] if int8 else []
+    extra = (["--int8"] if int8 else []) + (["--beam", str(beam)] if beam is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.txt"
         src.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -84,7 +92,8 @@ def time_translate(run: Path, lines: list[str], threads: int, int8: bool) -> tup
     from mt.decode.loading import load_for_decoding
 
     loaded = load_for_decoding([run], device="cpu", int8=int8)
-    translator = loaded.translator(loaded.run.config.decode)  # as mt translate decodes
+    decode = loaded.run.config.decode if beam is None else loaded.run.config.decode.with_options(beam=beam)
+    translator = loaded.translator(decode)  # as mt translate decodes
     translator.translate(lines[:8])  # warm-up
     t0 = time.perf_counter()
     same = [t.text for t in translator.translate(lines)] == out
@@ -111,8 +120,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
-async def load(url: str, lines: list[str], expected: list[str], clients: int, max_seconds: float) -> dict:
-    """`clients` workers share a counter over the lines; each sends one line per request."""
+async def load(url: str, lines: list[str], expected: list[str], clients: int, max_seconds: float,
+               options: dict | None = None) -> dict:
+    """`clients` workers share a counter over the lines; each sends one line per request (with `options`)."""
     latencies: list[float] = []
     errors: list[str] = []
     mismatches = 0
@@ -126,14 +136,15 @@ async def load(url: str, lines: list[str], expected: list[str], clients: int, ma
             next_index += 1
             t0 = time.perf_counter()
             try:
-                r = await client.post(url + "/translate", json={"text": lines[i]})
+                r = await client.post(url + "/translate", json={"text": lines[i], **(options or {})})
             except httpx.HTTPError as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 continue
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors.append(f"{r.status_code}: {r.text[:200]}")
-            elif r.json()["translations"][0]["translation"] != expected[i]:
+            elif (answer := r.json()["translations"][0])["translation"] != expected[i] or (
+                    options and options.get("trace") and not answer["trace"]["steps"]):
                 mismatches += 1
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -169,15 +180,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # this process only measures; recorded as the servers' setting
     env = common.environment(torch.device("cpu"))
     common.log(f"mt translate on {len(lines)} lines of {source}")
-    expected, reference = time_translate(args.run, lines, args.threads, args.int8)
+    options = {**({"beam": args.beam} if args.beam is not None else {}), **({"trace": True} if args.trace else {})}
+    expected, reference = time_translate(args.run, lines, args.threads, args.int8, args.beam)
     server = start_server(args.run, args.threads, serve_extra)
     url = server.url
     results = []
     try:
         for c in common.int_list(args.concurrency):
             common.log(f"{len(lines)} requests from {c} clients")
-            asyncio.run(load(url, lines[:min(len(lines), 8)], expected, min(c, 8), 30))  # warm-up
-            results.append(asyncio.run(load(url, lines, expected, c, args.max_seconds)))
+            asyncio.run(load(url, lines[:min(len(lines), 8)], expected, min(c, 8), 30, options))  # warm-up
+            results.append(asyncio.run(load(url, lines, expected, c, args.max_seconds, options)))
             common.log(f"  {results[-1]['sentences_per_second']} sentences/s, p99 {results[-1]['latency_ms']['p99']} ms")
     finally:
         exit_status = server.stop(grace=120)
@@ -185,7 +197,8 @@ def main() -> None:
         "benchmark": "serve_load",
         "run": str(args.run),
         "input": str(source),
-        "decoding": "the run's decode section",
+        "decoding": "the run's decode section" + (f", beam {args.beam}" if args.beam is not None else ""),
+        "trace": args.trace,
         "int8": args.int8,
         "threads": args.threads,
         "serve_args": args.serve_args,

@@ -30,8 +30,10 @@ Examples:
   mt translate -m runs/a -m runs/b -i test.en -o test.hyp       # an ensemble (same vocabulary)
   mt translate -m runs/m30k --prefix-file starts.de < in.txt    # outputs start with these (empty: free)
   mt translate -m runs/m30k --input-format jsonl < in.jsonl     # {"text": "...", "prefix": "..."}
+  mt translate -m runs/m30k --constraints terms.jsonl < in.txt   # ["Vertrag"] per line: must be in the output
   mt translate -m runs/demo --alignments < in.txt               # text<TAB>0-0 1-2 2-1 (Pharaoh)
   mt translate -m runs/m30k --no-copy-unseen < in.txt           # leave words in unseen characters to the model
+  mt translate -m runs/demo --beam 3 --trace tree.jsonl < in.txt # each line's beam search tree (JSON lines)
 """
 
 
@@ -56,6 +58,8 @@ def _format(tr, index: int, n_best: int, scores: bool, as_json: bool, alignments
             obj["nbest"] = [{"translation": t, "score": s} for t, s in nbest]
         if tr.pieces > 1:
             obj["pieces"] = tr.pieces
+        if tr.constraint_tokens is not None:
+            obj["constraint_tokens"] = tr.constraint_tokens
         return json.dumps(obj, ensure_ascii=False) + "\n"
     if n_best > 1:
         return "".join(f"{index} ||| {t} ||| {s:.4f}\n" for t, s in nbest)
@@ -83,18 +87,23 @@ def translate(
     int8: bool = typer.Option(False, "--int8", help="int8 Linear/GRU/LSTM layers (CPU only): the matrix products move and multiply a quarter of the bytes of float32 ones, at a small cost in accuracy. Measured speed and BLEU: docs/performance.md."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (half the bytes per weight; fast on CPUs that multiply bf16 natively, AVX512-BF16 or AMX) or float16 (CUDA only). Measured speed and BLEU: docs/performance.md."),
     prefix_file: Optional[Path] = typer.Option(None, "--prefix-file", help="Target text each translation starts with, one line per input line (empty: none); the search continues from it."),
-    input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ...} object per line)."),
+    input_format: str = typer.Option("text", "--input-format", help="text (one sentence per line) or jsonl (one {\"text\": ..., \"prefix\": ..., \"constraints\": [...], \"avoid\": [...]} object per line; all but text optional)."),
+    constraints_file: Optional[Path] = typer.Option(None, "--constraints", help="Phrases each translation must contain (beam search), one JSON list of strings per input line ([] or an empty line: none); a line whose translation lacks one is reported on stderr."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the source-target word alignment from the attention (Pharaoh format: 0-0 1-2 ...)."),
+    trace: Optional[Path] = typer.Option(None, "--trace", metavar="FILE.jsonl", help="Write each line's beam search tree here, one JSON object per line (mt.decode.trace): per step the candidates, the kept and the finished hypotheses, and the returned path. Lines are translated one at a time."),
     **options,
 ) -> None:
     # options: the decoding options (mt.cli.options), None when not given: the run's decode section
     # every check that needs no model comes first, before `import torch` (seconds)
     _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
-                   as_json, options["n_best"], buffer_lines=buffer_lines, threads=threads,
+                   as_json, options["n_best"], constraints_file, buffer_lines=buffer_lines, threads=threads,
                    max_input_tokens=max_input_tokens)
+    check_output_path(trace)
     for run_dir in model:
         check_run_dir(run_dir)
     decode = decode_config(load_config(model[0] / CONFIG).decode, **options)
+    if trace is not None and decode.search != "beam":
+        raise MTError(f"--trace records beam search, not {decode.search} search: give --beam K (--beam 1 is greedy search)")
     weights = parse_weights(ensemble_weights, len(model))
     checkpoints = checkpoints_per_run(model, checkpoint)
     from mt.decode.loading import load_for_decoding
@@ -109,12 +118,48 @@ def translate(
             attention_plot.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MTError(f"--attention-plot {attention_plot}: cannot create the folder ({e.strerror})") from None
-    _write_stream(translator, input, output, prefix_file, input_format, buffer_lines,
-                  lambda tr, index: _format(tr, index, decode.n_best, scores, as_json, alignments), attention_plot)
+    format_line = lambda tr, index: _format(tr, index, decode.n_best, scores, as_json, alignments)  # noqa: E731
+    if trace is not None:
+        _write_traced(translator, trace, decode.n_best, format_line, lambda traced: _write_stream(
+            translator, input, output, prefix_file, input_format, 1, traced, attention_plot, constraints_file))
+    else:
+        _write_stream(translator, input, output, prefix_file, input_format, buffer_lines, format_line, attention_plot,
+                      constraints_file)
+
+
+def _write_traced(translator, path: Path, n_best: int, format_line, write) -> None:
+    """--trace: write(format) translates line by line (a buffer of one line, so that the search's
+    last trees are the line's); format writes each line's tree to `path` (atomically) beside its output."""
+    from mt.decode.trace import SearchTrace
+    from mt.files import Output
+
+    recorder = SearchTrace()
+    translator.search.trace = recorder
+    out = Output(path)
+
+    def traced(tr, index: int) -> str:
+        trees, recorder.trees = recorder.trees, []  # an empty line runs no search
+        record: dict = {"id": index}
+        if len(trees) == 1:
+            returned = [translator.tgt_vocab.sp.PieceToId(p) for p in tr.tokens[:-1]]
+            record.update(trees[0].to_dict(translator.tgt_vocab.pieces, n_best, returned))
+        elif trees:
+            record["error"] = f"translated in {len(trees)} pieces (longer than the model's input): no trace"
+        else:
+            record.update(steps=[], best=[], score=None)
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return format_line(tr, index)
+
+    try:
+        write(traced)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
 
 
 def _check_options(input, output, prefix_file, attention_plot, input_format, device, dtype, int8, alignments,
-                   as_json, n_best, **at_least_one) -> None:
+                   as_json, n_best, constraints_file=None, **at_least_one) -> None:
     """The checks of the command line that need neither torch nor a model (the decoding options'
     combinations are DecodeConfig.with_options')."""
     for name, value in at_least_one.items():
@@ -122,7 +167,7 @@ def _check_options(input, output, prefix_file, attention_plot, input_format, dev
             raise MTError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     check_device(device)
     check_precision(dtype, device, int8)
-    for path, what in ((input, ""), (prefix_file, "--prefix-file ")):
+    for path, what in ((input, ""), (prefix_file, "--prefix-file "), (constraints_file, "--constraints ")):
         if path is not None and not path.exists():
             raise MTError(f"{what}{path}: no such file")
         if path is not None and path.is_dir():
@@ -131,6 +176,8 @@ def _check_options(input, output, prefix_file, attention_plot, input_format, dev
         raise MTError(f"--input-format must be text or jsonl, got {input_format!r}")
     if input_format == "jsonl" and prefix_file is not None:
         raise MTError('--prefix-file and --input-format jsonl exclude each other: put the prefix in the "prefix" field')
+    if input_format == "jsonl" and constraints_file is not None:
+        raise MTError('--constraints and --input-format jsonl exclude each other: put them in the "constraints" field')
     if alignments and n_best is not None and n_best > 1 and not as_json:
         raise MTError("--alignments with --n-best > 1: the Moses n-best format has no place for them; use --json")
     check_output_path(output)
@@ -139,16 +186,18 @@ def _check_options(input, output, prefix_file, attention_plot, input_format, dev
 
 
 def _write_stream(translator, input: Optional[Path], output: Optional[Path], prefix_file: Optional[Path],
-                  input_format: str, buffer_lines: Optional[int], format_line, attention_plot: Optional[Path]) -> None:
+                  input_format: str, buffer_lines: Optional[int], format_line, attention_plot: Optional[Path],
+                  constraints_file: Optional[Path] = None) -> None:
     """Translate the input (stdin, a file) line by line into the output, atomically when a file;
     format_line(translation, index) is each input line's output text."""
     from mt.files import Output
     from mt.decode.plot import save_attention_plot
     from mt.data.text import iter_lines, open_binary
-    from mt.decode.translator import jsonl_items, with_prefixes
+    from mt.decode.translator import jsonl_items, with_constraints, with_prefixes
 
     source = open_binary(input) if input is not None else sys.stdin.buffer
     prefixes = open_binary(prefix_file) if prefix_file is not None else None
+    terms = open_binary(constraints_file) if constraints_file is not None else None
     try:
         name = str(input) if input is not None else "stdin"
         interactive = input is None and sys.stdin.isatty()
@@ -157,6 +206,8 @@ def _write_stream(translator, input: Optional[Path], output: Optional[Path], pre
             items = jsonl_items(items, name)
         elif prefixes is not None:
             items = with_prefixes(items, iter_lines(prefixes, str(prefix_file)), name, str(prefix_file))
+        if terms is not None:
+            items = with_constraints(items, iter_lines(terms, str(constraints_file)), name, str(constraints_file))
         out = Output(output)
         try:
             for index, tr in enumerate(translator.stream(items, buffer_lines or (1 if interactive else 1000))):
@@ -173,3 +224,5 @@ def _write_stream(translator, input: Optional[Path], output: Optional[Path], pre
             source.close()
         if prefixes is not None:
             prefixes.close()
+        if terms is not None:
+            terms.close()

@@ -37,7 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mt import MTError, __version__
 from mt.config import SEARCH_SWITCHES, DecodeConfig, ServeLimits, SettingError, decode_options
 from mt.decode.search import build_search
+from mt.decode.trace import SearchTrace, attention_dict, attention_heads
 from mt.decode.translator import Run, Translation, Translator
+from mt.serve.page import add_page
 
 log = logging.getLogger("mt.serve.app")
 
@@ -55,6 +57,19 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
 
 
 # -- the request ---------------------------------------------------------------------------------
+#: a traced request (the web page's beam search tree): its beam and the longest translation it may have
+TRACE_MAX_BEAM, TRACE_MAX_OUTPUT = 8, 64
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a request asks to see inside its one translation (the web page): the search's tree, the
+    attention per layer and head."""
+
+    trace: bool = False
+    attention: bool = False
+
+
 class RequestBase(BaseModel):
     """POST /translate. Give `text` or `texts`; every decoding option is optional (default: the
     run's `decode` section, as `mt translate` uses it)."""
@@ -72,9 +87,22 @@ class RequestBase(BaseModel):
                                                  "(the search continues from it, as `mt translate --prefix-file`).",
                                examples=["Ein Mann"])
     prefixes: list[str] | None = Field(None, description="With texts: one target prefix per text (\"\" for none).")
+    constraints: list[str] | list[list[str]] | None = Field(
+        None, description="Phrases the translation must contain (beam search; as `mt translate --constraints`): "
+                          "with text a list of strings, with texts one list per text ([] for none).",
+        examples=[["Vertrag"]])
+    avoid: list[str] | list[list[str]] | None = Field(
+        None, description="Phrases the translation must not contain: with text a list of strings, with texts one "
+                          "list per text ([] for none).")
     model: str | None = Field(None, description="Served model name (GET /info); default: the first one.")
     alignments: bool = Field(False, description="Add each translation's word alignment from the attention "
                                                 "(pairs [source word, target word], as `mt translate --alignments`).")
+    trace: bool = Field(False, description="With text: add the beam search's tree (per step the candidates, the "
+                                           "kept hypotheses, the finished ones and the returned path; "
+                                           "mt.decode.trace), as `mt translate --trace`. Beam search of at most "
+                                           f"{TRACE_MAX_BEAM}, translations of at most {TRACE_MAX_OUTPUT} pieces.")
+    attention: bool = Field(False, description="With text: add the translation's cross-attention per decoder "
+                                               "layer and head (teacher-forced; an RNN's one attention).")
 
 
 def request_model(cls: type | None = None) -> type[RequestBase]:
@@ -106,6 +134,11 @@ class TranslationOut(BaseModel):
     tokens: list[str] = Field(description="The best hypothesis's target pieces, then </s>.", examples=[["▁Ein", "▁Mann", "</s>"]])
     token_scores: list[float] = Field(description="Log-probability of each of `tokens`.", examples=[[-0.1, -0.2, -0.05]])
     alignment: list[list[int]] | None = Field(None, description="With alignments: [source word, target word] pairs.")
+    copies: list[int] | None = Field(None, description="The translation's words (whitespace-separated, from 0) that "
+                                                       "are source words copied in by copy_unseen.")
+    trace: dict[str, Any] | None = Field(None, description="With trace: the beam search's tree (mt.decode.trace).")
+    attention: dict[str, Any] | None = Field(None, description="With attention: source and target pieces (with "
+                                                               "</s>) and weights[layer][head][target][source].")
 
 
 class TranslateResponse(BaseModel):
@@ -183,12 +216,14 @@ class Job:
     loop: asyncio.AbstractEventLoop
     alignments: bool = False
     prefixes: list[str] | None = None  # target prefixes, one per text
+    look: Look | None = None  # a look inside its one text (trace, attention): decoded alone
     # jobs batch together when their keys are equal; sampling depends on the batch, so it never does
     key: Any = None
     ids: list[list[int]] | None = None  # the texts' source segmentation, made once to price the job
     arrived: float = field(default_factory=time.monotonic)
     started: bool = False
     cancelled: bool = False
+    controls: list[dict[str, list[str]]] | None = None  # per text: its "constraints" and "avoid" phrases
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         """Hand the result to the request's event loop (called from the worker thread); nothing when
@@ -310,8 +345,9 @@ class Batcher:
                 jobs = taken
                 self._decode(jobs)
             except Exception as e:  # noqa: BLE001 - the worker outlives a failing batch
-                log.exception("batch of %d requests failed", len(jobs))
-                error = ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
+                if not isinstance(e, ServeError):
+                    log.exception("batch of %d requests failed", len(jobs))
+                error = e if isinstance(e, ServeError) else ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
                 for job in jobs:
                     job.resolve(error=error)
 
@@ -321,7 +357,11 @@ class Batcher:
         # prefixed and plain texts share a batch: "" is no prefix, and a text's output does not depend on the others'
         prefixes = [p for j in jobs for p in (j.prefixes or [""] * len(j.texts))] if any(j.prefixes for j in jobs) else None
         ids = [i for j in jobs for i in j.ids] if all(j.ids is not None for j in jobs) else None
-        results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes, ids)
+        controls = [c for j in jobs for c in (j.controls or [{}] * len(j.texts))] if any(j.controls for j in jobs) else None
+        if jobs[0].look is not None:  # alone in its batch: its key is its own
+            results: list[Any] = self.look_inside(jobs[0])
+        else:
+            results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes, ids, controls)
         pos = 0
         for job in jobs:
             job.resolve(results[pos: pos + len(job.texts)])
@@ -335,15 +375,43 @@ class Batcher:
         return self.thread.is_alive()
 
     def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False,
-                  prefixes: list[str] | None = None, ids: list[list[int]] | None = None) -> list[Translation]:
-        """Decode one batch; ids: the texts' source segmentation when already made (to price them)."""
+                  prefixes: list[str] | None = None, ids: list[list[int]] | None = None,
+                  controls: list[dict[str, list[str]]] | None = None) -> list[Translation]:
+        """Decode one batch; ids: the texts' source segmentation when already made (to price them);
+        controls: per text, its constraints and avoid list."""
+        return self._translator(decode, alignments).translate(texts, prefixes=prefixes, encoded=ids,
+                                                              **phrase_lists(controls))
+
+    def _translator(self, decode: DecodeConfig, alignments: bool) -> Translator:
         s = self.served
         # the one worker thread decodes: the model's attention layer holds for this batch (alignments, copies)
-        translator = Translator.for_model(s.run.model, s.run.src_vocab, s.run.tgt_vocab, decode, s.device,
-                                          alignments=alignments, max_len_cap=self.limits.max_output_tokens,
-                                          batch_tokens=s.batch_tokens, max_input_tokens=s.max_input_tokens,
-                                          warn=lambda msg: log.warning("%s", msg))
-        return translator.translate(texts, prefixes=prefixes, encoded=ids)
+        return Translator.for_model(s.run.model, s.run.src_vocab, s.run.tgt_vocab, decode, s.device,
+                                    alignments=alignments, max_len_cap=self.limits.max_output_tokens,
+                                    batch_tokens=s.batch_tokens, max_input_tokens=s.max_input_tokens,
+                                    warn=lambda msg: log.warning("%s", msg))
+
+    def look_inside(self, job: Job) -> list[tuple[Translation, dict[str, Any]]]:
+        """A job of one text translated as `translate` does, with what job.look asks for: the beam
+        search's tree, recorded by the search itself (mt.decode.trace), and the translation's
+        cross-attention per layer and head (teacher-forced on its pieces)."""
+        run, look = self.served.run, job.look or Look()
+        translator = self._translator(job.decode, job.alignments)
+        trace = SearchTrace() if look.trace else None
+        translator.search.trace = trace  # a search of this request only (build_search makes a new one)
+        tr = translator.translate(job.texts, prefixes=job.prefixes, encoded=job.ids, **phrase_lists(job.controls))[0]
+        if tr.pieces > 1:
+            raise ServeError(422, "text_too_long", f"the text was translated in {tr.pieces} pieces (longer than the "
+                                                   "model's input): trace and attention need it in one")
+        extras: dict[str, Any] = {}
+        tgt_ids = [run.tgt_vocab.sp.PieceToId(p) for p in tr.tokens[:-1]]  # the returned hypothesis's
+        if trace is not None:
+            extras["trace"] = trace.trees[0].to_dict(run.tgt_vocab.pieces, job.decode.n_best, tgt_ids) \
+                if trace.trees else None
+        if look.attention and tr.tokens:
+            src_ids = [run.src_vocab.sp.PieceToId(p) for p in tr.src_pieces[:-1]]
+            weights = attention_heads(run.model, src_ids, tgt_ids, self.served.device)
+            extras["attention"] = None if weights is None else attention_dict(weights, tr.src_pieces, tr.tokens)
+        return [(tr, extras)]
 
 
 class TranslationService:
@@ -395,9 +463,11 @@ class TranslationService:
             "precision": m.precision,
         }
 
-    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig, bool, list[str] | None]:
-        """A request body -> (model, texts, decoding options, alignments, target prefixes or None), or a
-        ServeError saying what is wrong."""
+    def parse(self, body: bytes) -> tuple[ServedModel, list[str], DecodeConfig, bool, list[str] | None, Look | None,
+                                          list[dict[str, list[str]]] | None]:
+        """A request body -> (model, texts, decoding options, alignments, target prefixes or None, what to
+        look inside or None, each text's constraints and avoid list or None), or a ServeError saying
+        what is wrong."""
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -446,7 +516,38 @@ class TranslationService:
             self._check_prefixes(model, prefixes, req.prefix is not None)
             if not any(prefixes):
                 prefixes = None
-        return model, texts, decode, req.alignments, prefixes
+        look = Look(req.trace, req.attention) if req.trace or req.attention else None
+        if look is not None:
+            self._check_look(model, req, decode, prefixes)
+        return model, texts, decode, req.alignments, prefixes, look, request_controls(req, len(texts), decode)
+
+    def _check_look(self, model: ServedModel, req: RequestBase, decode: DecodeConfig, prefixes: list[str] | None) -> None:
+        """trace and attention: one text; trace: beam search of at most TRACE_MAX_BEAM whose translation
+        may have at most TRACE_MAX_OUTPUT pieces (a * source pieces + b, as the search bounds it)."""
+        asked = " and ".join(f'"{name}"' for name in ("trace", "attention") if getattr(req, name))
+        if req.text is None:
+            raise ServeError(422, "invalid_request", f'{asked} look inside one translation: give "text", not "texts"')
+        if req.attention and not model.run.model.has_attention:
+            raise ServeError(422, "invalid_options", "attention: the model has no attention (an RNN with "
+                                                     "model.attention: none)")
+        if not req.trace:
+            return
+        if decode.search != "beam":
+            raise ServeError(422, "invalid_options", f"trace records beam search, not {decode.search} search: give a "
+                                                     "beam (beam 1 is greedy search)")
+        if decode.beam > TRACE_MAX_BEAM:
+            raise ServeError(422, "invalid_options", f"trace: beam {decode.beam} is above the limit of a traced "
+                                                     f"search ({TRACE_MAX_BEAM})")
+        search = build_search(decode, max_len_cap=self.limits.max_output_tokens)
+        src_len = len(model.run.src_vocab.encode(req.text))
+        longest = int(search.max_lengths(model.run.model, torch.tensor([src_len]))[0])
+        if prefixes:
+            longest = max(longest, len(model.run.tgt_vocab.encode(prefixes[0])))
+        if longest > TRACE_MAX_OUTPUT:
+            raise ServeError(422, "invalid_options", f"trace: this text may translate to {longest} pieces "
+                                                     f"(max_len_a {decode.max_len_a:g} x {src_len} source pieces + "
+                                                     f"max_len_b {decode.max_len_b}); a trace holds at most "
+                                                     f"{TRACE_MAX_OUTPUT}: shorten the text or lower max_len_a/max_len_b")
 
     def _check_prefixes(self, model: ServedModel, prefixes: list[str], single: bool) -> None:
         """A prefix longer than a translation may be (the server's limit, the model's positions) is a
@@ -461,15 +562,18 @@ class TranslationService:
                                                          f"may have at most {limit}")
 
     async def translate(self, model: ServedModel, texts: list[str], decode: DecodeConfig, arrived: float,
-                        alignments: bool = False, prefixes: list[str] | None = None) -> list[Translation]:
+                        alignments: bool = False, prefixes: list[str] | None = None,
+                        look: Look | None = None, controls: list[dict[str, list[str]]] | None = None) -> list[Any]:
+        """The texts' Translations; with look, the one text's (Translation, what it asked to see)."""
         if not texts:
             return []
         loop = asyncio.get_running_loop()
         rows = max(build_search(decode).rows_per_sentence, 1)
         ids = model.run.src_vocab.encode_batch(texts)
         cost = sum(len(i) + 1 for i in ids) * rows
-        key = object() if decode.search == "sampling" else (decode, alignments)
-        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, prefixes, key, ids)
+        key = object() if decode.search == "sampling" or look is not None else (decode, alignments)
+        job = Job(texts, decode, cost, loop.create_future(), loop, alignments, prefixes, look, key, ids,
+                  controls=controls)
         batcher = self.batchers[model.name]
         try:
             batcher.submit(job)
@@ -483,6 +587,37 @@ class TranslationService:
         except asyncio.TimeoutError:
             batcher.cancel(job)
             raise ServeError(504, "timeout", f"no answer within the server's timeout ({self.limits.timeout:g} s)") from None
+
+
+def request_controls(req: RequestBase, n_texts: int, decode: DecodeConfig) -> list[dict[str, list[str]]] | None:
+    """Each text's "constraints" and "avoid" phrases (None: the request has none), or a 422 naming
+    what is wrong: with "text" a list of strings, with "texts" one list per text."""
+    per_text: dict[str, list[list[str]]] = {}
+    for key in ("constraints", "avoid"):
+        value = getattr(req, key)
+        if value is None:
+            continue
+        single = req.text is not None
+        if any(isinstance(p, str) != single for p in value):
+            raise ServeError(422, "invalid_request", f'"{key}" is a list of strings with "text", one list of '
+                                                     f'strings per text with "texts"')
+        lists = [value] if single else value
+        if len(lists) != n_texts:
+            raise ServeError(422, "invalid_request", f'{len(lists)} "{key}" lists for {n_texts} texts: give one per '
+                                                     f"text ([] for none)")
+        per_text[key] = lists
+    if not any(any(lists) for lists in per_text.values()):
+        return None
+    if any(per_text.get("constraints", [])) and decode.search != "beam":
+        raise ServeError(422, "invalid_options", f"constraints need beam search, not {decode.search} search: give a beam")
+    return [{key: lists[i] for key, lists in per_text.items()} for i in range(n_texts)]
+
+
+def phrase_lists(controls: list[dict[str, list[str]]] | None) -> dict[str, list[list[str]]]:
+    """Translator.translate's constraints= and avoid= from each text's controls ({} for none)."""
+    if not controls:
+        return {}
+    return {key: [c.get(key, []) for c in controls] for key in ("constraints", "avoid")}
 
 
 class NonStandardNumber(Exception):
@@ -506,11 +641,27 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def format_translation(tr: Translation, n_best: int, alignments: bool = False) -> dict[str, Any]:
-    """One answer, in the shape of `mt translate --json` (without the line id)."""
+def copied_words(source: str, translation: str, model_text: str) -> list[int]:
+    """The words of `translation` (whitespace-separated) that the copy of unseen words put there:
+    source words it holds more often than the model's own output `model_text` does."""
+    left = {w: source.split().count(w) - model_text.split().count(w) for w in set(source.split())}
+    copies = []
+    for i, word in enumerate(translation.split()):
+        if left.get(word, 0) > 0:
+            copies.append(i)
+            left[word] -= 1
+    return copies
+
+
+def format_translation(tr: Translation, n_best: int, alignments: bool = False, extras: dict[str, Any] | None = None,
+                       copies: list[int] | None = None) -> dict[str, Any]:
+    """One answer, in the shape of `mt translate --json` (without the line id); extras: what the
+    request asked to see inside (trace, attention); copies: copied_words."""
     nbest = tr.nbest or [("", 0.0)]
     out: dict[str, Any] = {"translation": tr.text, "score": nbest[0][1], "tokens": tr.tokens,
-                           "token_scores": tr.token_scores}
+                           "token_scores": tr.token_scores, **(extras or {})}
+    if copies:
+        out["copies"] = copies
     if alignments:
         out["alignment"] = [list(link) for link in tr.alignment or []]
     if n_best > 1:
@@ -518,6 +669,17 @@ def format_translation(tr: Translation, n_best: int, alignments: bool = False) -
     if tr.pieces > 1:
         out["pieces"] = tr.pieces
     return out
+
+
+def format_answers(model: ServedModel, texts: list[str], results: list[Any], decode: DecodeConfig, alignments: bool,
+                   look: Look | None) -> list[dict[str, Any]]:
+    """The translations of a request (service.translate's results: Translations, or with look the
+    one text's (Translation, extras)), each with the words its copy of unseen words placed."""
+    pairs = results if look is not None else [(r, None) for r in results]
+    vocab = model.run.tgt_vocab
+    return [format_translation(r, decode.n_best, alignments, extras,
+                               copied_words(text, r.text, vocab.sp.DecodePieces(r.tokens[:-1])) if r.tokens else None)
+            for text, (r, extras) in zip(texts, pairs)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -587,6 +749,7 @@ def create_app(service: TranslationService) -> FastAPI:
     )
 
     add_error_handlers(app)
+    add_page(app)
 
     @app.post(
         "/translate",
@@ -602,9 +765,9 @@ def create_app(service: TranslationService) -> FastAPI:
     async def translate(request: Request) -> dict[str, Any]:
         arrived = time.monotonic()
         body = await read_body(request, service.limits.max_body)
-        model, texts, decode, alignments, prefixes = service.parse(body)
-        results = await service.translate(model, texts, decode, arrived, alignments, prefixes)
-        return {"model": model.name, "translations": [format_translation(r, decode.n_best, alignments) for r in results]}
+        model, texts, decode, alignments, prefixes, look, controls = service.parse(body)
+        results = await service.translate(model, texts, decode, arrived, alignments, prefixes, look, controls)
+        return {"model": model.name, "translations": format_answers(model, texts, results, decode, alignments, look)}
 
     @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {
         "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,
