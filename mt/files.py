@@ -65,6 +65,19 @@ def publish(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def publish_replacing(folder: Path, target: Path, aside: Path) -> None:
+    """publish a finished `folder` as `target`; what stood at `target` moves to `aside` first (the
+    caller deletes it) and comes back if the move fails: never half-deleted, never lost."""
+    if target.exists() or target.is_symlink():
+        os.replace(target, aside)
+    try:
+        publish(folder, target)
+    except OSError:
+        if aside.exists() or aside.is_symlink():
+            os.replace(aside, target)
+        raise
+
+
 # ----------------------------------------------------------------------------------------------
 # atomic writes: a temporary file beside the target, fsync, rename
 

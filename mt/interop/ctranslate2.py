@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from ctranslate2.specs import common_spec, transformer_spec
 
 from mt import MTError, __version__
 from mt.config import TransformerConfig
-from mt.files import publish, temp_dir
+from mt.files import publish_replacing, temp_dir
 from mt.decode.translator import Run, load_run
 from mt.rundir import check_export_target
 
@@ -237,15 +236,7 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, checkpoint: str = "
             **decoding_options(run),
         }
         (model_dir / "mt_export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        old = tmp / "replaced"
-        if out.exists() or out.is_symlink():
-            os.replace(out, old)  # the earlier export moves aside (deleted below), never half-deleted
-        try:
-            publish(model_dir, out)
-        except OSError:
-            if old.exists() or old.is_symlink():
-                os.replace(old, out)
-            raise
+        publish_replacing(model_dir, out, tmp / "replaced")  # an earlier export moves aside (deleted below)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

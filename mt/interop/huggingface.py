@@ -41,7 +41,7 @@ import torch
 from mt import MTError, __version__
 from mt.config import Config, DataConfig, DecodeConfig, TransformerConfig, VocabConfig, load_config, save_config
 from mt.data.vocab import SPECIAL_PIECES, spm_pieces, spm_trainer_option, spm_with_id_table
-from mt.files import atomic_write_json, publish, temp_dir
+from mt.files import atomic_write_json, publish, publish_replacing, temp_dir
 from mt.rundir import CONFIG, META, SRC_VOCAB, TGT_VOCAB, WEIGHTS, check_export_target, check_run_dir
 
 #: the files of a Marian folder that the import reads (and fetches, for a model id)
@@ -440,22 +440,9 @@ def export_huggingface(run_dir: str | Path, out: str | Path, checkpoint: str = "
         atomic_write_json(model_dir / "mt_export.json", {"exported_by": f"mt {__version__}", "run": str(run_dir),
                                                          "checkpoint": checkpoint, "format": "huggingface",
                                                          "notes": export_notes(run.config.decode)})
-        _replace(model_dir, out, tmp)
+        publish_replacing(model_dir, out, tmp / "replaced")  # an earlier export moves aside
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _replace(model_dir: Path, out: Path, tmp: Path) -> None:
-    """Move the finished folder to `out`; an earlier export there moves aside first, never half-deleted."""
-    import os
-
-    old = tmp / "replaced"
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    try:
-        publish(model_dir, out)
-    except OSError:
-        if old.exists() or old.is_symlink():
-            os.replace(old, out)
-        raise
