@@ -153,6 +153,22 @@ def test_unseen_characters_on_a_trained_run(tiny_run: Path) -> None:
     assert run["unk_marks_in_output_copy_unseen"] <= run["unk_marks_in_output_model_alone"]
 
 
+def test_constraints_benchmark_quick(tiny_run: Path) -> None:
+    """Every setting at every batch size, the constraints' coverage with and without, and the
+    guard's count; the constrained search puts every constraint phrase in its output (the words are
+    found detokenised where the tiny run's vocabulary can spell them)."""
+    doc = bench("constraints.py", str(tiny_run), "--quick", "--sentences", "4", "--batch-sizes", "2,1",
+                "--guard-sentences", "4")
+    for bs in ("batch_2", "batch_1"):
+        rows = doc["speed"][bs]
+        assert set(rows) == {"plain", "guard", "no_repeat_ngram", "constraints"}
+        assert rows["plain"]["cpu_time_vs_plain"] == 1.0 and all(r["ms_per_sentence"] > 0 for r in rows.values())
+    quality = doc["quality"]
+    assert quality["lines"] == 4 and quality["constraints"] == 6  # one, two, one, two words
+    assert quality["with"]["constraint_words_in_output"] >= quality["without"]["constraint_words_in_output"]
+    assert doc["guard"]["lines"] == 4 and doc["guard"]["fired"] >= 0 and doc["guard"]["max_repeat"] == 3
+
+
 def test_data_scale(tmp_path: Path) -> None:
     """`make bench`'s data-path benchmark on 3000 pairs and two steps (its smallest real size is 0.1M)."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "data_scale.py"), "--sizes", "3000", "--steps", "2",

@@ -116,7 +116,7 @@ def agreement(run_dir: Path, out: Path, decode: dict, ct2: dict, compute_type: s
     """Share of LINES on which CTranslate2 and mt give the same translation; the differing pairs.
     CTranslate2 gets mt's maximum length (a * source length + b) per line."""
     run = load_run(run_dir)
-    d = replace(run.config.decode, **decode)
+    d = replace(run.config.decode, **{"max_repeat": 0, **decode})  # CTranslate2 has no loop guard
     mine = [t.text for t in Translator(run.model, run.src_vocab, run.tgt_vocab, build_search(d)).translate(LINES)]
     sp = spm.SentencePieceProcessor(str(out / "spm.model"))
     translator = ctranslate2.Translator(str(out), device="cpu", compute_type=compute_type, intra_threads=1)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from mt import MTError
 from mt.config import DecodeConfig
+from mt.decode.constraints import Constraints, contains
+from mt.decode.rules import StepRules
 from mt.models.base import DecoderState, Seq2Seq
 
 NEG_INF = float("-inf")
@@ -78,6 +80,12 @@ class Search:
     long as the limit (a * source length + b) or longer raises that sentence's limit to the
     prefix's length: the output is the prefix as it is, then eos. A prefix the model cannot
     represent (more than its target positions) is an MTError.
+
+    Under control (mt.decode.rules, mt.decode.constraints): no_repeat_ngram, repetition_penalty and
+    max_repeat (the loop guard; `guard_fired` counts its work over every call) apply at every step of
+    every search, as does `avoid` (per sentence, phrases of token ids its output never contains);
+    `constraints` (per sentence, phrases its output must contain) need beam search, which then
+    allocates its beam to banks (DBA). With all of them off a search runs as it did without them.
     """
 
     def __init__(
@@ -88,17 +96,25 @@ class Search:
         n_best: int = 1,
         return_attention: bool = False,
         max_len_cap: int | None = None,
+        no_repeat_ngram: int = 0,
+        repetition_penalty: float = 1.0,
+        max_repeat: int = 0,
     ) -> None:
         self.max_len_a, self.max_len_b, self.min_len = max_len_a, max_len_b, min_len
         self.max_len_cap = max_len_cap  # a bound on a * source length + b (mt serve's --max-output-tokens)
         self.n_best = n_best
         self.return_attention = return_attention
+        self.no_repeat_ngram, self.repetition_penalty, self.max_repeat = no_repeat_ngram, repetition_penalty, max_repeat
+        #: rows and steps where the repeat guard took a token away, over every call (mt.decode.rules)
+        self.guard_fired = 0
 
     #: decoder rows per source sentence (beam size, samples): what a batch budget is divided by
     rows_per_sentence = 1
 
     def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor,
-                 prefixes: Sequence[Sequence[int]] | None = None) -> list[list[Hypothesis]]:
+                 prefixes: Sequence[Sequence[int]] | None = None,
+                 constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+                 avoid: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[Hypothesis]]:
         with self.grad_mode():
             forced = forced_prefixes(prefixes, src.size(0), src.device)
             max_lens = self.max_lengths(model, src_lengths)
@@ -109,8 +125,21 @@ class Search:
                     raise MTError(f"a target prefix of {int(prefix_lens.max())} tokens is longer than the model's "
                                   f"{limit - 1} target positions")
                 max_lens = torch.maximum(max_lens, prefix_lens)
+            rules = StepRules.build(src, src_lengths, self.no_repeat_ngram, self.repetition_penalty, self.max_repeat,
+                                    avoid)
+            cons = None
+            if Constraints.active(constraints):
+                if not isinstance(self, BeamSearch):
+                    raise MTError("constraints (phrases the output must contain) need beam search")
+                if len(constraints) != src.size(0):
+                    raise ValueError(f"{len(constraints)} constraint lists for {src.size(0)} sentences")
+                cons = Constraints(constraints, max_lens)
             state = self.start_state(model, src, src_lengths, max_lens)
-            return self._search(model, state, max_lens, src_lengths, forced)
+            if rules is None and cons is None:  # exactly the search without rules
+                return self._search(model, state, max_lens, src_lengths, forced)
+            hyps = self._search(model, state, max_lens, src_lengths, forced, rules=rules, cons=cons)
+            self.guard_fired += rules.guard_fired if rules is not None else 0
+            return hyps if cons is None else [met_first(h, c)[: self.n_best] for h, c in zip(hyps, constraints)]
 
     def grad_mode(self) -> contextlib.AbstractContextManager:
         """Hook: the autograd mode the search runs under. Nothing a search computes is ever
@@ -139,24 +168,28 @@ class Search:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _mask_scores(self, lp: Tensor, step: int, max_lens: Tensor, model: Seq2Seq, first_limit: int,
-                     forced: Tensor | None = None) -> Tensor:
+                     forced: Tensor | None = None, rules: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Never pad or bos; no eos before min_len; only eos once a row reaches its max length
         (max_lens is per row). No row reaches its limit before step `first_limit` (the smallest
         limit of the batch): until then the rows are not looked at (a device sync on CUDA).
         forced [N, P] (-1: none): a row whose prefix reaches this step gets only its prefix token,
-        with the model's log-probability."""
+        with the model's log-probability. rules: the step's rules (mt.decode.rules) bound to the
+        rows' tokens, applied after min_len and before the prefixes (which they do not change)."""
         eos = model.eos_id
         lp[:, model.pad_id] = NEG_INF
         lp[:, model.bos_id] = NEG_INF
         if step < self.min_len:
             lp[:, eos] = NEG_INF
+        rows = None
         if forced is not None and step < forced.size(1):
             tok = forced[:, step]
             rows = (tok >= 0).nonzero()[:, 0]
-            if rows.numel():
-                kept = lp[rows, tok[rows]]
-                lp[rows] = NEG_INF
-                lp[rows, tok[rows]] = kept
+            kept = lp[rows, tok[rows]]
+        if rules is not None:
+            lp = rules(lp)
+        if rows is not None and rows.numel():
+            lp[rows] = NEG_INF
+            lp[rows, tok[rows]] = kept
         if step < first_limit:
             return lp
         at_max = max_lens <= step
@@ -177,7 +210,7 @@ class _RowSearch(Search):
     def _choose(self, lp: Tensor) -> Tensor:  # [N, V] -> [N]
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _search(self, model, state, max_lens, src_lengths, forced=None):
+    def _search(self, model, state, max_lens, src_lengths, forced=None, rules=None, cons=None):
         b, n, eos = src_lengths.size(0), self.rows_per_sentence, model.eos_id
         device = src_lengths.device
         if n > 1:
@@ -195,7 +228,8 @@ class _RowSearch(Search):
         step = 0
         while rows.numel():
             lp, attn = model.decode_step(prev, state)
-            lp = self._mask_scores(lp, step, row_max, model, first_limit, row_forced)
+            bound = None if rules is None else lambda x: rules(x, seqs, torch.div(rows, n, rounding_mode="floor"))
+            lp = self._mask_scores(lp, step, row_max, model, first_limit, row_forced, bound)
             tok = self._choose(lp)
             tok_lp = lp.gather(1, tok[:, None])
             scores = scores + tok_lp[:, 0]
@@ -239,9 +273,9 @@ class SamplingSearch(_RowSearch):
         self.rows_per_sentence = self.n_best  # samples per sentence
         self.seed = seed
 
-    def __call__(self, model, src, src_lengths, prefixes=None):
+    def __call__(self, model, src, src_lengths, prefixes=None, constraints=None, avoid=None):
         self.generator = torch.Generator(device=src.device).manual_seed(self.seed)
-        return super().__call__(model, src, src_lengths, prefixes)
+        return super().__call__(model, src, src_lengths, prefixes, constraints, avoid)
 
     def _choose(self, lp: Tensor) -> Tensor:
         logits = lp / self.temperature
@@ -323,6 +357,9 @@ class BeamSearch(Search):
     Besides Search's hooks, `top(scores, n)` picks the best candidates of every sentence.
     """
 
+    #: records the search tree when set (mt.decode.trace.SearchTrace); None: nothing recorded or spent
+    trace = None
+
     def __init__(
         self,
         beam: int = 5,
@@ -340,22 +377,28 @@ class BeamSearch(Search):
         their indices; one topk over the whole tensor."""
         return scores.topk(n, dim=1)
 
-    def _search(self, model, state, max_lens, src_lengths, forced=None):
+    def _search(self, model, state, max_lens, src_lengths, forced=None, rules=None, cons=None):
         k = self.beam
         # the first step runs once per sentence; the state is expanded to batch x beam rows after it
         beams = _Beams.start(max_lens, model.bos_id, forced)
         done: list[list[Hypothesis]] = [[] for _ in range(src_lengths.size(0))]
         src_len, first_limit = src_lengths.tolist(), int(max_lens.min())
+        if self.trace is not None:
+            self.trace.start(src_lengths.size(0), k, self.lp)
         step = 0
         while beams.sent_ids.numel():
             lp, attn = model.decode_step(beams.prev, state)  # [nb * width, V]
             sent_max = beams.sent_max.repeat_interleave(beams.width)
-            lp = self._mask_scores(lp, step, sent_max, model, first_limit, beams.row_forced())
+            lp = self._mask_scores(lp, step, sent_max, model, first_limit, beams.row_forced(),
+                                   self._bound_rules(beams, rules, cons, model.eos_id))
             if attn is not None and self.return_attention:
                 attn_all = attn[:, None] if beams.attn_rows is None else torch.cat([beams.attn_rows, attn[:, None]], 1)
             else:
                 attn_all = None
-            cand = self._candidates(beams, lp, model.eos_id)
+            if cons is None:
+                cand = self._candidates(beams, lp, model.eos_id)
+            else:
+                cand = self._constrained_candidates(beams, lp, model.eos_id, cons)
             # hypotheses that end here: eos among the first k candidates, with a finite score
             ends = cand.is_eos & torch.isfinite(cand.scores)
             ends[:, k:] = False
@@ -363,6 +406,10 @@ class BeamSearch(Search):
                 self._collect(ends, cand, beams, attn_all, src_len, step, done)
                 beams.n_done = beams.n_done + ends.sum(dim=1)
             rows = self._advance(beams, cand, attn_all)
+            if self.trace is not None:
+                self.trace.step(step, beams, cand, ends, rows)
+            if cons is not None:
+                cons.advance(rows, beams.seqs, k)
             if beams.width < k:  # after the first step: each sentence's row becomes its k beams
                 state = state.expand(k)  # the model may share static tensors among beams
                 beams.width = k
@@ -373,8 +420,11 @@ class BeamSearch(Search):
                 keep = (~finished).nonzero()[:, 0]
                 beams.keep_sentences(keep, k)
                 state.keep_sentences_(keep, k)
+                if cons is not None:
+                    cons.keep_sentences(keep, k)
             step += 1
-        return [sorted(h, key=lambda x: -x.score)[: self.n_best] for h in done]
+        n_best = self.n_best if cons is None else None  # with constraints: cut after met_first
+        return [sorted(h, key=lambda x: -x.score)[:n_best] for h in done]
 
     def _candidates(self, beams: _Beams, lp: Tensor, eos: int) -> _Candidates:
         """Each sentence's best 2 x beam continuations of its open hypotheses (lp [nb * width, V]:
@@ -390,6 +440,28 @@ class BeamSearch(Search):
         top_tok = top_idx % vocab
         top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
         return _Candidates(top_scores, top_beam, top_tok, top_lp, top_tok == eos)
+
+    @staticmethod
+    def _bound_rules(beams: _Beams, rules: StepRules | None, cons: Constraints | None,
+                     eos: int) -> Callable[[Tensor], Tensor] | None:
+        """The step's rules on the beams' rows, and no eos for a hypothesis that has not met its
+        constraints (the length limit, applied after them, may still end it)."""
+        if rules is None and cons is None:
+            return None
+
+        def bound(lp: Tensor) -> Tensor:
+            if rules is not None:
+                lp = rules(lp, beams.seqs, beams.sent_ids.repeat_interleave(beams.width))
+            return cons.mask_eos(lp, eos) if cons is not None else lp
+
+        return bound
+
+    def _constrained_candidates(self, beams: _Beams, lp: Tensor, eos: int, cons: Constraints) -> _Candidates:
+        """The step's candidates under constraints: dynamic beam allocation (mt.decode.constraints)."""
+        plain = self._candidates(beams, lp, eos)
+        scores, beam, tok, tok_lp = cons.candidates((plain.scores, plain.beam, plain.tok), lp, beams.scores,
+                                                    beams.seqs, self.beam, eos)
+        return _Candidates(scores, beam, tok, tok_lp, tok == eos)
 
     def _advance(self, beams: _Beams, cand: _Candidates, attn_all: Tensor | None) -> Tensor:
         """The best k candidates that do not end become the open hypotheses (k rows per sentence);
@@ -434,6 +506,12 @@ class BeamSearch(Search):
         return finished
 
 
+def met_first(hyps: list[Hypothesis], phrases: Sequence[Sequence[int]]) -> list[Hypothesis]:
+    """An n-best list with the hypotheses that contain every phrase before those that do not (the
+    length limit ended them), each group best first."""
+    return sorted(hyps, key=lambda h: not all(contains(h.tokens, p) for p in phrases if len(p)))
+
+
 def build_search(cfg: DecodeConfig, return_attention: bool = False, max_len_cap: int | None = None) -> Search:
     common = dict(
         max_len_cap=max_len_cap,
@@ -442,6 +520,9 @@ def build_search(cfg: DecodeConfig, return_attention: bool = False, max_len_cap:
         min_len=cfg.min_len,
         n_best=cfg.n_best,
         return_attention=return_attention,
+        no_repeat_ngram=cfg.no_repeat_ngram,
+        repetition_penalty=cfg.repetition_penalty,
+        max_repeat=cfg.max_repeat,
     )
     if cfg.search == "greedy":
         return GreedySearch(**common)

@@ -21,6 +21,7 @@ from mt.models import build_model
 from mt.models.base import Seq2Seq
 from mt.rundir import CONFIG, META, check_run_dir, vocab_files, weights_file
 from mt.decode.scorer import Scorer
+from mt.decode.constraints import constraint_marks, contains, segmentations
 from mt.decode.search import Hypothesis, Search, build_search
 from mt.decode.unseen import UnseenCopier, placeholder_protector
 from mt.data.placeholders import PLACEHOLDER, Masked, insert, mask_like, placeholder, source_words
@@ -42,6 +43,8 @@ class Translation:
     token_scores: list[float] = field(default_factory=list)  # log-probability of each of `tokens`
     #: (source word, target word) pairs over whitespace-separated words; None unless asked for
     alignment: list[tuple[int, int]] | None = None
+    #: per piece of `tokens`: whether it belongs to one of the line's constraint phrases (None: it had none)
+    constraint_tokens: list[bool] | None = None
 
 
 @dataclass
@@ -141,12 +144,14 @@ class Translator:
                    placeholders=decode.placeholders, protect=decode.protect)
 
     # -- ids ----------------------------------------------------------------------------------
-    def search_ids(self, src_ids: Sequence[Sequence[int]],
-                   prefixes: Sequence[Sequence[int]] | None = None) -> list[list[Hypothesis]]:
+    def search_ids(self, src_ids: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]] | None = None,
+                   constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+                   avoid: Sequence[Sequence[Sequence[int]]] | None = None) -> list[list[Hypothesis]]:
         """Run the search over token-id sequences (each at most max_input_tokens long), each output
         starting with its prefix (target ids, [] for none) when given; results in input order.
         Sentences are sorted by length and grouped into batches of at most batch_tokens padded
-        source tokens x decoder rows per sentence (beam size)."""
+        source tokens x decoder rows per sentence (beam size). constraints, avoid: per sequence, the
+        phrases (target ids) its output must contain, must not contain (mt.decode.search.Search)."""
         order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]), reverse=True)
         lengths = [len(s) + 1 for s in src_ids]
         results: list[list[Hypothesis]] = [[] for _ in src_ids]
@@ -154,17 +159,21 @@ class Translator:
         for batch in token_batches(lengths, budget, order):
             src, src_lengths = source_tensor([src_ids[i] for i in batch])
             src, src_lengths = src.to(self.device), src_lengths.to(self.device)
-            if prefixes is None:
+            controls = {name: [given[i] for i in batch] for name, given in
+                        (("constraints", constraints), ("avoid", avoid)) if given is not None}
+            if prefixes is None and not controls:
                 hyps = self.search(self.model, src, src_lengths)
             else:
-                hyps = self.search(self.model, src, src_lengths, [prefixes[i] for i in batch])
+                hyps = self.search(self.model, src, src_lengths, [prefixes[i] for i in batch] if prefixes else None,
+                                   **controls)
             for i, h in zip(batch, hyps):
                 results[i] = h
         return results
 
     # -- text ---------------------------------------------------------------------------------
     def translate(self, lines: Sequence[str], first_line: int = 1, prefixes: Sequence[str] | None = None,
-                  encoded: Sequence[list[int]] | None = None) -> list[Translation]:
+                  encoded: Sequence[list[int]] | None = None, constraints: Sequence[Sequence[str]] | None = None,
+                  avoid: Sequence[Sequence[str]] | None = None) -> list[Translation]:
         """Translate a list of lines. Empty lines give empty translations; a line longer than
         max_input_tokens is cut into pieces that are translated one after the other.
 
@@ -175,10 +184,15 @@ class Translator:
 
         encoded: the lines' source segmentation (src_vocab.encode_batch) when the caller made it already.
 
+        constraints, avoid: per line, phrases its translation must contain (beam search; each is
+        reported with self.warn when the translation lacks it) and must not contain, segmented as in
+        running text (mt.decode.constraints.segmentations). A line cut into pieces has its constraints
+        on the first piece, its avoid list on every piece.
+
         With placeholders (see __init__), the spans to pass through are masked in the lines (and in the
         prefixes, where they stand there too) before the search and restored in the translations."""
         if self.protector is None:
-            return self._translate(lines, first_line, prefixes, encoded)
+            return self._translate(lines, first_line, prefixes, encoded, constraints, avoid)
         masks = [self.protector.mask(line) for line in lines]
         masked = [m.text for m in masks]
         self.placeholder_counts["masked"] += sum(sum(m.counts) for m in masks)
@@ -189,11 +203,12 @@ class Translator:
                 encoded[i] = ids
         if prefixes is not None:
             prefixes = [mask_like(p, m) for p, m in zip(prefixes, masks)]
-        results = self._translate(masked, first_line, prefixes, encoded)
+        results = self._translate(masked, first_line, prefixes, encoded, constraints, avoid)
         return [self._restore(r, m) for r, m in zip(results, masks)]
 
     def _translate(self, lines: Sequence[str], first_line: int = 1, prefixes: Sequence[str] | None = None,
-                   encoded: Sequence[list[int]] | None = None) -> list[Translation]:
+                   encoded: Sequence[list[int]] | None = None, constraints: Sequence[Sequence[str]] | None = None,
+                   avoid: Sequence[Sequence[str]] | None = None) -> list[Translation]:
         encoded = list(encoded) if encoded is not None else self.src_vocab.encode_batch(lines)
         if len(encoded) != len(lines):
             raise ValueError(f"{len(encoded)} segmented lines for {len(lines)} lines")
@@ -203,8 +218,11 @@ class Translator:
         items: list[list[int]] = []  # pieces to translate
         owner: list[int] = []  # line index of each piece
         item_prefixes: list[list[int]] = []
+        cons, avoid_ids = self._segment_phrases(len(lines), constraints, avoid)
+        item_cons: list[list[list[int]]] = []
+        item_avoid: list[list[list[int]]] = []
         for i, ids in enumerate(encoded):
-            if not ids and not prefix_ids[i]:
+            if not ids and not prefix_ids[i] and not cons[i]:
                 continue
             pieces = self._split(ids)
             if len(pieces) > 1:
@@ -216,7 +234,10 @@ class Translator:
             items.extend(pieces)
             owner.extend([i] * len(pieces))
             item_prefixes.extend([prefix_ids[i]] + [[] for _ in pieces[1:]])
-        hyps = self.search_ids(items, item_prefixes if any(item_prefixes) else None)
+            item_cons.extend([[ids for _, ids in cons[i]]] + [[] for _ in pieces[1:]])
+            item_avoid.extend([avoid_ids[i]] * len(pieces))
+        hyps = self.search_ids(items, item_prefixes if any(item_prefixes) else None,
+                               item_cons if any(item_cons) else None, item_avoid if any(item_avoid) else None)
         grouped: list[list[list[Hypothesis]]] = [[] for _ in lines]
         sources: list[list[list[int]]] = [[] for _ in lines]
         for i, h, ids in zip(owner, hyps, items):
@@ -231,8 +252,43 @@ class Translator:
         if self.protector is not None:  # what the best translations lacked, before any mending
             self.placeholder_counts["lacked"] += sum(len(self._lacking(ids, hs[0].tokens))
                                                      for i in range(len(lines)) for ids, hs in zip(sources[i], grouped[i]) if hs)
-        return [self._result(lines[i], encoded[i], parts, sources[i], len(prefix_ids[i]), copy_attention)
-                for i, parts in enumerate(grouped)]
+        results = [self._result(lines[i], encoded[i], parts, sources[i], len(prefix_ids[i]), copy_attention)
+                   for i, parts in enumerate(grouped)]
+        return self._check_constraints(results, grouped, sources, cons, first_line)
+
+    def _segment_phrases(self, n: int, constraints: Sequence[Sequence[str]] | None,
+                         avoid: Sequence[Sequence[str]] | None) -> tuple[list[list[tuple[str, list[int]]]],
+                                                                         list[list[list[int]]]]:
+        """Per line: its constraints as (phrase, target ids), its avoid list as target ids (every
+        segmentation of each phrase)."""
+        for name, given in (("constraint lists", constraints), ("avoid lists", avoid)):
+            if given is not None and len(given) != n:
+                raise ValueError(f"{len(given)} {name} for {n} lines")
+        cons = [[(p, forms[0]) for p in (constraints[i] if constraints else [])
+                 if (forms := segmentations(self.tgt_vocab, p))] for i in range(n)]
+        avoid_ids = [[f for p in (avoid[i] if avoid else []) for f in segmentations(self.tgt_vocab, p)]
+                     for i in range(n)]
+        return cons, avoid_ids
+
+    def _check_constraints(self, results: list[Translation], grouped: list[list[list[Hypothesis]]],
+                           sources: list[list[list[int]]], cons: list[list[tuple[str, list[int]]]],
+                           first_line: int) -> list[Translation]:
+        """Mark the constraint pieces of each line's translation, and warn about each constraint it lacks."""
+        for i, phrases in enumerate(cons):
+            if not phrases:
+                continue
+            best = [t for part in grouped[i] if part for t in part[0].tokens]
+            ids = [p for _, p in phrases]
+            results[i] = dataclasses.replace(results[i], constraint_tokens=constraint_marks(best, ids) + [False])
+            missing = [text for text, p in phrases if not contains(best, p)]
+            if missing:
+                need = sum(len(p) for p in {tuple(p) for p in ids})
+                limit = int(self.search.max_lengths(self.model, torch.tensor([len(sources[i][0]) + 1]))[0])
+                why = (f"together they need {need} pieces, more than the length limit of {limit}" if need > limit
+                       else "the search found no translation with it within the length limit")
+                self.warn(f"line {first_line + i}: constraint{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(repr(m) for m in missing)} not in the translation ({why})")
+        return results
 
     def _lacking(self, src_ids: Sequence[int], tgt_ids: Sequence[int]) -> set[str]:
         """The placeholders of a source that its translation lacks (their indices, as text)."""
@@ -382,25 +438,34 @@ class Translator:
         return matrix
 
     def stream(self, lines: Iterable[str | tuple[str, str]], buffer_lines: int = 1000) -> Iterator[Translation]:
-        """Translate an iterable of lines, or of (line, target prefix) pairs, chunk by chunk,
-        yielding results in order: memory stays bounded by `buffer_lines` whatever the input size."""
+        """Translate an iterable of lines, or of (line, target prefix) pairs, or of (line, target
+        prefix, {"constraints": [...], "avoid": [...]}) triples, chunk by chunk, yielding results in
+        order: memory stays bounded by `buffer_lines` whatever the input size."""
         chunk: list[str] = []
         prefixes: list[str] = []
+        cons: list[list[str]] = []
+        avoid: list[list[str]] = []
         first = 1
         for item in lines:
-            line, prefix = item if isinstance(item, tuple) else (item, "")
+            line, prefix, controls = (tuple(item) + ({},))[:3] if isinstance(item, tuple) else (item, "", {})
             chunk.append(line)
             prefixes.append(prefix)
+            cons.append(controls.get("constraints", []))
+            avoid.append(controls.get("avoid", []))
             if len(chunk) >= buffer_lines:
-                yield from self.translate(chunk, first, prefixes if any(prefixes) else None)
+                yield from self.translate(chunk, first, prefixes if any(prefixes) else None,
+                                          constraints=cons if any(cons) else None, avoid=avoid if any(avoid) else None)
                 first += len(chunk)
-                chunk, prefixes = [], []
+                chunk, prefixes, cons, avoid = [], [], [], []
         if chunk:
-            yield from self.translate(chunk, first, prefixes if any(prefixes) else None)
+            yield from self.translate(chunk, first, prefixes if any(prefixes) else None,
+                                      constraints=cons if any(cons) else None, avoid=avoid if any(avoid) else None)
 
 
-def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:
-    """(text, prefix) from JSON lines: {"text": "...", "prefix": "..."} ("prefix" optional)."""
+def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple]:
+    """(text, prefix) from JSON lines: {"text": "...", "prefix": "..."} ("prefix" optional); (text,
+    prefix, {"constraints": [...], "avoid": [...]}) when a line has "constraints" or "avoid" (lists
+    of strings)."""
     for n, line in enumerate(lines, start=1):
         try:
             obj = json.loads(line)
@@ -413,7 +478,30 @@ def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:
             prefix = ""
         if not isinstance(prefix, str):
             raise MTError(f'{name}:{n}: "prefix" must be a string, got {type(prefix).__name__}')
-        yield obj["text"], prefix
+        controls = {key: phrase_list(obj[key], f'{name}:{n}: "{key}"') for key in ("constraints", "avoid")
+                    if obj.get(key) is not None}
+        yield (obj["text"], prefix, controls) if controls else (obj["text"], prefix)
+
+
+def phrase_list(value, where: str) -> list[str]:
+    """A JSON value that must be a list of strings (phrases), or an MTError saying so at `where`."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise MTError(f"{where} must be a list of strings, got {json.dumps(value, ensure_ascii=False)[:60]}")
+    return value
+
+
+def with_constraints(items: Iterator, constraint_lines: Iterator[str], name: str,
+                     constraints_name: str) -> Iterator[tuple[str, str, dict]]:
+    """(line, prefix, {"constraints": [...]}) from lines (or (line, prefix) pairs) and a line-aligned
+    stream of JSON lists of strings (an empty line: none); an MTError naming the bad line."""
+    pairs = paired_lines(items, constraint_lines, name, constraints_name, ": one JSON list per input line ([] for none)")
+    for n, (item, raw) in enumerate(pairs, start=1):
+        line, prefix = item if isinstance(item, tuple) else (item, "")
+        try:
+            value = json.loads(raw) if raw.strip() else []
+        except json.JSONDecodeError as e:
+            raise MTError(f"{constraints_name}:{n}: not JSON ({e.msg}); expected a list of strings") from None
+        yield line, prefix, {"constraints": phrase_list(value, f"{constraints_name}:{n}")}
 
 
 def with_prefixes(lines: Iterator[str], prefixes: Iterator[str], name: str, prefix_name: str) -> Iterator[tuple[str, str]]:
