@@ -1,1 +1,2 @@
-"""Serving: the HTTP app (app) and a launcher for a server process (process)."""
+"""Serving: the HTTP app with its batcher (app), the web page that looks inside a translation (page,
+static/), and a launcher for a server process (process)."""
