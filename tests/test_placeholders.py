@@ -25,6 +25,7 @@ PROTECT = Protector(is_unseen=non_latin, patterns=[r"#[A-Z]+\d+"])
     ("big is 東京", ["東京"]),  # at the end
     ("東京Москва", ["東京Москва"]),  # one run of letters: one span
     ("a temple in दिल्ली.", ["दिल्ली"]),  # vowel signs and viramas (marks) belong to their word
+    ("from Санкт-Петербург - to 東京-", ["Санкт-Петербург", "東京"]),  # a hyphen inside a word joins it
     ("(東京), «Москва» and [42].", ["東京", "Москва", "42"]),  # inside punctuation
     ("At 14:30 on 2026-12-07 it cost 3.50 for 1,000 items", ["14:30", "2026-12-07", "3.50", "1,000"]),
     ("Mail bob.smith+x@example.co.uk. Or see https://example.com/a_(b)).", ["bob.smith+x@example.co.uk",
@@ -376,3 +377,31 @@ def test_the_real_text_benchmark_reports_loops_and_spans(placeholder_run, tmp_pa
     assert report["model_alone"]["guard_fired"] == 0  # max_repeat 0: no guard
     for name in ("run", "no_placeholders", "model_alone"):
         assert 0 <= report[name]["degenerate"] <= 30 and len(report[name]["outputs"]) == 30
+
+
+def test_placeholders_off_never_show_one_and_constraints_hold_spans(placeholder_run) -> None:
+    """With placeholders off, a placeholder the model writes on its own is removed; a constraint holding a
+    protected span of its line is met through the span's placeholder."""
+    from dataclasses import replace
+
+    from mt.decode.loading import load_for_decoding
+
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    decode = replace(loaded.run.config.decode, search="beam", beam=4)
+    lines = _held_out_lines()
+    model, vocab = loaded.run.model, loaded.run.tgt_vocab
+    first, step = vocab.sp.PieceToId(placeholder(1)), model.decode_step
+
+    def starts_with_a_placeholder(prev, state, step=step):  # the model's first choice: ⦅1⦆
+        lp, attention = step(prev, state)
+        lp[prev == model.bos_id, first] = 0.0
+        return lp, attention
+
+    model.decode_step = starts_with_a_placeholder
+    off = loaded.translator(replace(decode, search="greedy", placeholders=False)).translate(lines)
+    model.decode_step = step
+    assert all(t.tokens[0] == placeholder(1) for t in off)  # the pieces the model wrote
+    assert not any(PLACEHOLDER.search(t.text) for t in off)  # stand for nothing: removed
+    line = "the dog sees a cat no 4711."
+    [tr] = loaded.translator(decode).translate([line], constraints=[["nr 4711"]])
+    assert "nr 4711" in tr.text

@@ -43,11 +43,16 @@ def _wordlike(c: str) -> bool:
     return c.isalnum() or c == "_" or unicodedata.category(c)[0] == "M"
 
 
+_JOINERS = "-'\u2019"  # a hyphen or apostrophe between two word characters keeps them one word
+
+
 def _word_parts(line: str) -> list[tuple[int, int, bool]]:
-    """(start, end, wordlike) of the line's runs of word characters and of other non-space characters."""
+    """(start, end, wordlike) of the line's runs of word characters (Санкт-Петербург, O'Brien: one
+    run) and of other non-space characters."""
     parts: list[tuple[int, int, bool]] = []
     for i, c in enumerate(line):
-        kind = None if c.isspace() else _wordlike(c)
+        joins = c in _JOINERS and 0 < i < len(line) - 1 and _wordlike(line[i - 1]) and _wordlike(line[i + 1])
+        kind = None if c.isspace() else joins or _wordlike(c)
         if kind is not None and parts and parts[-1][1] == i and parts[-1][2] == kind:
             parts[-1] = (parts[-1][0], i + 1, kind)
         elif kind is not None:

@@ -192,7 +192,11 @@ class Translator:
         With placeholders (see __init__), the spans to pass through are masked in the lines (and in the
         prefixes, where they stand there too) before the search and restored in the translations."""
         if self.protector is None:
-            return self._translate(lines, first_line, prefixes, encoded, constraints, avoid)
+            results = self._translate(lines, first_line, prefixes, encoded, constraints, avoid)
+            if not self.tgt_vocab.placeholders:
+                return results
+            # a model trained with placeholders may write one unasked: with nothing masked, it stands for nothing
+            return [self._restore(r, Masked(line, (), ())) for r, line in zip(results, lines)]
         masks = [self.protector.mask(line) for line in lines]
         masked = [m.text for m in masks]
         self.placeholder_counts["masked"] += sum(sum(m.counts) for m in masks)
@@ -203,6 +207,10 @@ class Translator:
                 encoded[i] = ids
         if prefixes is not None:
             prefixes = [mask_like(p, m) for p, m in zip(prefixes, masks)]
+        if constraints is not None:  # a phrase holding a line's span holds its placeholder
+            constraints = [[mask_like(c, m) for c in cs] for cs, m in zip(constraints, masks)]
+        if avoid is not None:
+            avoid = [[mask_like(a, m) for a in phrases] for phrases, m in zip(avoid, masks)]
         results = self._translate(masked, first_line, prefixes, encoded, constraints, avoid)
         return [self._restore(r, m) for r, m in zip(results, masks)]
 
