@@ -366,7 +366,7 @@ def test_the_real_text_benchmark_reports_loops_and_spans(placeholder_run, tmp_pa
     assert r.returncode == 0, r.stderr
     [report] = json.loads(out.read_text(encoding="utf-8"))["runs"]
     assert report["lines"] == 30 and report["spans"] == 31 and report["placeholder_pieces"] == 4
-    assert set(report) >= {"run", "no_placeholders", "model_alone"}
+    assert set(report) >= {"run", "no_guard", "no_placeholders", "before", "model_alone"}
     sys.path.insert(0, str(script.parent))
     from real_text import LINES
 
@@ -375,7 +375,7 @@ def test_the_real_text_benchmark_reports_loops_and_spans(placeholder_run, tmp_pa
     assert report["run"]["spans_kept"] == 31 and not missing, missing
     assert report["run"]["placeholders"]["masked"] >= 31
     assert report["model_alone"]["guard_fired"] == 0  # max_repeat 0: no guard
-    for name in ("run", "no_placeholders", "model_alone"):
+    for name in ("run", "no_guard", "no_placeholders", "before", "model_alone"):
         assert 0 <= report[name]["degenerate"] <= 30 and len(report[name]["outputs"]) == 30
 
 
@@ -405,3 +405,24 @@ def test_placeholders_off_never_show_one_and_constraints_hold_spans(placeholder_
     line = "the dog sees a cat no 4711."
     [tr] = loaded.translator(decode).translate([line], constraints=[["nr 4711"]])
     assert "nr 4711" in tr.text
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam", "sampling"])
+def test_no_search_loops_on_lines_of_unseen_scripts(placeholder_run, search: str) -> None:
+    """The real-text lines (names in other scripts, emoji, URLs, numbers) through a trained tiny run: no
+    output loops, with the run's settings (placeholders and the loop guard on)."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from mt.decode.loading import load_for_decoding
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from real_text import LINES, degenerate
+
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    decode = replace(loaded.run.config.decode, search=search, beam=4, n_best=1, topk=5)
+    lines = [line for line, _ in LINES] + _held_out_lines()
+    outputs = [t.text for t in loaded.translator(decode).translate(lines)]
+    assert [o for o in outputs if degenerate(o)] == []
+    assert degenerate("wie wie wie wie ein Haus") and degenerate("Zomonstranteseseseses")  # the detector works
