@@ -426,3 +426,34 @@ def test_no_search_loops_on_lines_of_unseen_scripts(placeholder_run, search: str
     outputs = [t.text for t in loaded.translator(decode).translate(lines)]
     assert [o for o in outputs if degenerate(o)] == []
     assert degenerate("wie wie wie wie ein Haus") and degenerate("Zomonstranteseseseses")  # the detector works
+
+
+def test_mt_serve_masks_requests_and_an_ensemble_carries_them(placeholder_run) -> None:
+    """A request is translated as mt translate translates it (placeholders on, or off per request), and an
+    ensemble of the run and itself keeps every span too."""
+    from dataclasses import replace
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from mt.config import ServeLimits
+    from mt.decode.loading import load_for_decoding
+    from mt.decode.translator import load_run
+    from mt.serve.app import ServedModel, TranslationService, create_app
+
+    lines = _held_out_lines()[:8]
+    loaded = load_for_decoding([placeholder_run], device="cpu")
+    decode = loaded.run.config.decode
+    expected = [t.text for t in loaded.translator(decode).translate(lines)]
+    service = TranslationService([ServedModel("m", load_run(placeholder_run), torch.device("cpu"))], ServeLimits())
+    with TestClient(create_app(service)) as client:
+        r = client.post("/translate", json={"texts": lines})
+        assert r.status_code == 200, r.text
+        assert [t["translation"] for t in r.json()["translations"]] == expected
+        r = client.post("/translate", json={"texts": lines, "placeholders": False})
+        off = [t["translation"] for t in r.json()["translations"]]
+        assert off == [t.text for t in loaded.translator(replace(decode, placeholders=False)).translate(lines)]
+    both = load_for_decoding([placeholder_run, placeholder_run], device="cpu")
+    outputs = [t.text for t in both.translator(replace(decode, search="beam", beam=3)).translate(lines)]
+    masked = [loaded.translator(decode).protector.mask(line).values for line in lines]
+    assert all(v in out for values, out in zip(masked, outputs) for v in values)
