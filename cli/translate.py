@@ -140,11 +140,11 @@ def _write_traced(translator, path: Path, n_best: int, format_line, write) -> No
     def traced(tr, index: int) -> str:
         trees, recorder.trees = recorder.trees, []  # an empty line runs no search
         record: dict = {"id": index}
-        if len(trees) == 1:
+        if tr.pieces > 1:  # its pieces may have been searched in several batches: no one tree
+            record["error"] = f"translated in {tr.pieces} pieces (longer than the model's input): no trace"
+        elif trees:
             returned = [translator.tgt_vocab.sp.PieceToId(p) for p in tr.tokens[:-1]]
             record.update(trees[0].to_dict(translator.tgt_vocab.pieces, n_best, returned))
-        elif trees:
-            record["error"] = f"translated in {len(trees)} pieces (longer than the model's input): no trace"
         else:
             record.update(steps=[], best=[], score=None)
         out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -405,6 +405,10 @@ def test_placeholders_off_never_show_one_and_constraints_hold_spans(placeholder_
     line = "the dog sees a cat no 4711."
     [tr] = loaded.translator(decode).translate([line], constraints=[["nr 4711"]])
     assert "nr 4711" in tr.text
+    warnings: list[str] = []
+    too_long = " ".join(["nr 4711"] * 20)
+    loaded.translator(decode, warn=warnings.append).translate([line], constraints=[[too_long]])
+    assert len(warnings) == 1 and repr(too_long) in warnings[0]  # the phrase as written, not masked
 
 
 @pytest.mark.parametrize("search", ["greedy", "beam", "sampling"])

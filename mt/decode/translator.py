@@ -45,6 +45,9 @@ class Translation:
     alignment: list[tuple[int, int]] | None = None
     #: per piece of `tokens`: whether it belongs to one of the line's constraint phrases (None: it had none)
     constraint_tokens: list[bool] | None = None
+    #: the words of `text` (whitespace-separated, from 0) that the copy step put there: unseen source
+    #: words, and placeholders' spans the model's output lacked
+    copies: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -207,16 +210,18 @@ class Translator:
                 encoded[i] = ids
         if prefixes is not None:
             prefixes = [mask_like(p, m) for p, m in zip(prefixes, masks)]
+        written = constraints  # the phrases as the user wrote them, for the warnings
         if constraints is not None:  # a phrase holding a line's span holds its placeholder
             constraints = [[mask_like(c, m) for c in cs] for cs, m in zip(constraints, masks)]
         if avoid is not None:
             avoid = [[mask_like(a, m) for a in phrases] for phrases, m in zip(avoid, masks)]
-        results = self._translate(masked, first_line, prefixes, encoded, constraints, avoid)
+        results = self._translate(masked, first_line, prefixes, encoded, constraints, avoid, written)
         return [self._restore(r, m) for r, m in zip(results, masks)]
 
     def _translate(self, lines: Sequence[str], first_line: int = 1, prefixes: Sequence[str] | None = None,
                    encoded: Sequence[list[int]] | None = None, constraints: Sequence[Sequence[str]] | None = None,
-                   avoid: Sequence[Sequence[str]] | None = None) -> list[Translation]:
+                   avoid: Sequence[Sequence[str]] | None = None,
+                   written: Sequence[Sequence[str]] | None = None) -> list[Translation]:
         encoded = list(encoded) if encoded is not None else self.src_vocab.encode_batch(lines)
         if len(encoded) != len(lines):
             raise ValueError(f"{len(encoded)} segmented lines for {len(lines)} lines")
@@ -226,7 +231,7 @@ class Translator:
         items: list[list[int]] = []  # pieces to translate
         owner: list[int] = []  # line index of each piece
         item_prefixes: list[list[int]] = []
-        cons, avoid_ids = self._segment_phrases(len(lines), constraints, avoid)
+        cons, avoid_ids = self._segment_phrases(len(lines), constraints, avoid, written)
         item_cons: list[list[list[int]]] = []
         item_avoid: list[list[list[int]]] = []
         for i, ids in enumerate(encoded):
@@ -265,14 +270,16 @@ class Translator:
         return self._check_constraints(results, grouped, sources, cons, first_line)
 
     def _segment_phrases(self, n: int, constraints: Sequence[Sequence[str]] | None,
-                         avoid: Sequence[Sequence[str]] | None) -> tuple[list[list[tuple[str, list[int]]]],
-                                                                         list[list[list[int]]]]:
-        """Per line: its constraints as (phrase, target ids), its avoid list as target ids (every
-        segmentation of each phrase)."""
+                         avoid: Sequence[Sequence[str]] | None, written: Sequence[Sequence[str]] | None = None,
+                         ) -> tuple[list[list[tuple[str, list[int]]]], list[list[list[int]]]]:
+        """Per line: its constraints as (phrase as written, target ids), its avoid list as target ids
+        (every segmentation of each phrase). written: the constraints as the user wrote them, when
+        `constraints` are their masked forms."""
         for name, given in (("constraint lists", constraints), ("avoid lists", avoid)):
             if given is not None and len(given) != n:
                 raise ValueError(f"{len(given)} {name} for {n} lines")
-        cons = [[(p, forms[0]) for p in (constraints[i] if constraints else [])
+        shown = written or constraints
+        cons = [[(name, forms[0]) for p, name in zip(constraints[i] if constraints else [], shown[i] if shown else [])
                  if (forms := segmentations(self.tgt_vocab, p))] for i in range(n)]
         avoid_ids = [[f for p in (avoid[i] if avoid else []) for f in segmentations(self.tgt_vocab, p)]
                      for i in range(n)]
@@ -327,7 +334,10 @@ class Translator:
             src = source_words(masked)
             alignment = sorted({(src[s], best.words[t]) for s, t in alignment
                                 if s < len(src) and t < len(best.words) and best.words[t] is not None})
-        return dataclasses.replace(tr, text=nbest[0][0] if nbest else tr.text, nbest=nbest, alignment=alignment)
+        copies = [best.words[t] for t in tr.copies if best is not None and t < len(best.words)
+                  and best.words[t] is not None]
+        return dataclasses.replace(tr, text=nbest[0][0] if nbest else tr.text, nbest=nbest, alignment=alignment,
+                                   copies=copies)
 
     def _copy_attention(self, pairs: list[tuple[list[int], Hypothesis]]) -> dict[int, torch.Tensor]:
         """id(hypothesis) -> its teacher-forced attention from layer copy_layer (mt.decode.scorer, one
@@ -377,22 +387,23 @@ class Translator:
         if len(parts) > 1:
             # one detokenisation of all pieces' tokens: the spaces between them are the vocabulary's
             # (none for a language written without spaces), not a join's
-            text = self.tgt_vocab.decode(tokens)
+            text, copies = self.tgt_vocab.decode(tokens), []
             if mend:
                 placing = self._word_attention(src_words, sources, best, copy_attention, n_words)
-                text, alignment = self._mend(line, tokens, placing, prefix_len, alignment) or (text, alignment)
+                text, alignment, copies = (self._mend(line, tokens, placing, prefix_len, alignment)
+                                           or (text, alignment, copies))
             score = sum(h.score for h in best)
             return Translation(text=text, nbest=[(text, score)], pieces=len(parts), tokens=pieces,
-                               token_scores=token_scores, alignment=alignment)
-        nbest = []
+                               token_scores=token_scores, alignment=alignment, copies=copies)
+        nbest, copies = [], []
         for k, h in enumerate(parts[0]):
             text = self.tgt_vocab.decode(h.tokens)
-            if mend:  # every hypothesis of the list; the alignment is the best one's
+            if mend:  # every hypothesis of the list; the alignment and the copies are the best one's
                 placing = self._word_attention(src_words, sources, [h], copy_attention, n_words)
                 mended = self._mend(line, h.tokens, placing, prefix_len, alignment if k == 0 else None)
                 if mended is not None:
                     text = mended[0]
-                    alignment = mended[1] if k == 0 else alignment
+                    alignment, copies = (mended[1], mended[2]) if k == 0 else (alignment, copies)
             nbest.append((text, h.score))
         return Translation(
             text=nbest[0][0] if nbest else "",
@@ -402,13 +413,14 @@ class Translator:
             tokens=pieces,
             token_scores=token_scores,
             alignment=alignment,
+            copies=copies,
         )
 
     def _mend(self, line: str, tokens: list[int], placing: torch.Tensor, prefix_len: int,
-              alignment: list[tuple[int, int]] | None) -> tuple[str, list[tuple[int, int]] | None] | None:
-        """The text of `tokens` with the line's unseen words copied (placed by `placing`), and
-        `alignment` (None: not asked for) with the target words renumbered as they moved; None when
-        nothing is copied."""
+              alignment: list[tuple[int, int]] | None) -> tuple[str, list[tuple[int, int]] | None, list[int]] | None:
+        """The text of `tokens` with the line's unseen words copied (placed by `placing`), `alignment`
+        (None: not asked for) with the target words renumbered as they moved, and the copies' target
+        words; None when nothing is copied."""
         also = None
         if self.protector is not None:  # the placeholders the output lacks, at the line's words that hold them
             present = set(PLACEHOLDER.findall(self.tgt_vocab.decode(tokens)))
@@ -422,7 +434,7 @@ class Translator:
         if alignment is not None:  # a copied word's links are its copy's
             replaced = {t for _, t in copies}
             alignment = sorted({(s, position[t]) for s, t in alignment if position[t] not in replaced} | set(copies))
-        return text, alignment
+        return text, alignment, sorted(t for _, t in copies)
 
     def _word_attention(self, src_words: list[int], sources: list[list[int]], best: list[Hypothesis],
                         attention: dict[int, torch.Tensor] | None = None, n_src: int = 0) -> torch.Tensor:

@@ -641,22 +641,10 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def copied_words(source: str, translation: str, model_text: str) -> list[int]:
-    """The words of `translation` (whitespace-separated) that the copy of unseen words put there:
-    source words it holds more often than the model's own output `model_text` does."""
-    left = {w: source.split().count(w) - model_text.split().count(w) for w in set(source.split())}
-    copies = []
-    for i, word in enumerate(translation.split()):
-        if left.get(word, 0) > 0:
-            copies.append(i)
-            left[word] -= 1
-    return copies
-
-
 def format_translation(tr: Translation, n_best: int, alignments: bool = False, extras: dict[str, Any] | None = None,
                        copies: list[int] | None = None) -> dict[str, Any]:
     """One answer, in the shape of `mt translate --json` (without the line id); extras: what the
-    request asked to see inside (trace, attention); copies: copied_words."""
+    request asked to see inside (trace, attention); copies: the words the copy step placed."""
     nbest = tr.nbest or [("", 0.0)]
     out: dict[str, Any] = {"translation": tr.text, "score": nbest[0][1], "tokens": tr.tokens,
                            "token_scores": tr.token_scores, **(extras or {})}
@@ -671,15 +659,11 @@ def format_translation(tr: Translation, n_best: int, alignments: bool = False, e
     return out
 
 
-def format_answers(model: ServedModel, texts: list[str], results: list[Any], decode: DecodeConfig, alignments: bool,
-                   look: Look | None) -> list[dict[str, Any]]:
+def format_answers(results: list[Any], decode: DecodeConfig, alignments: bool, look: Look | None) -> list[dict[str, Any]]:
     """The translations of a request (service.translate's results: Translations, or with look the
     one text's (Translation, extras)), each with the words its copy of unseen words placed."""
     pairs = results if look is not None else [(r, None) for r in results]
-    vocab = model.run.tgt_vocab
-    return [format_translation(r, decode.n_best, alignments, extras,
-                               copied_words(text, r.text, vocab.sp.DecodePieces(r.tokens[:-1])) if r.tokens else None)
-            for text, (r, extras) in zip(texts, pairs)]
+    return [format_translation(r, decode.n_best, alignments, extras, r.copies) for r, extras in pairs]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -767,7 +751,7 @@ def create_app(service: TranslationService) -> FastAPI:
         body = await read_body(request, service.limits.max_body)
         model, texts, decode, alignments, prefixes, look, controls = service.parse(body)
         results = await service.translate(model, texts, decode, arrived, alignments, prefixes, look, controls)
-        return {"model": model.name, "translations": format_answers(model, texts, results, decode, alignments, look)}
+        return {"model": model.name, "translations": format_answers(results, decode, alignments, look)}
 
     @app.get("/health", summary="Readiness and queue figures", responses={200: {"content": {"application/json": {
         "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,
