@@ -7,6 +7,7 @@ any field (the value is parsed as YAML, so `--set train.lr=3e-4` gives a float).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -325,13 +326,14 @@ def decode_option(default: Any, help: str, **declaration: Any) -> Any:
     return field(default=default, metadata={"option": DecodeOption(help, **declaration)})
 
 
-def decode_options(cls: type | None = None, front_end: str | None = None) -> list[tuple[str, Any, DecodeOption]]:
+@functools.lru_cache(maxsize=None)  # read on every DecodeConfig made (each serve request makes one)
+def decode_options(cls: type | None = None, front_end: str | None = None) -> tuple[tuple[str, Any, DecodeOption], ...]:
     """(name, type, declaration) of the declared fields of `cls` (DecodeConfig or a subclass of it),
     in field order; front_end: only the options that front end takes."""
     cls = cls or DecodeConfig
     hints = typing.get_type_hints(cls)
-    return [(f.name, hints[f.name], f.metadata["option"]) for f in dataclasses.fields(cls)
-            if "option" in f.metadata and (front_end is None or front_end in f.metadata["option"].takes)]
+    return tuple((f.name, hints[f.name], f.metadata["option"]) for f in dataclasses.fields(cls)
+                 if "option" in f.metadata and (front_end is None or front_end in f.metadata["option"].takes))
 
 
 @dataclass(frozen=True)
@@ -474,7 +476,8 @@ class Config:
 
     def __post_init__(self) -> None:
         if getattr(self.model, "share_embeddings", False) and not (self.vocab.joint or self.vocab.shared_ids):
-            raise MTError("model.share_embeddings needs vocab.joint: true (one vocabulary for both sides)")
+            raise MTError("model.share_embeddings needs one id space for both sides: vocab.joint: true (or the "
+                          "shared id table of a run imported from Hugging Face, vocab.shared_ids)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def _whole(text: str, value: str) -> list[int]:
         end = start + len(value)
         before = text[start - 1] if start else " "
         after = text[end] if end < len(text) else " "
-        if not (before.isalnum() or after.isalnum()):
+        if not (_wordlike(before) or _wordlike(after)):
             found.append(start)
         start = text.find(value, start + 1)
     return found

@@ -375,9 +375,12 @@ def _marian_config(transformers, run, separate: bool):
     beam = {} if d.search == "greedy" else {  # transformers refuses beam settings without a beam
         "num_beams": d.beam, "early_stopping": d.early_stop,
         "length_penalty": {"none": 0.0}.get(d.len_penalty, d.alpha)}  # gnmt has no transformers form: L ** alpha
+    repeats = {"no_repeat_ngram_size": d.no_repeat_ngram} if d.no_repeat_ngram else {}
+    if d.repetition_penalty != 1.0:
+        repeats["repetition_penalty"] = d.repetition_penalty
     generation = transformers.GenerationConfig(
         max_length=cfg.max_positions, bad_words_ids=[[0], [2]], pad_token_id=0, eos_token_id=3,
-        decoder_start_token_id=2, forced_eos_token_id=3, **beam)
+        decoder_start_token_id=2, forced_eos_token_id=3, **beam, **repeats)
     return model, generation
 
 
@@ -403,8 +406,15 @@ def export_notes(d: DecodeConfig) -> list[str]:
     if d.len_penalty == "gnmt":
         notes.append(f"the run's GNMT length penalty has no transformers form: length_penalty={d.alpha} is "
                      f"L ** {d.alpha}, what `mt translate --len-penalty d2l` uses")
-    if getattr(d, "max_repeat", 0):
-        notes.append(f"mt's loop guard (decode.max_repeat {d.max_repeat}) has no transformers form")
+    if d.max_repeat:
+        notes.append(f"mt's loop guard (decode.max_repeat {d.max_repeat}) has no transformers form; "
+                     "no_repeat_ngram_size is the nearest")
+    if d.repetition_penalty != 1.0:
+        notes.append("repetition_penalty: transformers applies it to the logits, mt to the log-probabilities "
+                     "(which it renormalises); the same setting penalises alike but not identically")
+    if d.placeholders:
+        notes.append("placeholders (a vocabulary with ⦅0⦆...): masking and restoring happen outside the model: "
+                     "mask each line before generate and restore each output after it (mt.data.placeholders)")
     if not d.early_stop and d.search == "beam":
         notes.append("early_stopping=False is transformers' heuristic bound; mt's early_stop false is exact")
     return notes
