@@ -26,6 +26,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_at_least_one(**values: int | None) -> None:
+    """The command line's counts (--threads 0 ...), each None (not given) or >= 1, named by their flags."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise MTError(f"{flag(name)} must be >= 1, got {value}")
+
+
 def option_parameters(front_end: str, cls: type | None = None) -> list[inspect.Parameter]:
     """One keyword parameter (a Typer option, default None: the run's setting) per decoding option of
     `cls` (default DecodeConfig) that `front_end` takes, in declaration order; the search switches

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional
 import typer
 
 from mt import MTError
-from mt.cli.options import decode_config, decoding_options
+from mt.cli.options import check_at_least_one, decode_config, decoding_options
 from mt.config import load_config
 from mt.device import check_device
 from mt.files import Output, check_output_path
@@ -169,9 +169,7 @@ def _check(model, src, tgt, output, device, n_best_input, buffer_lines, threads,
             raise MTError(f"{path}: no such file")
         if path is not None and path.is_dir():
             raise MTError(f"{path}: is a directory, not a text file")
-    for name, value in (("--buffer-lines", buffer_lines), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise MTError(f"{name} must be >= 1, got {value}")
+    check_at_least_one(buffer_lines=buffer_lines, threads=threads)
     for run in model:
         check_run_dir(run)
     checkpoints_per_run(model, checkpoint)

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from mt import MTError
-from mt.cli.options import decode_config, decoding_options, flag
+from mt.cli.options import check_at_least_one, decode_config, decoding_options, flag
 from mt.config import DecodeConfig, ServeLimits, SettingError
 from mt.device import check_device, check_precision
 from mt.rundir import check_run_dir
@@ -110,9 +110,7 @@ def _limits(batch_wait_ms: float, **limits) -> ServeLimits:
 
 def _check(port: int, log_level: str, device: str, dtype: str, int8: bool, **at_least_one) -> None:
     """The checks of the command line that need neither torch nor a model."""
-    for name, value in at_least_one.items():
-        if value is not None and value < 1:
-            raise MTError(f"{flag(name)} must be >= 1, got {value}")
+    check_at_least_one(**at_least_one)
     if not 0 <= port <= 65535:
         raise MTError(f"--port must be in 0..65535, got {port}")
     if log_level not in ("critical", "error", "warning", "info", "debug"):

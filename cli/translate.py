@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from mt import MTError
-from mt.cli.options import decode_config, decoding_options
+from mt.cli.options import check_at_least_one, decode_config, decoding_options
 from mt.cli.score import parse_weights
 from mt.config import load_config
 from mt.device import check_device, check_precision
@@ -162,9 +162,7 @@ def _check_options(input, output, prefix_file, attention_plot, input_format, dev
                    as_json, n_best, constraints_file=None, **at_least_one) -> None:
     """The checks of the command line that need neither torch nor a model (the decoding options'
     combinations are DecodeConfig.with_options')."""
-    for name, value in at_least_one.items():
-        if value is not None and value < 1:
-            raise MTError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_at_least_one(**at_least_one)
     check_device(device)
     check_precision(dtype, device, int8)
     for path, what in ((input, ""), (prefix_file, "--prefix-file "), (constraints_file, "--constraints ")):
