@@ -700,6 +700,8 @@ def test_translator_budget_counts_decoder_rows(rows: int, per_batch: int) -> Non
 class _WordPieces:
     """A stand-in vocabulary: id 5 is a word start ('▁w'), every other id continues a word."""
 
+    placeholders = 0  # no placeholder pieces (mt.data.placeholders)
+
     def encode_batch(self, lines):
         return [[int(t) for t in line.split()] for line in lines]
 
