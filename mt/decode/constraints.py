@@ -25,8 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-NEG_INF = float("-inf")
-
+from mt.decode.rules import NEG_INF
 
 WORD_START = "\u2581"  # SentencePiece's mark of a word's start
 

@@ -19,10 +19,9 @@ from torch import Tensor
 from mt import MTError
 from mt.config import DecodeConfig
 from mt.decode.constraints import Constraints, contains
-from mt.decode.rules import StepRules
+from mt.decode.rules import NEG_INF, StepRules
 from mt.models.base import DecoderState, Seq2Seq
 
-NEG_INF = float("-inf")
 
 
 @dataclass
