@@ -25,8 +25,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+# test files run in parallel, one per worker (a file's fixtures stay in one process); each test
+# uses one torch thread, so one worker per core: `make test TEST_WORKERS=0` runs them in one process
+TEST_WORKERS ?= auto
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 demo: install
 	rm -rf $(DEMO)
