@@ -28,10 +28,7 @@ def average(
     if output is not None and output.is_dir():
         raise MTError(f"{output}: is a directory")
 
-    from safetensors.torch import save_file
-
-    from mt.checkpoint import average_weights
-    from mt.files import atomic_write
+    from mt.checkpoint import write_average
 
     dirs = checkpoint_dirs(run)
     if not dirs:
@@ -39,8 +36,6 @@ def average(
     chosen = dirs[-last:]
     if len(chosen) < last:
         typer.echo(f"mt: warning: only {len(chosen)} checkpoints kept (train.keep_last); averaging those", err=True)
-    tensors = average_weights([d / WEIGHTS for d in chosen])
     out = output or run / AVERAGED
-    meta = {"averaged": ",".join(d.name for d in chosen)}
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_average([d / WEIGHTS for d in chosen], out)
     typer.echo(f"averaged {len(chosen)} checkpoints ({chosen[0].name} .. {chosen[-1].name}) -> {out}")

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from mt import MTError
+from mt.cli.options import CHECKPOINT_HELP
 from mt.rundir import check_run_dir
 
 EPILOG = """\b
@@ -34,7 +35,7 @@ def export(
     format: str = typer.Option(..., "--format", "-f", help="Target format: ctranslate2, or huggingface (a post-norm Transformer as a Marian model for transformers)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create (it must not exist, unless --force)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", "-q", help="Weight type of the exported model: int8, int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16 or float32 \\[default: float32; CTranslate2 can still convert at load time with compute_type]."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP + "."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it is an earlier export (holds mt_export.json); never the run directory or a folder holding it."),
 ) -> None:
     if format not in FORMATS:

@@ -21,6 +21,11 @@ from mt import MTError
 from mt.config import SEARCH_SWITCHES, DecodeConfig, SettingError, decode_options
 
 
+#: what --checkpoint takes, said once for mt translate, score, serve and export
+CHECKPOINT_HELP = ("best (the run's best validated weights: the average of its last checkpoints where "
+                   "train.average_last's validated better), last, or a .safetensors file (e.g. from `mt average`)")
+
+
 def flag(name: str) -> str:
     """A decoding option's flag: decode.max_len_a is --max-len-a."""
     return "--" + name.replace("_", "-")

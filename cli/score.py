@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional
 import typer
 
 from mt import MTError
-from mt.cli.options import check_at_least_one, decode_config, decoding_options
+from mt.cli.options import CHECKPOINT_HELP, check_at_least_one, decode_config, decoding_options
 from mt.config import load_config
 from mt.device import check_device
 from mt.files import Output, check_output_path
@@ -44,7 +44,7 @@ def score(
     n_best_input: bool = typer.Option(False, "--n-best-input", help="--tgt is an n-best list ('i ||| text ||| score'); writes it back with this model's scores, each source's entries sorted best first."),
     alignments: bool = typer.Option(False, "--alignments", help="Append a TAB and the word alignment (Pharaoh 'src-tgt' pairs)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file; once for all runs or once per -m."),
+    checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help=CHECKPOINT_HELP + "; once for all runs or once per -m."),
     ensemble_weights: Optional[str] = typer.Option(None, "--ensemble-weights", metavar="W1,W2,...", help="Each -m run's share of the ensemble's mixture (normalised; default equal)."),
     buffer_lines: int = typer.Option(1000, "--buffer-lines", help="Pairs read before scoring."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),

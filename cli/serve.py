@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from mt import MTError
-from mt.cli.options import check_at_least_one, decode_config, decoding_options, flag
+from mt.cli.options import CHECKPOINT_HELP, check_at_least_one, decode_config, decoding_options, flag
 from mt.config import DecodeConfig, ServeLimits, SettingError
 from mt.device import check_device, check_precision
 from mt.rundir import check_run_dir
@@ -48,7 +48,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     int8: bool = typer.Option(False, "--int8", help="int8 Linear layers (CPU only), as `mt translate --int8`; measured speed and BLEU: docs/performance.md."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (CUDA only), as `mt translate --dtype`."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a .safetensors file."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP + "."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more requests."),
     max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Characters per text."),

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from mt import MTError
-from mt.cli.options import check_at_least_one, decode_config, decoding_options
+from mt.cli.options import CHECKPOINT_HELP, check_at_least_one, decode_config, decoding_options
 from mt.cli.score import parse_weights
 from mt.config import load_config
 from mt.device import check_device, check_precision
@@ -78,7 +78,7 @@ def translate(
     scores: bool = typer.Option(False, "--scores", help="Append a TAB and the hypothesis score to each line."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input line (with --n-best: its hypotheses)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help="best, last, or a .safetensors file (e.g. from `mt average`); once for every -m or once per -m."),
+    checkpoint: list[str] = typer.Option(["best"], "--checkpoint", help=CHECKPOINT_HELP + "; once for every -m or once per -m."),
     ensemble_weights: Optional[str] = typer.Option(None, "--ensemble-weights", metavar="W1,W2,...", help="Each -m run's share of the ensemble's mixture (normalised; default equal)."),
     attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="Write one attention heatmap PNG per sentence here."),
     max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longer lines are translated in pieces \\[default: 1024 or the model's limit]."),

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mt import MTError
 from mt.files import atomic_write, atomic_write_text, fsync_dir, publish, temp_dir
@@ -91,6 +91,14 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     # averaged but taken from the last checkpoint, as Marian does
     last = {name: t for name, t in tensors.items() if not t.dtype.is_floating_point}
     return {name: last[name] if name in last else (t / len(paths)).to(dtypes[name]) for name, t in total.items()}
+
+
+def write_average(paths: list[Path], out: Path) -> None:
+    """The element-wise mean of the weights in `paths` (average_weights), written atomically to
+    `out` as safetensors; its metadata names the averaged checkpoints."""
+    tensors = average_weights(paths)
+    meta = {"averaged": ",".join(p.parent.name if p.name == WEIGHTS else str(p) for p in paths)}
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -159,10 +159,23 @@ class VocabConfig:
     #: share ids (and may share embeddings): what `mt import huggingface` writes for a Marian model;
     #: mt's own vocabulary training never makes one, fine-tuning keeps it
     shared_ids: bool = False
+    #: subword regularization (unigram models): training pairs are segmented by sampling from the
+    #: 64 best segmentations with probability P^alpha (Kudo 2018; 0.1-0.5) instead of taking the
+    #: best one; validation and decoding never sample. 0: off
+    sampling_alpha: float = 0.0
+    #: with sampling_alpha: sampled segmentations of each training pair written by `mt prepare`
+    #: (the prepared tokens grow this many times); each epoch draws one per pair
+    sampling_segmentations: int = 8
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise MTError(f"vocab.size must be >= 8, got {self.size}")
+        if not 0 <= self.sampling_alpha <= 1:
+            raise MTError(f"vocab.sampling_alpha must be in [0, 1], got {self.sampling_alpha}")
+        if self.sampling_alpha and self.model_type != "unigram":
+            raise MTError(f"vocab.sampling_alpha needs vocab.model_type unigram, not {self.model_type}")
+        if not 1 <= self.sampling_segmentations <= 64:
+            raise MTError(f"vocab.sampling_segmentations must be in [1, 64], got {self.sampling_segmentations}")
         if not 0 <= self.placeholders <= 100:
             raise MTError(f"vocab.placeholders must be in [0, 100], got {self.placeholders}")
 
@@ -250,10 +263,17 @@ class TrainConfig:
     plateau_patience: int = 2
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0: no clipping
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    #: auto: time a few steps of this model on this device in float32 and under bf16 autocast and
+    #: keep the faster (mt.train.precision; a resume keeps the run's choice); none: float32;
+    #: bf16 / fp16 (CUDA): autocast
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     valid_every: int = 1000
     save_every: int = 0  # 0: at every validation
     keep_last: int = 3
+    #: at the end of training, average the weights of the last N checkpoints (0: none) into
+    #: averaged.safetensors and validate it; where it validates better than the best checkpoint,
+    #: decoding the run ("best") uses it (meta.json, "best_weights"). Needs keep_last >= N
+    average_last: int = 0
     metric: Literal["bleu", "chrf", "loss"] = "bleu"
     patience: int = 0  # validations without improvement before stopping; 0: never stop early
     valid_max_sentences: int = 0  # 0: the whole validation set
@@ -269,6 +289,11 @@ class TrainConfig:
                 raise MTError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps < 1:
             raise MTError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.average_last < 0:
+            raise MTError(f"train.average_last must not be negative, got {self.average_last}")
+        if self.average_last > self.keep_last:
+            raise MTError(f"train.average_last={self.average_last} needs train.keep_last >= {self.average_last} "
+                          f"(checkpoints kept), got {self.keep_last}")
         if self.lr <= 0:
             raise MTError(f"train.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:

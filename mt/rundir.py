@@ -19,6 +19,7 @@ loading the files is mt.checkpoint's (weights, trainer state) and mt.files' (ato
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,15 +84,29 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def best_weights(run_dir: Path) -> Path:
+    """The run's best validated weights: RUN/model.safetensors, or RUN/averaged.safetensors where
+    train.average_last's average validated better (meta.json "best_weights" says which)."""
+    run_dir = Path(run_dir)
+    try:
+        chosen = json.loads((run_dir / META).read_text(encoding="utf-8")).get("best_weights")
+    except (OSError, ValueError, AttributeError):
+        chosen = None
+    if chosen == AVERAGED and (run_dir / AVERAGED).is_file():
+        return run_dir / AVERAGED
+    return run_dir / WEIGHTS
+
+
 def weights_file(run_dir: Path, which: str = "best") -> Path:
-    """The weights `mt translate --checkpoint` names: best (RUN/model.safetensors, else the newest
-    checkpoint's), last (the newest checkpoint's, else the best), a checkpoint folder or a file."""
+    """The weights `mt translate --checkpoint` names: best (the best validated: best_weights, else
+    the newest checkpoint's), last (the newest checkpoint's, else the best), a checkpoint folder or
+    a file."""
     if which not in ("best", "last"):
         path = Path(which)
         if path.is_dir() and (path / WEIGHTS).is_file():  # a checkpoint folder, e.g. checkpoints/step_N
             return path / WEIGHTS
         return path
-    best = run_dir / WEIGHTS
+    best = best_weights(run_dir)
     last = latest_checkpoint(run_dir)
     if which == "best" and best.is_file():
         return best

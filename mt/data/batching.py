@@ -113,24 +113,34 @@ class TokenBatcher:
     `batch_tokens` padded tokens (`greedy_bounds`), and shuffles the batch order. `epoch_batches(epoch)` is a pure
     function of (seed, epoch), so a resumed run sees exactly the batches it would have seen, and
     every rank of a distributed run computes the same epoch and takes its own share of it.
+
+    `segmentations` > 1 (subword regularization): the arrays hold that many rows per pair, side by
+    side (pair i: rows i*K .. i*K+K-1, sampled segmentations, see mt.data.prepare); `corpora` count
+    pairs, and each epoch draws one row of each pair it uses. The batches hold row indices.
     """
 
     def __init__(self, src: TokenArray, tgt: TokenArray, batch_tokens: int, seed: int,
-                 corpora: Sequence[tuple[int, int, float]] = (), temperature: float = 1.0, max_len: int = 0) -> None:
+                 corpora: Sequence[tuple[int, int, float]] = (), temperature: float = 1.0, max_len: int = 0,
+                 segmentations: int = 1) -> None:
         self.src, self.tgt = src, tgt
-        self.batch_tokens, self.seed = batch_tokens, seed
+        self.batch_tokens, self.seed, self.segmentations = batch_tokens, seed, segmentations
         ls, lt = src.lengths(), tgt.lengths()
+        if len(ls) % segmentations:
+            raise ValueError(f"{len(ls)} rows are not {segmentations} segmentations of each pair")
         # sort key without its random bits: padded length, target length, source length (12 bits each)
         self.key = ((np.minimum(np.maximum(ls, lt) + 1, 4095) << 24) | (np.minimum(lt, 4095) << 12)
                     | np.minimum(ls, 4095)).astype(np.int64)
         self.padded = (np.maximum(ls, lt) + 1).astype(np.int32)
         fits = (ls <= max_len) & (lt <= max_len) if max_len else None
+        if fits is not None and segmentations > 1:  # a pair fits when all its segmentations do
+            fits = fits.reshape(-1, segmentations).all(axis=1)
+        pairs = len(ls) // segmentations
         index = np.int32 if len(ls) < 2**31 else np.int64
         self.members = []  # pair indices of each corpus that the batches may use
-        for start, end, _ in corpora or [(0, len(ls), 1.0)]:
+        for start, end, _ in corpora or [(0, pairs, 1.0)]:
             ids = np.arange(start, end, dtype=index)
             self.members.append(ids if fits is None else ids[fits[start:end]])
-        self.skipped = len(ls) - sum(len(m) for m in self.members)
+        self.skipped = pairs - sum(len(m) for m in self.members)
         weights = [w for _, _, w in corpora] or [1.0]
         self.shares = epoch_shares([len(m) for m in self.members], weights, temperature)
         self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -154,6 +164,9 @@ class TokenBatcher:
             if rest:
                 parts.append(members[np.sort(rng.choice(len(members), rest, replace=False))])
         pairs = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if self.segmentations > 1:  # the rows: one sampled segmentation of each pair
+            k = self.segmentations
+            pairs = pairs.astype(np.int64) * k + rng.integers(0, k, len(pairs))
         key = (self.key[pairs] << 24) | rng.integers(0, 1 << 24, len(pairs))
         pairs = pairs[np.argsort(key, kind="stable")]
         del key

@@ -171,9 +171,10 @@ class PreparedData:
         if verify:
             verify_files(root, manifest)
         src, tgt = TokenArray.open(root / "train.src"), TokenArray.open(root / "train.tgt")
-        if len(src) != len(tgt) or len(src) != manifest["pairs"]:
+        rows = manifest["pairs"] * manifest.get("segmentations", 1)  # sampled segmentations: rows per pair
+        if len(src) != len(tgt) or len(src) != rows:
             raise MTError(f"{root}: the two sides hold {len(src)} and {len(tgt)} sentences, the manifest "
-                          f"{manifest['pairs']} pairs; prepare it again")
+                          f"{rows} ({manifest['pairs']} pairs); prepare it again")
         return cls(root, manifest, src, tgt)
 
     @property

@@ -43,6 +43,8 @@ _KEEP, _INVALID, _LONG_LINE, _EMPTY, _IDENTICAL, _TOO_LONG, _RATIO, _DUPLICATE =
 CHUNK_PAIRS = 20_000
 #: corpora smaller than this (bytes of input) are encoded in this process: starting workers costs more
 POOL_MIN_BYTES = 16 << 20
+#: subword regularization draws each pair's segmentations from this many best (Kudo 2018: 64)
+SAMPLING_NBEST = 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +235,8 @@ class Rules:
     placeholders: int = 0  # vocab.placeholders
     placeholder_prob: float = 0.0  # data.placeholder_prob
     seed: int = 0
+    sampling_alpha: float = 0.0  # vocab.sampling_alpha: 0, one segmentation per pair
+    segmentations: int = 1  # with sampling: sampled segmentations per pair (rows of a pair)
 
 
 @dataclass
@@ -299,6 +303,7 @@ class Encoder:
         self.dtype = token_dtype(max(sp.GetPieceSize() for sp in self.sp))
         self.rules, self.threads = rules, threads
         self.protector = Protector(kinds=("url", "email", "number"))  # and names (mask_pair)
+        self._log_p: dict[int, np.ndarray] = {}
 
     def __call__(self, chunk: Chunk) -> Encoded:
         r = self.rules
@@ -343,6 +348,9 @@ class Encoder:
                                                 digest_size=8).digest(), "little") for i in kept),
                 dtype=np.uint64, count=len(kept))
         ls, lt = ls[ok], lt[ok]
+        if r.sampling_alpha:
+            texts = ([src_text[j] for j in ok], [tgt_text[j] for j in ok])
+            src_ids, ls, tgt_ids, lt = self._sampled(chunk, texts, (src_ids, tgt_ids))
         return Encoded(
             chunk.corpus, reasons,
             np.fromiter(chain.from_iterable(src_ids), dtype=self.dtype, count=int(ls.sum())), ls,
@@ -350,6 +358,36 @@ class Encoder:
             hashes,
         )
 
+
+    def _sampled(self, chunk: Chunk, texts: tuple[list[str], list[str]], best: tuple[list, list]
+                 ) -> tuple[list, np.ndarray, list, np.ndarray]:
+        """Subword regularization (Kudo 2018, sampling from the l-best): `segmentations` segmentations
+        of each kept pair drawn from its SAMPLING_NBEST best with probability P(x)^alpha normalised
+        over them (P(x): the product of the unigram model's piece probabilities), the rows of a pair
+        side by side (pair-major); a draw longer than data.max_len is replaced by the best. The draws
+        come from a generator seeded by the chunk's place in its corpus, so a prepared corpus is the
+        same for any number of workers (SentencePiece's own sampler is not reproducible across
+        processes)."""
+        r, k = self.rules, self.rules.segmentations
+        out = []
+        for side, (lines, fallback) in enumerate(zip(texts, best)):
+            sp, log_p = self.sp[side], self._piece_log_p(side)
+            rng = np.random.default_rng([r.seed, chunk.corpus, chunk.first_line, side])
+            ids = []
+            for line, one in zip(lines, fallback):
+                nbest = [seg for seg in sp.NBestEncodeAsIds(line, SAMPLING_NBEST) if len(seg) <= r.max_len] or [one]
+                weight = r.sampling_alpha * np.array([log_p[seg].sum() for seg in nbest])
+                weight = np.exp(weight - weight.max())
+                ids += [nbest[c] for c in rng.choice(len(nbest), size=k, p=weight / weight.sum())]
+            out += [ids, np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))]
+        return out[0], out[1], out[2], out[3]
+
+    def _piece_log_p(self, side: int) -> np.ndarray:
+        """The unigram model's log probability of each piece of side `side` (cached)."""
+        if side not in self._log_p:
+            sp = self.sp[side]
+            self._log_p[side] = np.array([sp.GetScore(i) for i in range(sp.GetPieceSize())], dtype=np.float64)
+        return self._log_p[side]
 
     def _placeholders(self, chunk: Chunk, src: list[str], tgt: list[str]) -> tuple[list[str], list[str]]:
         """The spans each pair has on both sides replaced by placeholders (mt.data.placeholders), drawn
@@ -477,7 +515,7 @@ def _write_tokens(sources: list[Source], vocab: tuple[Path, ...], rules: Rules, 
     try:
         for enc in _encoded_chunks(sources, tuple(str(p) for p in vocab), rules, workers):
             if enc.corpus != current:
-                ranges.append(writers[0].count)
+                ranges.append(writers[0].count // rules.segmentations)
                 dedup, current = (Deduplicator() if dedup_on else None), enc.corpus
             c = counts[enc.corpus]
             c["read"] += len(enc.reasons)
@@ -488,9 +526,10 @@ def _write_tokens(sources: list[Source], vocab: tuple[Path, ...], rules: Rules, 
             if dedup is not None:
                 first = dedup.first(enc.hashes)
                 c["duplicate"] += int((~first).sum())
-                src, tgt = src[np.repeat(first, ls)], tgt[np.repeat(first, lt)]
-                ls, lt = ls[first], lt[first]
-            c["kept"] += len(ls)
+                rows = np.repeat(first, rules.segmentations)  # a pair's rows (Encoder._sampled)
+                src, tgt = src[np.repeat(rows, ls)], tgt[np.repeat(rows, lt)]
+                ls, lt = ls[rows], lt[rows]
+            c["kept"] += len(ls) // rules.segmentations
             writers[0].append(src, ls)
             writers[1].append(tgt, lt)
     except BaseException:
@@ -506,8 +545,9 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
     vocab = _vocabulary(cfg, sources, tmp, log, vocab_from)
     vocab_done, cpu_vocab = time.monotonic(), _cpu_seconds()
     d = cfg.data
-    rules = Rules(d.max_len, d.max_ratio, d.drop_identical, d.skip_invalid, d.dedup, cfg.vocab.placeholders,
-                  d.placeholder_prob, cfg.train.seed)
+    v = cfg.vocab
+    rules = Rules(d.max_len, d.max_ratio, d.drop_identical, d.skip_invalid, d.dedup, v.placeholders,
+                  d.placeholder_prob, cfg.train.seed, v.sampling_alpha, v.sampling_segmentations if v.sampling_alpha else 1)
     workers = d.workers or os.cpu_count() or 1
     if sum(s.size() for s in sources) < POOL_MIN_BYTES:
         workers = 1
@@ -518,7 +558,7 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
     counts, ranges = _write_tokens(sources, vocab, rules, workers, writers, d.dedup)
     files = {**writers[0].close(), **writers[1].close()}
     encode_done, cpu_encode = time.monotonic(), _cpu_seconds()
-    pairs = writers[0].count
+    pairs = writers[0].count // rules.segmentations
     ranges.append(pairs)
     if len(ranges) != len(sources) + 1:  # a corpus without a single line
         raise MTError("a training corpus is empty (no lines)")
@@ -530,6 +570,8 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
         "format": FORMAT_VERSION,
         "mt_version": __version__,
         "pairs": pairs,
+        # rows of token files per pair: the sampled segmentations of subword regularization
+        "segmentations": rules.segmentations,
         "dtype": np.dtype(dtype).name,
         "settings": settings(cfg),
         "inputs": [rec for s in sources for rec in s.describe()],
@@ -546,7 +588,8 @@ def _prepare_into(cfg: Config, tmp: Path, log: Callable[[str], None], vocab_from
     }
     total = manifest["counts"]
     dropped = ", ".join(f"{r} {total[r]}" for r in REASONS if total[r]) or "none"
-    log(f"prepared {pairs} of {total['read']} pairs ({pairs / max(encode_done - vocab_done, 1e-9):,.0f} pairs/s "
+    sampled = f", {rules.segmentations} sampled segmentations each" if rules.sampling_alpha else ""
+    log(f"prepared {pairs} of {total['read']} pairs{sampled} ({pairs / max(encode_done - vocab_done, 1e-9):,.0f} pairs/s "
         f"with {workers} worker{'s' if workers > 1 else ''}); dropped: {dropped}; tokens {writers[0].total} / "
         f"{writers[1].total}")
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")  # last: marks it complete

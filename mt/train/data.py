@@ -44,7 +44,8 @@ def load_train_data(cfg: Config, run_dir: Path, world: World, info: Callable[[st
     src_vocab, tgt_vocab = _vocabs(cfg, run_dir, prepared, world)
     batcher = TokenBatcher(prepared.src, prepared.tgt, t.batch_tokens, t.seed,
                            corpora=[(c["start"], c["end"], float(c["weight"])) for c in prepared.corpora],
-                           temperature=cfg.data.temperature, max_len=max_len(cfg))
+                           temperature=cfg.data.temperature, max_len=max_len(cfg),
+                           segmentations=int(prepared.manifest.get("segmentations", 1)))
     if len(batcher) < world.size:
         raise MTError(f"only {len(batcher)} batches for {world.size} processes; use a smaller train.batch_tokens")
     shares = ", ".join(f"{c['name']} {n}" for c, n in zip(prepared.corpora, batcher.shares))

@@ -128,7 +128,12 @@ class TrainStep:
         if train.amp == "fp16" and world.device.type != "cuda":
             raise MTError("train.amp=fp16 needs a CUDA device (use bf16 or none on CPU)")
         self.train, self.world = train, world
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.amp)
+        self.amp: torch.dtype | None = None
+        self.use(train.amp)  # auto: float32 until the trainer has chosen (mt.train.precision)
+
+    def use(self, amp: str) -> None:
+        """Train in `amp`: none (float32), bf16 or fp16 autocast."""
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  batches: list[Batch]) -> StepResult:

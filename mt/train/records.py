@@ -105,12 +105,22 @@ class RunRecords:
                 continue  # a line cut short by a kill
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
+    def read_meta(self) -> dict[str, Any]:
+        """meta.json as it stands ({} before the first write)."""
+        path = self.run_dir / META
+        return read_json(path) if path.is_file() else {}
+
+    def update_meta(self, entries: dict[str, Any]) -> None:
+        """Set `entries` in meta.json, keeping the rest."""
+        if self.world.is_main:
+            atomic_write_json(self.run_dir / META, {**self.read_meta(), **entries})
+
     def write_meta(self, progress: Progress, result: dict | None) -> None:
-        """meta.json: the step and the best score so far; `result`, the best validation, when it improved."""
+        """meta.json: the step and the best score so far; `result`, the best validation, when it
+        improved (then model.safetensors is again the best weights, see mt.rundir.weights_file)."""
         if not self.world.is_main:
             return
-        path = self.run_dir / META
-        meta = read_json(path) if path.is_file() else {}
+        meta = self.read_meta()
         meta.update({
             "mt_version": __version__,
             "arch": self.cfg.model.arch,
@@ -123,7 +133,8 @@ class RunRecords:
         })
         if result is not None:
             meta["best_valid"] = result
-        atomic_write_json(path, meta)
+            meta["best_weights"] = WEIGHTS
+        atomic_write_json(self.run_dir / META, meta)
 
     def save_best(self, model: nn.Module, step: int) -> None:
         """model.safetensors: the best weights so far."""

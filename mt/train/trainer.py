@@ -5,6 +5,7 @@ the same decisions at the same steps."""
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from dataclasses import dataclass, field
@@ -14,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mt.checkpoint import load_weights
+from mt.checkpoint import load_weights, write_average
 from mt.config import Config
 from mt.data.batching import TokenBatcher
 from mt.models import build_model
-from mt.rundir import WEIGHTS
-from mt.train import validation
+from mt.rundir import AVERAGED, WEIGHTS, checkpoint_dirs
+from mt.train import precision, validation
 from mt.train.data import TrainData, load_train_data
 from mt.train.log import Logger
 from mt.train.optim import Optimization, TrainStep
@@ -104,6 +105,7 @@ class Trainer:
             sizes = (len(self.data.src_vocab), len(self.data.tgt_vocab))
             self.records = RunRecords(self.run_dir, self.cfg, self.world, self.log, sizes)
             self.state = self._build_state(self.data)
+            self._choose_precision(self.state, self.data.batcher)
             return self._loop(self.state, self.data.batcher)
         finally:  # the progress bar and TensorBoard's buffered events, on every way out (a DDP worker
             self.log.finish()  # leaves through os._exit, see mt.cli.main, so nothing else would close them)
@@ -122,6 +124,29 @@ class Trainer:
         self.records.truncate_metrics(state.progress.step)
         self.world.barrier()
         return state
+
+    def _choose_precision(self, state: TrainState, batcher: TokenBatcher) -> None:
+        """train.amp=auto: the precision the run chose when it started (a resume keeps it), else the
+        faster of float32 and bf16 autocast in a probe on the first batches (mt.train.precision);
+        every process takes rank 0's choice. The choice is recorded in meta.json."""
+        setting = self.cfg.train.amp
+        if setting != "auto":
+            self.update.use(setting)
+            return
+        recorded = self.records.read_meta().get("amp") if self.resume else None
+        if isinstance(recorded, dict) and recorded.get("used") in ("none", "bf16"):
+            self.update.use(recorded["used"])
+            self.log.info(f"precision {'float32' if recorded['used'] == 'none' else 'bf16'} "
+                          "(train.amp=auto: chosen when the run started)")
+            return
+        batches = batcher.epoch_batches(0, self.world.rank, self.world.size)[:precision.PROBE_BATCHES]
+        choice = precision.choose_amp(state.model, [batcher.collate(b) for b in batches], self.world.device)
+        bf16 = self.world.agree(choice.amp == "bf16")
+        if bf16 != (choice.amp == "bf16"):  # another process's probe: rank 0 decides for all
+            choice = precision.AmpChoice("bf16" if bf16 else "none", "chosen by the first process")
+        self.update.use(choice.amp)
+        self.log.info(choice.describe())
+        self.records.update_meta({"amp": choice.record(setting)})
 
     def _loop(self, state: TrainState, batcher: TokenBatcher) -> dict[str, Any]:
         t, progress, opt = self.cfg.train, state.progress, state.opt
@@ -169,6 +194,8 @@ class Trainer:
         if state.last_saved != progress.step:
             self._validate_and_save(state, force_save=True)
         self._check_replicas(state.model)
+        if self.cfg.train.average_last and self.world.is_main:
+            self._average_checkpoints(state)
         summary = {"step": progress.step, "stop": stop, "best_score": progress.best_score,
                    "best_step": progress.best_step, "metric": metric, "run_dir": str(self.run_dir)}
         if self.world.is_main:
@@ -176,6 +203,29 @@ class Trainer:
                           f"best {metric} {progress.best_score} at step {progress.best_step}")
         self.world.close()
         return summary
+
+    def _average_checkpoints(self, state: TrainState) -> None:
+        """train.average_last: average the last N checkpoints into averaged.safetensors and validate
+        it; where it scores better than the best checkpoint, it becomes the run's best weights
+        (meta.json "best_weights", which `mt translate -m RUN` decodes)."""
+        t, progress = self.cfg.train, state.progress
+        dirs = checkpoint_dirs(self.run_dir)[-t.average_last:]
+        write_average([d / WEIGHTS for d in dirs], self.run_dir / AVERAGED)
+        entry: dict[str, Any] = {"checkpoints": [d.name for d in dirs]}
+        chosen = False
+        if self.data is not None and self.data.valid is not None:
+            averaged = copy.deepcopy(state.model)
+            load_weights(averaged, self.run_dir / AVERAGED)
+            result = self.validate(averaged)
+            chosen = validation.better(t.metric, result[t.metric], progress.best_score)
+            entry.update(valid=result, chosen=chosen)
+            self.records.metrics({"step": progress.step, "averaged_valid": result})
+            self.log.info(f"averaged {len(dirs)} checkpoints ({dirs[0].name} .. {dirs[-1].name}): {t.metric} "
+                          f"{result[t.metric]:.2f} against the best checkpoint's {progress.best_score:.2f}; "
+                          f"decoding uses {AVERAGED if chosen else WEIGHTS}")
+        else:
+            self.log.info(f"averaged {len(dirs)} checkpoints into {AVERAGED} (no validation set: not compared)")
+        self.records.update_meta({"averaged": entry, "best_weights": AVERAGED if chosen else WEIGHTS})
 
     # -- when to validate, save and stop ------------------------------------------------------
     def _save_every(self) -> int:
@@ -241,10 +291,11 @@ class Trainer:
         self.records.write_meta(progress, result if improved else None)
         return "early_stop" if t.patience and progress.bad_validations >= t.patience else None
 
-    def validate(self) -> dict[str, Any]:
-        """Validate the model as it stands (loss, BLEU, chrF with decode.*)."""
+    def validate(self, model: nn.Module | None = None) -> dict[str, Any]:
+        """Validate `model` (default: the model as it stands): loss, BLEU, chrF with decode.*."""
         assert self.data is not None and self.state is not None
-        return validation.validate(self.state.model, self.data, self.cfg.decode, self.world.device)
+        model = model if model is not None else self.state.model
+        return validation.validate(model, self.data, self.cfg.decode, self.world.device)
 
     def _check_replicas(self, model: nn.Module) -> None:
         """DDP: all replicas must hold identical weights; record the check in metrics.jsonl."""
