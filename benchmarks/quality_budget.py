@@ -61,21 +61,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def mt_train(recipe: str, run: Path, seed: int, args: argparse.Namespace) -> float:
-    """`mt train` in a subprocess, as a user runs it; returns its wall-clock seconds."""
+def mt_train(recipe: str, run: Path, seed: int, minutes: float, overrides: list[str], average: int | None = None,
+             threads: int = 0) -> float:
+    """`mt train` in a subprocess, as a user runs it, for `minutes`; `average`: train.average_last
+    (None: the recipe's). Returns its wall-clock seconds."""
     mt = Path(sys.executable).with_name("mt")
-    sets = [f"train.max_minutes={args.minutes}", f"train.seed={seed}", f"train.average_last={args.average}",
-            *args.overrides]
-    # keep_last: the checkpoints the average needs (a recipe's own larger value stands)
-    keep = load_config(recipe, args.overrides).train.keep_last
-    if keep < args.average:
-        sets.append(f"train.keep_last={args.average}")
+    sets = [f"train.max_minutes={minutes}", f"train.seed={seed}", *overrides]
+    if average is not None:
+        sets.append(f"train.average_last={average}")
+        # keep_last: the checkpoints the average needs (a recipe's own larger value stands)
+        if load_config(recipe, overrides).train.keep_last < average:
+            sets.append(f"train.keep_last={average}")
     cmd = [str(mt) if mt.is_file() else "mt", "train", recipe, "--run-dir", str(run)]
     for s in sets:
         cmd += ["--set", s]
     env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     common.log(" ".join(cmd))
     start = time.monotonic()
     r = subprocess.run(cmd, cwd=common.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         run = work / f"seed{seed}"
         if run.exists():
             raise SystemExit(f"error: {run} exists; give another --work")
-        seconds = mt_train(args.recipe, run, seed, args)
+        seconds = mt_train(args.recipe, run, seed, args.minutes, args.overrides, args.average, args.threads)
         runs.append(run)
         records.append(run_record(run, seconds))
 

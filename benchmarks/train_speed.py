@@ -27,7 +27,8 @@ def parse_args():
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch and side (default 4096)")
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 2; quick 1)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 10; quick 2)")
-    p.add_argument("--amp", default="none", help="comma list of none | bf16 | fp16 (fp16: CUDA only)")
+    p.add_argument("--amp", default="none", help="comma list of none | bf16 | fp16 | auto (fp16: CUDA only; auto: "
+                                                 "train.amp=auto's probe chooses, as the trainer does)")
     p.add_argument("--compile", default="off", help="comma list of off | on (torch.compile of the model)")
     p.add_argument("--ablations", action="store_true",
                    help="also measure length bucketing (vs batches of randomly ordered sentences) and the Adam "
@@ -40,8 +41,8 @@ def parse_args():
     args.amp = [a.strip() for a in args.amp.split(",") if a.strip()]
     args.compile = [c.strip() for c in args.compile.split(",") if c.strip()]
     for a in args.amp:
-        if a not in ("none", "bf16", "fp16"):
-            raise SystemExit(f"--amp: unknown {a!r} (none, bf16, fp16)")
+        if a not in ("none", "bf16", "fp16", "auto"):
+            raise SystemExit(f"--amp: unknown {a!r} (none, bf16, fp16, auto)")
     for c in args.compile:
         if c not in ("off", "on"):
             raise SystemExit(f"--compile: unknown {c!r} (off, on)")
@@ -82,6 +83,13 @@ def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled:
     model = common.make_model(name, len(vocab), args.seed, device)
     stepper = common.Stepper(name, model, device, batch_tokens=args.batch_tokens, amp=amp, compile=compiled,
                              seed=args.seed)
+    chosen = None
+    if amp == "auto":  # the trainer's probe on the first batches, then that precision
+        from mt.train.precision import PROBE_BATCHES, choose_amp
+
+        chosen = choose_amp(model, [batcher.collate(b) for b in batches[:PROBE_BATCHES]], device)
+        stepper.update.use(chosen.amp)
+        common.log(f"{name} {label}: {chosen.describe()}")
     warm, timed = batches[: args.warmup_steps], batches[args.warmup_steps :]
     with common.Measure(device) as mw:
         for b in warm:
@@ -106,6 +114,7 @@ def run_variant(name, vocab, batcher, batches, args, device, amp: str, compiled:
     rec = {
         "variant": label,
         "amp": amp,
+        **({"auto": chosen.record("auto")} if chosen is not None else {}),
         "compile": compiled,
         "warmup_steps": len(warm),
         "warmup_seconds": round(mw.seconds, 2),  # includes compilation with compile=on

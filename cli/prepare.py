@@ -1,6 +1,8 @@
 """Prepare a recipe's training corpora once: train SentencePiece on a streamed sample, clean and encode every pair in parallel, write memory-mapped token files and a manifest. Train on it with `--set data.prepared=DIR` (or `data.prepared: DIR` in the recipe); `mt train` without it prepares into RUN_DIR/prepared by itself.
 
-Cleaning rules, each counted in DIR/manifest.json and printed at the end: invalid UTF-8 and lines over 4 MiB (an error naming file and line, or skipped with data.skip_invalid: true), an empty side, source identical to target (data.drop_identical), a side over data.max_len tokens, a length ratio over data.max_ratio, exact duplicate pairs within a corpus (data.dedup)."""
+Cleaning rules, each counted in DIR/manifest.json and printed at the end: invalid UTF-8 and lines over 4 MiB (an error naming file and line, or skipped with data.skip_invalid: true), an empty side, source identical to target (data.drop_identical), a side over data.max_len tokens, a length ratio over data.max_ratio, exact duplicate pairs within a corpus (data.dedup).
+
+Subword regularization (vocab.sampling_alpha > 0, unigram vocabularies): each pair is written vocab.sampling_segmentations times, segmentations sampled from its 64 best; training draws one per pair each epoch."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ Examples:
   mt train recipes/multi30k/transformer.yaml --set data.prepared=data/prepared/m30k
   mt prepare big.yaml --out /data/wmt14-prep --set data.workers=16 --set vocab.max_sentences=2000000
   mt prepare big.yaml --out /data/wmt14-prep --force     # inputs changed: prepare again in place
+  mt prepare recipes/multi30k/transformer-cpu.yaml --out data/prepared/m30k-sampled --set vocab.sampling_alpha=0.2
 \b
 Several corpora with weights (recipe):
   data:

@@ -612,8 +612,11 @@ def check_prepared(data: PreparedData, cfg: Config) -> None:
     still exist, must be the files it was made from."""
     theirs = data.manifest["settings"]["vocab"]
     for key, ours in to_dict(cfg.vocab).items():
+        if key == "max_sentences" or (key == "sampling_segmentations" and not cfg.vocab.sampling_alpha
+                                      and not theirs.get("sampling_alpha")):
+            continue  # no bearing on the tokens (segmentations: only where sampling is on)
         # a setting newer than the directory: it was made as the setting's default does
-        if key != "max_sentences" and theirs.get(key, getattr(VocabConfig, key)) != ours:
+        if theirs.get(key, getattr(VocabConfig, key)) != ours:
             raise MTError(f"{data.root} was prepared with vocab.{key}={theirs.get(key)}, the recipe says {ours}; "
                           f"prepare it again with this recipe (mt prepare RECIPE --out {data.root} --force)")
     for rec in data.manifest["inputs"]:

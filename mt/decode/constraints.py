@@ -87,6 +87,7 @@ class Constraints:
         self.met = self.plen == 0  # [rows, P] one row per sentence before the first step; padding: met
         self.prog = torch.zeros_like(self.plen)  # [rows, P]
         self.width = 1
+        self._ends_index: tuple[Tensor, Tensor, Tensor] | None = None  # _step's gather, made once
 
     @staticmethod
     def active(phrases: Sequence[Sequence[Sequence[int]]] | None) -> bool:
@@ -98,13 +99,18 @@ class Constraints:
     def _step(self, window: Tensor, phrases: Tensor, plen: Tensor, met: Tensor) -> tuple[Tensor, Tensor]:
         """For rows whose last tokens are window [R, K] (-2 before the first): (met [R, P] after
         them, given met before; progress [R, P]: the longest end of window that starts each phrase,
-        shorter than the phrase)."""
+        shorter than the phrase). All K lengths at once: ends[r, p, j - 1] says whether the last j
+        tokens of window r are the first j of phrase p."""
         k = window.size(1)
-        prog = torch.zeros_like(plen)
-        for j in range(1, k + 1):
-            m = (window[:, None, k - j:] == phrases[:, :, :j]).all(-1)
-            met = met | (m & (plen == j))
-            prog = torch.where(m & (j < plen), j, prog)
+        if self._ends_index is None or self._ends_index[0].size(0) != k:
+            j = torch.arange(1, k + 1, device=window.device)
+            i = torch.arange(k, device=window.device)
+            # the window position compared with phrase position i for an end of length j: k - j + i
+            self._ends_index = ((k - j[:, None] + i[None, :]).clamp(max=k - 1), i[None, :] >= j[:, None], j)
+        index, beyond, lengths = self._ends_index
+        ends = ((window[:, index][:, None] == phrases[:, :, None, :]) | beyond).all(-1)  # [R, P, K]
+        met = met | (ends & (lengths == plen[:, :, None])).any(-1)
+        prog = ((ends & (lengths < plen[:, :, None])) * lengths).amax(-1)
         return met, prog
 
     def _window(self, seqs: Tensor, tok: Tensor) -> Tensor:
@@ -148,7 +154,8 @@ class Constraints:
         plain: unconstrained beam search's best 2k (scores, beam, tok) [nb, 2k]; lp [rows, V] the
         masked log-probabilities; scores [nb, width] the open hypotheses'; seqs [rows, t]."""
         nb, width, vocab = scores.size(0), self.width, lp.size(1)
-        extra = torch.cat([self.next_tokens(), lp.argmax(-1)[:, None]], dim=1)  # [rows, E]
+        # each row's own best token (max's indices: the first maximum, as argmax, and twice as fast on a CPU)
+        extra = torch.cat([self.next_tokens(), lp.max(-1).indices[:, None]], dim=1)  # [rows, E]
         extra_scores = (scores.view(-1, 1) + lp.gather(1, extra.clamp(min=0))).masked_fill(extra < 0, NEG_INF)
         e = extra.size(1)
         beam_of = torch.arange(width, device=lp.device)[None, :, None].expand(nb, width, e).reshape(nb, -1)

@@ -133,11 +133,13 @@ class Trainer:
         if setting != "auto":
             self.update.use(setting)
             return
-        recorded = self.records.read_meta().get("amp") if self.resume else None
-        if isinstance(recorded, dict) and recorded.get("used") in ("none", "bf16"):
-            self.update.use(recorded["used"])
-            self.log.info(f"precision {'float32' if recorded['used'] == 'none' else 'bf16'} "
-                          "(train.amp=auto: chosen when the run started)")
+        if self.resume:  # the run's own choice; a run from before train.amp=auto trained in float32
+            recorded = self.records.read_meta().get("amp")
+            used = recorded.get("used") if isinstance(recorded, dict) else None
+            used = used if used in ("none", "bf16") else "none"
+            self.update.use(used)
+            self.log.info(f"precision {'float32' if used == 'none' else 'bf16'} (train.amp=auto: "
+                          f"{'chosen when the run started' if recorded else 'as the run trained before auto existed'})")
             return
         batches = batcher.epoch_batches(0, self.world.rank, self.world.size)[:precision.PROBE_BATCHES]
         choice = precision.choose_amp(state.model, [batcher.collate(b) for b in batches], self.world.device)
@@ -220,8 +222,9 @@ class Trainer:
             chosen = validation.better(t.metric, result[t.metric], progress.best_score)
             entry.update(valid=result, chosen=chosen)
             self.records.metrics({"step": progress.step, "averaged_valid": result})
+            best = "none" if progress.best_score is None else f"{progress.best_score:.2f}"
             self.log.info(f"averaged {len(dirs)} checkpoints ({dirs[0].name} .. {dirs[-1].name}): {t.metric} "
-                          f"{result[t.metric]:.2f} against the best checkpoint's {progress.best_score:.2f}; "
+                          f"{result[t.metric]:.2f} against the best checkpoint's {best}; "
                           f"decoding uses {AVERAGED if chosen else WEIGHTS}")
         else:
             self.log.info(f"averaged {len(dirs)} checkpoints into {AVERAGED} (no validation set: not compared)")
