@@ -208,7 +208,8 @@ mark("open the prepared directory, sha256 of every file")
 check_prepared(prep, cfg)
 mark("inputs unchanged")
 b = TokenBatcher(prep.src, prep.tgt, cfg.train.batch_tokens, cfg.train.seed,
-                 corpora=[(c["start"], c["end"], c["weight"]) for c in prep.corpora], max_len=cfg.data.max_len)
+                 corpora=[(c["start"], c["end"], c["weight"]) for c in prep.corpora], max_len=cfg.data.max_len,
+                 segmentations=prep.manifest.get("segmentations", 1))
 mark("batcher")
 batches = b.epoch_batches(0)
 mark("epoch 0's batches")

@@ -19,7 +19,6 @@ Not part of `make bench`: it trains for minutes per recipe.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from quality_budget import mt_train, run_record  # noqa: E402
+from quality_budget import mt_train, run_record, work_folder  # noqa: E402
 
 from mt.config import load_config  # noqa: E402
 from mt.data.text import load_corpus  # noqa: E402
@@ -128,10 +127,7 @@ def plot_by_length(table: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    work = Path(args.work) if args.work else Path(f"/tmp/mt-families-{os.getpid()}")
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args, "families")
     plots = Path(args.plots) if args.plots else None
     table: dict[str, Any] = {}
     for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:

@@ -130,12 +130,18 @@ def evaluate(runs: list[Path], checkpoints: list[str], sets: dict[str, tuple[lis
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def work_folder(args: argparse.Namespace, name: str) -> Path:
+    """Set --threads for this process and make the folder of the runs (--work, or a new one in /tmp)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = Path(args.work) if args.work else Path(f"/tmp/mt-quality-budget-{os.getpid()}")
+    work = Path(args.work) if args.work else Path(f"/tmp/mt-{name}-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    work = work_folder(args, "quality-budget")
     runs, records = [], []
     for seed in range(1, args.seeds + 1):
         run = work / f"seed{seed}"

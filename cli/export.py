@@ -17,7 +17,7 @@ EPILOG = """\b
 Examples:
   mt export -m runs/m30k --format ctranslate2 --out runs/m30k-ct2
   mt export -m runs/m30k --format ctranslate2 --out runs/m30k-ct2-int8 --quantization int8
-  mt export -m runs/post-norm --format huggingface --out runs/post-norm-hf   # pip install 'mt\\[hf]'
+  mt export -m runs/m30k --format huggingface --out runs/m30k-hf   # pip install 'mt\\[hf]'
 \b
 Then, with the usual CTranslate2 code (pip install 'mt\\[ctranslate2]'):
   python -c "import ctranslate2, sentencepiece as spm
@@ -32,7 +32,7 @@ FORMATS = ("ctranslate2", "huggingface")
 
 def export(
     model: Path = typer.Option(..., "--model", "-m", help="Run directory written by `mt train` (a Transformer)."),
-    format: str = typer.Option(..., "--format", "-f", help="Target format: ctranslate2, or huggingface (a post-norm Transformer as a Marian model for transformers)."),
+    format: str = typer.Option(..., "--format", "-f", help="Target format: ctranslate2, or huggingface (a Transformer as a model for transformers: Marian for post-norm runs, Pegasus for pre-norm)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create (it must not exist, unless --force)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", "-q", help="Weight type of the exported model: int8, int8_float32, int8_float16, int8_bfloat16, int16, float16, bfloat16 or float32 \\[default: float32; CTranslate2 can still convert at load time with compute_type]."),
     checkpoint: str = typer.Option("best", "--checkpoint", help=CHECKPOINT_HELP + "."),

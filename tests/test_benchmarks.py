@@ -91,11 +91,13 @@ def test_decode_ablations_alternatives_give_the_shipped_output() -> None:
 
 def test_train_speed_with_ablations() -> None:
     doc = bench("train_speed.py", "--quick", "--batch-tokens", "256", "--steps", "1", "--warmup-steps", "1",
-                "--ablations")
+                "--ablations", "--amp", "none,auto")
     for name in ("transformer", "rnn"):
         m = doc["models"][name]
-        run = m["runs"][0]
+        run, auto = m["runs"][0], m["runs"][1]
         assert run["amp"] == "none" and run["steps"] == 1
+        # train.amp=auto's probe chose (bf16 only where this CPU multiplies bf16 natively)
+        assert auto["amp"] == "auto" and auto["auto"]["used"] in ("none", "bf16") and auto["auto"]["reason"]
         assert run["target_tokens"] > 0 and run["target_tokens_per_s"] > 0
         assert 0 < run["target_tokens"] <= 256
         buckets = m["ablations"]["bucketing"]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
@@ -236,14 +237,24 @@ POST_NORM = {
 LINES = [a for a, _ in synthetic.generate(30, seed=3, max_clauses=1)]
 
 
-@pytest.fixture(scope="module")
-def post_norm_run(tmp_path_factory) -> Path:
+def _trained(tmp_path_factory, recipe: dict, name: str) -> Path:
     from mt.config import config_from_dict
     from mt.train.trainer import Trainer
 
-    run_dir = tmp_path_factory.mktemp("post") / "run"
-    Trainer(config_from_dict(POST_NORM), run_dir).train()
+    run_dir = tmp_path_factory.mktemp(name) / "run"
+    Trainer(config_from_dict(recipe), run_dir).train()
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def post_norm_run(tmp_path_factory) -> Path:
+    return _trained(tmp_path_factory, POST_NORM, "post")
+
+
+@pytest.fixture(scope="module")
+def pre_norm_run(tmp_path_factory) -> Path:
+    """mt's default layout (pre-norm, a final layer norm after each stack): exported as Pegasus."""
+    return _trained(tmp_path_factory, {**POST_NORM, "model": {**POST_NORM["model"], "norm": "pre"}}, "pre")
 
 
 def _translate(run: Path, *options: str) -> list[str]:
@@ -252,15 +263,18 @@ def _translate(run: Path, *options: str) -> list[str]:
     return r.stdout.splitlines()
 
 
-def test_round_trip_mt_to_huggingface_to_mt(post_norm_run, tmp_path):
-    """A trained mt run exported to Hugging Face: transformers' greedy and beam-4 outputs are mt's
-    (ids), and the export imported back into mt translates exactly as the run did."""
-    r = run_mt("export", "-m", post_norm_run, "--format", "huggingface", "--out", tmp_path / "hf")
+@pytest.mark.parametrize("norm, cls", [("post", "MarianMTModel"), ("pre", "PegasusForConditionalGeneration")])
+def test_round_trip_mt_to_huggingface_to_mt(norm, cls, request, tmp_path):
+    """A trained mt run exported to Hugging Face (post-norm: Marian; pre-norm, mt's default:
+    Pegasus): transformers' greedy and beam-4 outputs are mt's (ids), and the export imported back
+    into mt translates exactly as the run did."""
+    trained = request.getfixturevalue(f"{norm}_norm_run")
+    r = run_mt("export", "-m", trained, "--format", "huggingface", "--out", tmp_path / "hf")
     assert r.returncode == 0, r.explain()
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert isinstance(hf, transformers.MarianMTModel) and isinstance(tok, transformers.MarianTokenizer)
-    run = load_run(post_norm_run)
+    assert type(hf).__name__ == cls and isinstance(tok, transformers.MarianTokenizer)
+    run = load_run(trained)
     src, lengths = source_tensor(run.src_vocab.encode_batch(LINES))
     enc = tok(LINES, return_tensors="pt", padding=True)
     assert enc["input_ids"].tolist() == [ids + [3] + [0] * (src.size(1) - 1 - len(ids))
@@ -277,20 +291,24 @@ def test_round_trip_mt_to_huggingface_to_mt(post_norm_run, tmp_path):
         assert [mine[i] for i in ended] == [out[i][1: out[i].index(3)] for i in ended]
     r = run_mt("import", "huggingface", tmp_path / "hf", "--out", tmp_path / "back")
     assert r.returncode == 0, r.explain()
-    assert _translate(tmp_path / "back") == _translate(post_norm_run)
+    assert yaml.safe_load((tmp_path / "back" / "config.yaml").read_text())["model"]["norm"] == norm
+    # the loop guard off on both sides: transformers has none, so an import decodes without it
+    assert _translate(tmp_path / "back", "--max-repeat", "0") == _translate(trained, "--max-repeat", "0")
 
 
-@pytest.mark.parametrize("model, fragment", [({"norm": "pre"}, "model.norm=pre"),
+@pytest.mark.parametrize("model, fragment", [({"norm": "pre", "share_embeddings": False}, "share_embeddings=false"),
+                                             ({"positions": "learned"}, "model.positions=learned"),
                                              ({"arch": "rnn"}, "model.arch=rnn")])
 def test_export_refuses_what_marian_cannot_express(post_norm_run, tmp_path, model, fragment):
-    """mt's default pre-norm Transformer and RNN runs have no MarianMTModel form: one line, nothing
-    written (the recipe is checked before any weight is read)."""
+    """A pre-norm run with two embeddings (Pegasus has one), learned positions and RNN runs have no
+    Hugging Face form here: one line, nothing written (the recipe is checked before any weight is
+    read)."""
     import yaml
 
     run = tmp_path / "run"
     run.mkdir()
     cfg = yaml.safe_load((post_norm_run / "config.yaml").read_text())
-    cfg["model"] = {**cfg["model"], **model} if "norm" in model else {"arch": "rnn"}
+    cfg["model"] = {"arch": "rnn"} if "arch" in model else {**cfg["model"], **model}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = run_mt("export", "-m", run, "--format", "huggingface", "--out", tmp_path / "hf")
     assert_clean_failure(r, fragment)

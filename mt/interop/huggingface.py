@@ -22,9 +22,12 @@ layer norms, `positions: sinusoidal_concat`, `embed_scale` (config.scale_embeddi
 (final_logits_bias), the activation (swish, gelu, relu), and shared or separate embeddings.
 
 Export. A post-norm mt Transformer becomes a MarianMTModel with mt's ids unchanged (pad 0, eos 3,
-decoder start 2, <pad> and <s> never generated, as mt's search masks them). mt's interleaved
-sinusoidal positions become Marian's concatenated ones by permuting the model's features: every
-weight that reads or writes the residual stream is permuted alike, so the function is the same.
+decoder start 2, <pad> and <s> never generated, as mt's search masks them); a pre-norm one (mt's
+default) a PegasusForConditionalGeneration, the same layers with a layer norm after each stack and
+one embedding for both sides, with Marian's tokenizer files beside it. mt's interleaved sinusoidal
+positions become the concatenated ones both use by permuting the model's features: every weight that
+reads or writes the residual stream is permuted alike, so the function is the same. Such a Pegasus
+folder imports back (model_type pegasus, with source.spm, target.spm and vocab.json).
 """
 
 from __future__ import annotations
@@ -126,9 +129,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def model_config(hf: dict[str, Any], folder: Path) -> TransformerConfig:
-    """mt's TransformerConfig of a Marian config.json; an MTError for what mt's Transformer lacks."""
-    if hf.get("model_type") != "marian":
-        raise MTError(f"{folder}: model_type {hf.get('model_type')!r}, not a Marian model (model_type marian)")
+    """mt's TransformerConfig of a Marian config.json (post-norm), or of a Pegasus one (pre-norm, one
+    embedding: what `mt export` writes for a pre-norm run); an MTError for what mt's Transformer lacks."""
+    kind = hf.get("model_type")
+    if kind not in ("marian", "pegasus"):
+        raise MTError(f"{folder}: model_type {kind!r}, not a Marian model (model_type marian; or pegasus)")
     for a, b in (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads", "decoder_attention_heads")):
         if hf.get(a) != hf.get(b):
             raise MTError(f"{folder}: {a} {hf.get(a)} and {b} {hf.get(b)} differ; mt's Transformer has one of each")
@@ -143,9 +148,10 @@ def model_config(hf: dict[str, Any], folder: Path) -> TransformerConfig:
         return TransformerConfig(
             d_model=hf["d_model"], heads=hf["encoder_attention_heads"], enc_layers=hf["encoder_layers"],
             dec_layers=hf["decoder_layers"], ff_dim=hf["encoder_ffn_dim"], dropout=float(hf.get("dropout", 0.1)),
-            attn_dropout=float(hf.get("attention_dropout", 0.0)), activation=activation, norm="post",
+            attn_dropout=float(hf.get("attention_dropout", 0.0)), activation=activation,
+            norm="pre" if kind == "pegasus" else "post",
             positions="sinusoidal_concat", max_positions=hf.get("max_position_embeddings", 1024),
-            share_embeddings=hf.get("share_encoder_decoder_embeddings", True),
+            share_embeddings=kind == "pegasus" or hf.get("share_encoder_decoder_embeddings", True),
             tie_output=hf.get("tie_word_embeddings", True), embed_scale=bool(hf.get("scale_embedding", False)),
             output_bias=True)
     except KeyError as e:
@@ -227,6 +233,10 @@ def mt_state(hf: dict[str, torch.Tensor], cfg: TransformerConfig, table: IdTable
                 for kind in ("weight", "bias"):
                     state[f"{side}.{i}.{mine}.{kind}"] = torch.cat(
                         [_tensor(hf, f"model.{side}.layers.{i}.{name}.{kind}") for name in theirs], dim=0)
+    if cfg.norm == "pre":  # Pegasus: the layer norm after each stack
+        for side, ours in (("encoder", "enc_norm"), ("decoder", "dec_norm")):
+            for kind in ("weight", "bias"):
+                state[f"{ours}.{kind}"] = _tensor(hf, f"model.{side}.layer_norm.{kind}")
     return state
 
 
@@ -311,15 +321,18 @@ def _write_run(out: Path, parent: Path, cfg: TransformerConfig, table: IdTable, 
 
 
 def check_exportable(cfg) -> None:
-    """An MTError naming the first model option a MarianMTModel cannot express."""
+    """An MTError naming the first model option the Hugging Face form cannot express: a post-norm
+    Transformer becomes a MarianMTModel, a pre-norm one a PegasusForConditionalGeneration (pre-norm
+    layers, a final layer norm after each stack, one embedding for both sides)."""
     if not isinstance(cfg, TransformerConfig):
-        raise MTError(f"model.arch={getattr(cfg, 'arch', type(cfg).__name__)}: Hugging Face's Marian models are "
-                      "Transformers; only Transformer runs can be exported")
-    if cfg.norm != "post":
-        raise MTError(f"model.norm={cfg.norm}: Hugging Face's MarianMTModel is post-norm; only post-norm "
-                      "Transformer runs can be exported to it")
+        raise MTError(f"model.arch={getattr(cfg, 'arch', type(cfg).__name__)}: Hugging Face's Marian and Pegasus "
+                      "models are Transformers; only Transformer runs can be exported")
     if cfg.positions == "learned":
-        raise MTError("model.positions=learned: Hugging Face's MarianMTModel has sinusoidal positions only")
+        raise MTError("model.positions=learned: Hugging Face's Marian and Pegasus models have sinusoidal "
+                      "positions only")
+    if cfg.norm == "pre" and not cfg.share_embeddings:
+        raise MTError("model.norm=pre with model.share_embeddings=false: a pre-norm run exports as Hugging Face's "
+                      "PegasusForConditionalGeneration, whose encoder and decoder share one embedding")
 
 
 def feature_order(cfg: TransformerConfig) -> torch.Tensor:
@@ -341,8 +354,9 @@ def _permuted(name: str, t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return t[:, order] if reads else t
 
 
-def marian_state(model, cfg: TransformerConfig) -> dict[str, torch.Tensor]:
-    """The MarianMTModel state dict of an mt Transformer (mt's ids are kept)."""
+def hf_state(model, cfg: TransformerConfig) -> dict[str, torch.Tensor]:
+    """The MarianMTModel (post-norm) or PegasusForConditionalGeneration (pre-norm) state dict of an
+    mt Transformer (mt's ids are kept)."""
     order = feature_order(cfg)
     mine = {name: _permuted(name, t.detach().float(), order).contiguous() for name, t in model.state_dict().items()}
     src, tgt = mine["src_embed.tokens.weight"], mine["tgt_embed.tokens.weight"]
@@ -358,20 +372,30 @@ def marian_state(model, cfg: TransformerConfig) -> dict[str, torch.Tensor]:
                     parts = mine[f"{side}.{i}.{ours}.{kind}"].chunk(len(theirs), dim=0)
                     for name, part in zip(theirs, parts):
                         state[f"model.{side}.layers.{i}.{name}.{kind}"] = part.contiguous()
+    if cfg.norm == "pre":  # the layer norm after each stack
+        for side, ours in (("encoder", "enc_norm"), ("decoder", "dec_norm")):
+            for kind in ("weight", "bias"):
+                state[f"model.{side}.layer_norm.{kind}"] = mine[f"{ours}.{kind}"]
     return state
 
 
-def _marian_config(transformers, run, separate: bool):
+def _hf_config(transformers, run, separate: bool):
+    """The model's config (MarianConfig, or PegasusConfig for a pre-norm run) and its generation config."""
     cfg, d = run.config.model, run.config.decode
     src_size, tgt_size = len(run.src_vocab), len(run.tgt_vocab)
-    model = transformers.MarianConfig(
-        vocab_size=src_size, decoder_vocab_size=tgt_size, d_model=cfg.d_model, encoder_layers=cfg.enc_layers,
+    common = dict(
+        vocab_size=src_size, d_model=cfg.d_model, encoder_layers=cfg.enc_layers,
         decoder_layers=cfg.dec_layers, encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads,
         encoder_ffn_dim=cfg.ff_dim, decoder_ffn_dim=cfg.ff_dim, activation_function=cfg.activation,
         dropout=cfg.dropout, attention_dropout=cfg.attn_dropout, activation_dropout=cfg.dropout,
         max_position_embeddings=cfg.max_positions, scale_embedding=cfg.embed_scale,
-        share_encoder_decoder_embeddings=cfg.share_embeddings and not separate, tie_word_embeddings=cfg.tie_output,
-        pad_token_id=0, eos_token_id=3, decoder_start_token_id=2, forced_eos_token_id=3)
+        tie_word_embeddings=cfg.tie_output, pad_token_id=0, eos_token_id=3, decoder_start_token_id=2,
+        forced_eos_token_id=3)
+    if cfg.norm == "pre":
+        model = transformers.PegasusConfig(**common)
+    else:
+        model = transformers.MarianConfig(**common, decoder_vocab_size=tgt_size,
+                                          share_encoder_decoder_embeddings=cfg.share_embeddings and not separate)
     beam = {} if d.search == "greedy" else {  # transformers refuses beam settings without a beam
         "num_beams": d.beam, "early_stopping": d.early_stop,
         "length_penalty": {"none": 0.0}.get(d.len_penalty, d.alpha)}  # gnmt has no transformers form: L ** alpha
@@ -421,7 +445,8 @@ def export_notes(d: DecodeConfig) -> list[str]:
 
 
 def export_huggingface(run_dir: str | Path, out: str | Path, checkpoint: str = "best", force: bool = False) -> Path:
-    """Write the run as a Marian folder that AutoModelForSeq2SeqLM / AutoTokenizer load."""
+    """Write the run as a folder that AutoModelForSeq2SeqLM / AutoTokenizer load: a MarianMTModel
+    (post-norm runs) or a PegasusForConditionalGeneration (pre-norm), with Marian's tokenizer."""
     from mt.decode.translator import load_run
 
     run_dir, out = Path(run_dir), Path(out)
@@ -436,14 +461,18 @@ def export_huggingface(run_dir: str | Path, out: str | Path, checkpoint: str = "
     except ImportError:
         raise MTError("exporting to Hugging Face needs the transformers package: pip install 'mt[hf]'") from None
     separate = not (run.src_vocab.same_as(run.tgt_vocab) or run.config.vocab.shared_ids)
-    config, generation = _marian_config(transformers, run, separate)
+    config, generation = _hf_config(transformers, run, separate)
+    pre = run.config.model.norm == "pre"
+    cls = transformers.PegasusForConditionalGeneration if pre else transformers.MarianMTModel
     tmp = temp_dir(parent, f".{out.name}.")
     try:
         model_dir = tmp / "model"
-        model = transformers.MarianMTModel(config)
-        missing, unexpected = model.load_state_dict(marian_state(run.model, run.config.model), strict=False)
-        if unexpected or any("embed_positions" not in name for name in missing):
-            raise MTError(f"{run_dir}: the weights do not map onto a MarianMTModel ({(unexpected + missing)[:3]})")
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(hf_state(run.model, run.config.model), strict=False)
+        # not in the state: the sinusoidal tables, and the tied copies of the one embedding
+        derived = ("embed_positions", "embed_tokens") if pre else ("embed_positions",)
+        if unexpected or any(not any(part in name for part in derived) for name in missing):
+            raise MTError(f"{run_dir}: the weights do not map onto a {cls.__name__} ({(unexpected + missing)[:3]})")
         model.generation_config = generation
         model.save_pretrained(str(model_dir))
         _write_tokenizer(transformers, run, model_dir, separate)
