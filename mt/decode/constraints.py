@@ -154,7 +154,7 @@ class Constraints:
         plain: unconstrained beam search's best 2k (scores, beam, tok) [nb, 2k]; lp [rows, V] the
         masked log-probabilities; scores [nb, width] the open hypotheses'; seqs [rows, t]."""
         nb, width, vocab = scores.size(0), self.width, lp.size(1)
-        # each row's own best token (max's indices: the first maximum, as argmax, and twice as fast on a CPU)
+        # each row's own best token (max's indices: the first maximum, as argmax's, and cheaper on a CPU)
         extra = torch.cat([self.next_tokens(), lp.max(-1).indices[:, None]], dim=1)  # [rows, E]
         extra_scores = (scores.view(-1, 1) + lp.gather(1, extra.clamp(min=0))).masked_fill(extra < 0, NEG_INF)
         e = extra.size(1)

@@ -2,8 +2,8 @@
 autocast, found by timing a few forward and backward passes of each on the run's first batches.
 
 Whether bf16 pays depends on both: on a CPU with AVX512-BF16 or AMX a Transformer base trains
-about twice as fast under bf16 autocast, while a small model on the same CPU trains slower (the
-casts around each small matrix product cost more than the products save). The probe leaves no
+faster under bf16 autocast, while a small model on the same CPU trains slower (the casts around
+each small matrix product cost more than the products save; figures in docs/performance.md). The probe leaves no
 trace on training: no optimizer step, gradients cleared, the random number generators restored,
 so a run with the probe trains exactly as one told the winning precision. The choice is recorded
 in the run (meta.json, "amp") and a resume keeps it: resumed training stays bitwise.
@@ -23,8 +23,8 @@ from mt.device import cpu_has_native_bf16
 from mt.train.optim import label_smoothed_loss
 
 #: below this many parameters the probe is not run and float32 is kept: the matrix products are too
-#: small for bf16 to pay (measured: a d128 Transformer of 2M parameters trains slower under bf16
-#: autocast on AVX512-BF16 and AMX CPUs), and the probe would cost a noticeable share of a short run
+#: small for bf16 to pay (even the 2M-parameter CPU recipe's model trains slower under bf16 autocast,
+#: docs/performance.md), and the probe would cost a noticeable share of a short run
 PROBE_MIN_PARAMETERS = 1_000_000
 #: timed rounds per precision (alternating, the faster round counts) after one warm-up round each
 PROBE_ROUNDS = 3
