@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mt.decode.rules import NEG_INF
+from mt.decode.rules import NEG_INF, last_tokens
 
 WORD_START = "\u2581"  # SentencePiece's mark of a word's start
 
@@ -115,11 +115,7 @@ class Constraints:
 
     def _window(self, seqs: Tensor, tok: Tensor) -> Tensor:
         """The last K - 1 tokens of seqs [R, t] then tok [R]: [R, K] (-2 where there is none)."""
-        k = self.phrases.size(-1)
-        hist = seqs[:, max(seqs.size(1) - (k - 1), 0):]
-        if hist.size(1) < k - 1:
-            hist = torch.cat([hist.new_full((hist.size(0), k - 1 - hist.size(1)), -2), hist], dim=1)
-        return torch.cat([hist, tok[:, None]], dim=1)
+        return torch.cat([last_tokens(seqs, self.phrases.size(-1) - 1), tok[:, None]], dim=1)
 
     def advance(self, rows: Tensor, seqs: Tensor, width: int) -> None:
         """After beam search's advance: the new rows continue rows `rows` with the last token of seqs."""

@@ -40,6 +40,15 @@ def ban(lp: Tensor, tokens: Tensor, hit: Tensor) -> None:
     lp.scatter_reduce_(1, tokens, torch.where(hit, -inf, inf), reduce="amin", include_self=True)
 
 
+def last_tokens(seqs: Tensor, width: int) -> Tensor:
+    """The last `width` tokens of each row of seqs [N, t]: [N, width], -2 (no token) in front of a
+    row shorter than that."""
+    hist = seqs[:, max(seqs.size(1) - width, 0):]
+    if hist.size(1) < width:
+        hist = torch.cat([hist.new_full((hist.size(0), width - hist.size(1)), -2), hist], dim=1)
+    return hist
+
+
 class NoRepeatNgram:
     def __init__(self, n: int) -> None:
         self.n = n
@@ -129,10 +138,7 @@ class AvoidPhrases:
     def __call__(self, lp: Tensor, seqs: Tensor, sent: Tensor) -> Tensor:
         if self.last.numel() == 0:
             return lp
-        w, t = self.pre.size(1), seqs.size(1)
-        hist = seqs[:, max(t - w, 0):]
-        if hist.size(1) < w:  # too short: -2 matches no phrase token (only wildcards)
-            hist = torch.cat([hist.new_full((hist.size(0), w - hist.size(1)), -2), hist], dim=1)
+        hist = last_tokens(seqs, self.pre.size(1))  # -2 in front matches no phrase token (only wildcards)
         match = ((hist[:, None, :] == self.pre[None]) | self.wild[None]).all(-1)  # [N, P]
         hit = match & (sent[:, None] == self.sent[None, :])
         ban(lp, self.last[None, :].expand_as(hit), hit)

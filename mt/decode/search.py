@@ -109,6 +109,8 @@ class Search:
 
     #: decoder rows per source sentence (beam size, samples): what a batch budget is divided by
     rows_per_sentence = 1
+    #: whether the search can meet constraints (beam search: dynamic beam allocation)
+    takes_constraints = False
 
     def __call__(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor,
                  prefixes: Sequence[Sequence[int]] | None = None,
@@ -128,7 +130,7 @@ class Search:
                                     avoid)
             cons = None
             if Constraints.active(constraints):
-                if not isinstance(self, BeamSearch):
+                if not self.takes_constraints:
                     raise MTError("constraints (phrases the output must contain) need beam search")
                 if len(constraints) != src.size(0):
                     raise ValueError(f"{len(constraints)} constraint lists for {src.size(0)} sentences")
@@ -358,6 +360,7 @@ class BeamSearch(Search):
 
     #: records the search tree when set (mt.decode.trace.SearchTrace); None: nothing recorded or spent
     trace = None
+    takes_constraints = True
 
     def __init__(
         self,

@@ -473,13 +473,17 @@ class Translator:
             cons.append(controls.get("constraints", []))
             avoid.append(controls.get("avoid", []))
             if len(chunk) >= buffer_lines:
-                yield from self.translate(chunk, first, prefixes if any(prefixes) else None,
-                                          constraints=cons if any(cons) else None, avoid=avoid if any(avoid) else None)
+                yield from self._translate_chunk(chunk, first, prefixes, cons, avoid)
                 first += len(chunk)
                 chunk, prefixes, cons, avoid = [], [], [], []
         if chunk:
-            yield from self.translate(chunk, first, prefixes if any(prefixes) else None,
-                                      constraints=cons if any(cons) else None, avoid=avoid if any(avoid) else None)
+            yield from self._translate_chunk(chunk, first, prefixes, cons, avoid)
+
+    def _translate_chunk(self, chunk: list[str], first: int, prefixes: list[str], cons: list[list[str]],
+                         avoid: list[list[str]]) -> list[Translation]:
+        """One chunk of `stream`: prefixes, constraints and avoid lists passed only where a line has one."""
+        return self.translate(chunk, first, prefixes if any(prefixes) else None,
+                              constraints=cons if any(cons) else None, avoid=avoid if any(avoid) else None)
 
 
 def jsonl_items(lines: Iterable[str], name: str) -> Iterator[tuple]:
