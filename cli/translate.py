@@ -143,8 +143,7 @@ def _write_traced(translator, path: Path, n_best: int, format_line, write) -> No
         if tr.pieces > 1:  # its pieces may have been searched in several batches: no one tree
             record["error"] = f"translated in {tr.pieces} pieces (longer than the model's input): no trace"
         elif trees:
-            returned = [translator.tgt_vocab.sp.PieceToId(p) for p in tr.tokens[:-1]]
-            record.update(trees[0].to_dict(translator.tgt_vocab.pieces, n_best, returned))
+            record.update(trees[0].to_dict(translator.tgt_vocab.pieces, n_best, tr.token_ids))
         else:
             record.update(steps=[], best=[], score=None)
         out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -48,6 +48,9 @@ class Translation:
     #: the words of `text` (whitespace-separated, from 0) that the copy step put there: unseen source
     #: words, and placeholders' spans the model's output lacked
     copies: list[int] = field(default_factory=list)
+    #: the ids of `tokens` and of `src_pieces` (without eos): what the model saw and wrote
+    token_ids: list[int] = field(default_factory=list)
+    src_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -394,7 +397,7 @@ class Translator:
                                            or (text, alignment, copies))
             score = sum(h.score for h in best)
             return Translation(text=text, nbest=[(text, score)], pieces=len(parts), tokens=pieces,
-                               token_scores=token_scores, alignment=alignment, copies=copies)
+                               token_scores=token_scores, alignment=alignment, copies=copies, token_ids=tokens)
         nbest, copies = [], []
         for k, h in enumerate(parts[0]):
             text = self.tgt_vocab.decode(h.tokens)
@@ -414,6 +417,8 @@ class Translator:
             token_scores=token_scores,
             alignment=alignment,
             copies=copies,
+            token_ids=tokens,
+            src_ids=list(src_ids),
         )
 
     def _mend(self, line: str, tokens: list[int], placing: torch.Tensor, prefix_len: int,

@@ -403,13 +403,12 @@ class Batcher:
             raise ServeError(422, "text_too_long", f"the text was translated in {tr.pieces} pieces (longer than the "
                                                    "model's input): trace and attention need it in one")
         extras: dict[str, Any] = {}
-        tgt_ids = [run.tgt_vocab.sp.PieceToId(p) for p in tr.tokens[:-1]]  # the returned hypothesis's
+        tgt_ids = tr.token_ids  # the returned hypothesis's
         if trace is not None:
             extras["trace"] = trace.trees[0].to_dict(run.tgt_vocab.pieces, job.decode.n_best, tgt_ids) \
                 if trace.trees else None
         if look.attention and tr.tokens:
-            src_ids = [run.src_vocab.sp.PieceToId(p) for p in tr.src_pieces[:-1]]
-            weights = attention_heads(run.model, src_ids, tgt_ids, self.served.device)
+            weights = attention_heads(run.model, tr.src_ids, tgt_ids, self.served.device)
             extras["attention"] = None if weights is None else attention_dict(weights, tr.src_pieces, tr.tokens)
         return [(tr, extras)]
 
@@ -641,15 +640,16 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def format_translation(tr: Translation, n_best: int, alignments: bool = False, extras: dict[str, Any] | None = None,
-                       copies: list[int] | None = None) -> dict[str, Any]:
-    """One answer, in the shape of `mt translate --json` (without the line id); extras: what the
-    request asked to see inside (trace, attention); copies: the words the copy step placed."""
+def format_translation(tr: Translation, n_best: int, alignments: bool = False,
+                       extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One answer, in the shape of `mt translate --json` (without the line id), with the words the
+    copy step placed (tr.copies) where there are any; extras: what the request asked to see inside
+    (trace, attention)."""
     nbest = tr.nbest or [("", 0.0)]
     out: dict[str, Any] = {"translation": tr.text, "score": nbest[0][1], "tokens": tr.tokens,
                            "token_scores": tr.token_scores, **(extras or {})}
-    if copies:
-        out["copies"] = copies
+    if tr.copies:
+        out["copies"] = tr.copies
     if alignments:
         out["alignment"] = [list(link) for link in tr.alignment or []]
     if n_best > 1:
@@ -663,7 +663,7 @@ def format_answers(results: list[Any], decode: DecodeConfig, alignments: bool, l
     """The translations of a request (service.translate's results: Translations, or with look the
     one text's (Translation, extras)), each with the words its copy of unseen words placed."""
     pairs = results if look is not None else [(r, None) for r in results]
-    return [format_translation(r, decode.n_best, alignments, extras, r.copies) for r, extras in pairs]
+    return [format_translation(r, decode.n_best, alignments, extras) for r, extras in pairs]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
