@@ -168,8 +168,7 @@ class RunRecords:
         # model.safetensors may hold a better model than the checkpoint knows of (a validation that
         # improved after the last checkpoint, then a crash): that best score stands, so that a worse
         # model never replaces it; early stopping still counts from the checkpoint's own best
-        meta_path = self.run_dir / META
-        meta = read_json(meta_path) if meta_path.is_file() else {}
+        meta = self.read_meta()
         if (meta.get("metric") == self.cfg.train.metric and isinstance(meta.get("best_score"), (int, float))
                 and isinstance(meta.get("best_step"), int) and meta["best_step"] > progress.step):
             progress.best_score, progress.best_step = float(meta["best_score"]), meta["best_step"]
