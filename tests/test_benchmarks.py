@@ -141,6 +141,25 @@ def test_ctranslate2_speed(tiny_run: Path) -> None:
         assert 0 <= r["identical_lines"] <= 10 and 0 <= r["bleu_ctranslate2"] <= 100
 
 
+def test_hf_speed_quick() -> None:
+    """A one-layer random Marian model decoded by transformers, mt and CTranslate2 (the latter, and
+    the export to it, in processes of their own): the same outputs in float32, counted the same way;
+    mt's and CTranslate2's int8 beside them."""
+    pytest.importorskip("transformers")
+    doc = bench("hf_speed.py", "--lines", "6", "--max-len", "5", "--layers", "1", "--d-model", "32", "--batch", "3",
+                device=False)
+    rows = {r["setting"]: r for r in doc["results"]}
+    assert list(rows) == ["greedy", "beam4", "int8-greedy", "int8-beam4"]
+    for name in ("greedy", "beam4"):
+        assert set(rows[name]["target_tokens_per_second"]) == {"transformers", "mt", "ctranslate2"}
+        assert rows[name]["identical_to_mt"] == {"transformers": 6, "ctranslate2": 6}
+    for name in ("int8-greedy", "int8-beam4"):  # two int8 schemes: the outputs may differ, not their count
+        assert set(rows[name]["target_tokens_per_second"]) == {"mt", "ctranslate2"}
+        assert 0 <= rows[name]["identical_to_mt"]["ctranslate2"] <= 6
+    assert all(min(r["target_tokens_per_second"].values()) > 0 for r in rows.values())
+    assert doc["versions"]["ctranslate2"]
+
+
 def test_unseen_characters_on_a_trained_run(tiny_run: Path) -> None:
     """The tiny run has no byte pieces: its source segmentation turns every unseen character into
     the unknown piece, and the counts say so; the model alone puts none of them out, the copy step
