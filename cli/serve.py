@@ -93,7 +93,7 @@ def serve(
                   "(no authentication)", file=sys.stderr, flush=True)
         config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=timeout + 5,
                                 lifespan="on", access_log=log_level in ("info", "debug"))
-        _run(config, sock)
+        _run(config, sock, service)
     finally:
         sock.close()
 
@@ -124,9 +124,13 @@ def _listen(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise MTError(f"--host {host}: cannot resolve ({e.strerror})") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # no Nagle delay: an answer's headers and body are two writes, and the body would wait for the
+    # client's delayed acknowledgement of the headers (40 ms on Linux). asyncio sets TCP_NODELAY on
+    # the connections of a socket made with IPPROTO_TCP; set here too, the connections inherit it
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(address)
         sock.listen(2048)
@@ -147,17 +151,28 @@ def _load(runs, limits, device, threads, int8, dtype, checkpoint, batch_tokens, 
                                    dtype=dtype)
         served.append(ServedModel(name, loaded.run, loaded.device, batch_tokens, max_input_tokens, loaded.precision,
                                   str(path)))
-    return TranslationService(served, limits)
+    return TranslationService(served, limits, decode_thread=False)  # cli serve's main thread decodes
 
 
-def _run(config, sock: socket.socket) -> None:
+def _run(config, sock: socket.socket, service) -> None:
+    """uvicorn on a thread of its own, the decoding loop on this one (the main thread, which loaded
+    the models: one thread does all the torch work, see mt.serve.app.TranslationService). SIGTERM
+    and SIGINT (a second SIGINT: at once) tell uvicorn to stop accepting and answer what is in
+    flight; its shutdown stops the loop once the queues are empty, and the server exits with 0."""
     import signal
+    import threading
 
     import uvicorn
 
-    # uvicorn handles SIGTERM and SIGINT itself (stop accepting, answer the requests in flight, shut
-    # down), then puts back the handlers it found and raises the signal again. With these do-nothing
-    # handlers found, that ends nothing: a server stopped by a signal exits with status 0.
+    server = uvicorn.Server(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: None)
-    uvicorn.Server(config).run(sockets=[sock])
+        signal.signal(sig, server.handle_exit)
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mt-serve-http")
+    http.start()
+    try:
+        service.decode_loop(keep_going=http.is_alive)
+    finally:
+        server.should_exit = True  # the loop failed: let uvicorn go too
+        http.join()
+    if not server.started:
+        raise MTError("the HTTP server did not start (see the lines above)")

@@ -473,7 +473,7 @@ class ServeLimits:
     max_body: int = 1 << 20  # request body bytes
     queue_size: int = 1024  # texts waiting per model (beyond: 503)
     timeout: float = 60.0  # seconds from arrival to answer (beyond: 504)
-    batch_wait: float = 0.005  # seconds the worker waits for more requests before decoding
+    batch_wait: float = 0.005  # seconds a batch waits for more requests before decoding
     max_beam: int = 16  # largest beam (and n-best, samples) a request may ask for
     max_output_tokens: int = 1024  # longest translation (of a text or of a piece of a long one), in tokens
 

@@ -125,7 +125,10 @@ def test_serve_load(tiny_run: Path) -> None:
     doc = bench("serve_load.py", str(tiny_run), "--requests", "6", "--concurrency", "1,3", device=False)
     m = doc["mt_translate"]
     assert m["lines"] == 6 and m["sentences_per_second"] > 0 and m["in_process_output_equals_cli"]
+    assert m["one_line_alone_ms_p50"] > 0
     assert [r["clients"] for r in doc["serve"]] == [1, 3]
+    assert doc["serve"][0]["p50_over_one_line_alone"] > 0 and "p50_over_one_line_alone" not in doc["serve"][1]
+    assert all(r["over_mt_translate"] > 0 for r in doc["serve"])
     for r in doc["serve"]:
         assert r["requests"] == 6 and r["errors"] == 0 and r["equal_to_mt_translate"] == 6, r
         assert r["sentences_per_second"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]

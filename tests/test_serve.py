@@ -409,6 +409,68 @@ def test_health_is_503_when_a_worker_is_not_running(tiny_run: Path) -> None:
         assert r.status_code == 200 and r.json()["models"]["m"]["worker"] == "running", r.text
 
 
+def test_decoding_on_the_callers_thread_for_every_model(tiny_run: Path) -> None:
+    """decode_thread=False (mt serve): the thread that runs decode_loop decodes every model's batches
+    (mt serve's main thread, which loaded the models: one OpenMP pool in the process), the answers
+    equal the Translator's, and the loop returns once the app has shut down."""
+    from fastapi.testclient import TestClient
+
+    from mt.config import ServeLimits
+    from mt.serve.app import ServedModel, TranslationService, create_app
+    from mt.decode.translator import load_run
+
+    import torch
+
+    run = load_run(tiny_run)
+    service = TranslationService([ServedModel("a", run, torch.device("cpu")), ServedModel("b", run, torch.device("cpu"))],
+                                 ServeLimits(), decode_thread=False)
+    decoded_on: list[str] = []
+    for batcher in service.batchers.values():
+        decode = batcher.translate
+
+        def translate(*args, _decode=decode, **kwargs):
+            decoded_on.append(threading.current_thread().name)
+            return _decode(*args, **kwargs)
+
+        batcher.translate = translate
+    answers: dict[str, str] = {}
+
+    def client() -> None:
+        with TestClient(create_app(service)) as c:
+            for name in ("a", "b"):
+                r = c.post("/translate", json={"text": TEXTS[0], "model": name})
+                answers[name] = r.json()["translations"][0]["translation"] if r.status_code == 200 else r.text
+
+    http = threading.Thread(target=client, name="http")
+    http.start()
+    service.decode_loop(keep_going=http.is_alive)  # returns after the lifespan's stop (or the thread's end)
+    http.join()
+    expected = translator_text(run, TEXTS[0])
+    assert answers == {"a": expected, "b": expected}
+    assert decoded_on == [threading.current_thread().name] * 2
+    assert not service.alive()
+
+
+def translator_text(run, text: str) -> str:
+    from mt.decode.translator import Translator
+
+    return Translator.for_model(run.model, run.src_vocab, run.tgt_vocab, run.config.decode).translate([text])[0].text
+
+
+def test_the_listening_socket_sends_without_delay() -> None:
+    """TCP_NODELAY on mt serve's socket (inherited by its connections): an answer's body does not
+    wait for the client's delayed acknowledgement of its headers."""
+    import importlib
+    import socket
+
+    sock = importlib.import_module("mt.cli.serve")._listen("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sock.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY on the connections of such a socket too
+    finally:
+        sock.close()
+
+
 def test_output_length_is_capped(tiny_run: Path) -> None:
     from fastapi.testclient import TestClient
 

@@ -3,15 +3,16 @@
     service = TranslationService([ServedModel("m30k", run, device)], ServeLimits())
     app = create_app(service)            # a FastAPI app; `mt serve` runs it with uvicorn
 
-One model instance per served run and one worker thread per model. A request's texts join a
-queue; the worker waits a few milliseconds (`ServeLimits.batch_wait`) for other requests, takes every
-queued request with the same decoding options up to the translator's token budget, and decodes
-their texts together through `mt.decode.translator.Translator`. In float32 a text's translation does not
-depend on what it was batched with, so a request gets the output `mt translate` gives.
+One model instance per served run, one queue per model and one decoding loop for all of them. A
+request's texts join its model's queue; the loop waits a few milliseconds (`ServeLimits.batch_wait`) for
+other requests, takes every queued request with the same decoding options up to the translator's
+token budget, and decodes their texts together through `mt.decode.translator.Translator`. In float32
+a text's translation does not depend on what it was batched with, so a request gets the output
+`mt translate` gives.
 
 Errors are JSON (`{"error": {"status", "type", "message"}}`): 4xx for bad requests (limits, invalid
 JSON or UTF-8, wrong types, unknown options), 503 with Retry-After when the queue is full, 504 when
-a request outlives `ServeLimits.timeout`. The worker survives a failing batch (its requests get a 500).
+a request outlives `ServeLimits.timeout`. The loop survives a failing batch (its requests get a 500).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from fastapi import FastAPI, Request
@@ -226,7 +227,7 @@ class Job:
     controls: list[dict[str, list[str]]] | None = None  # per text: its "constraints" and "avoid" phrases
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Hand the result to the request's event loop (called from the worker thread); nothing when
+        """Hand the result to the request's event loop (called from the decoding loop); nothing when
         that loop has closed (the request is gone)."""
         def done() -> None:
             if not self.future.done():
@@ -242,7 +243,7 @@ class Job:
 
 @dataclass
 class ServedModel:
-    """A loaded run served under `name` by one worker thread."""
+    """A loaded run served under `name` (decoded by the service's decoding loop)."""
 
     name: str
     run: Run
@@ -254,28 +255,18 @@ class ServedModel:
 
 
 class Batcher:
-    """The queue and worker thread of one model: requests in, batches of equal decoding options out."""
+    """The queue of one model: requests in, batches of equal decoding options out (taken by the
+    service's decoding loop, which serves every model's queue)."""
 
-    def __init__(self, served: ServedModel, limits: ServeLimits) -> None:
+    def __init__(self, served: ServedModel, limits: ServeLimits, cond: threading.Condition) -> None:
         self.served, self.limits = served, limits
-        self.cond = threading.Condition()
+        self.cond = cond  # the service's: one decoding loop waits for every queue
         self.pending: deque[Job] = deque()
         self.pending_texts = 0
         self.stopping = False
         self.rate = 0.0  # texts per second, moving average (for Retry-After)
         self.batches = self.requests = self.texts = 0  # decoded so far (GET /health)
         self.busy = 0.0  # seconds spent decoding
-        self.thread = threading.Thread(target=self._work, name=f"mt-serve-{served.name}", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Finish what is queued, then end the worker."""
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        self.thread.join()
 
     def submit(self, job: Job) -> None:
         with self.cond:
@@ -289,8 +280,8 @@ class Batcher:
             self.cond.notify_all()
 
     def cancel(self, job: Job) -> None:
-        """A request that timed out: drop it if no batch has taken it yet (and wake the worker, which
-        may be waiting on this job's batch wait)."""
+        """A request that timed out: drop it if no batch has taken it yet (and wake the decoding loop,
+        which may be waiting on this job's batch wait)."""
         with self.cond:
             if not job.started and not job.cancelled:
                 job.cancelled = True
@@ -298,58 +289,46 @@ class Batcher:
                 self.pending_texts -= len(job.texts)
                 self.cond.notify_all()
 
-    def _take(self) -> list[Job] | None:
-        """Wait for a job, then for more until the first has waited batch_wait (a job that queued
-        while the previous batch decoded waits no longer) or the budget is full; take the first job
-        and every queued job with its key, in arrival order, within the token budget. The first job
-        may leave (timed out) during a wait: then the next one, if any, sets the wait and the budget."""
-        with self.cond:
-            while True:
-                while not self.pending:
-                    if self.stopping:
-                        return None
-                    self.cond.wait()
-                if self.stopping:
-                    break
-                first = self.pending[0]
-                budget = self.served.batch_tokens or first.decode.batch_tokens
-                if sum(j.cost for j in self.pending if j.key == first.key) >= budget:
-                    break
-                left = first.arrived + self.limits.batch_wait - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            first = self.pending[0]
-            budget = self.served.batch_tokens or first.decode.batch_tokens
-            taken, used = [], 0
-            for job in list(self.pending):
-                if job.key != first.key:
-                    continue
-                if taken and used + job.cost > budget:
-                    break
-                taken.append(job)
-                used += job.cost
-            for job in taken:
-                self.pending.remove(job)
-                job.started = True
-            self.pending_texts -= sum(len(j.texts) for j in taken)
-            return taken
+    def due(self) -> float:
+        """When the first queued job's batch should be decoded (the service's condition held, a job
+        queued): once it has waited batch_wait (a job that queued while the batch before decoded
+        waits no longer), at once when its key's queued jobs fill the token budget or the server stops."""
+        first = self.pending[0]
+        budget = self.served.batch_tokens or first.decode.batch_tokens
+        if self.stopping or sum(j.cost for j in self.pending if j.key == first.key) >= budget:
+            return first.arrived
+        return first.arrived + self.limits.batch_wait
 
-    def _work(self) -> None:
-        while True:
-            jobs: list[Job] = []
-            try:
-                taken = self._take()
-                if taken is None:
-                    return
-                jobs = taken
-                self._decode(jobs)
-            except Exception as e:  # noqa: BLE001 - the worker outlives a failing batch
-                if not isinstance(e, ServeError):
-                    log.exception("batch of %d requests failed", len(jobs))
-                error = e if isinstance(e, ServeError) else ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
-                for job in jobs:
-                    job.resolve(error=error)
+    def take(self) -> list[Job]:
+        """The first queued job and every queued job with its key, in arrival order, within the token
+        budget (the service's condition held)."""
+        first = self.pending[0]
+        budget = self.served.batch_tokens or first.decode.batch_tokens
+        taken, used = [], 0
+        for job in list(self.pending):
+            if job.key != first.key:
+                continue
+            if taken and used + job.cost > budget:
+                break
+            taken.append(job)
+            used += job.cost
+        for job in taken:
+            self.pending.remove(job)
+            job.started = True
+        self.pending_texts -= sum(len(j.texts) for j in taken)
+        return taken
+
+    def run(self, jobs: list[Job]) -> None:
+        """Decode a batch and answer its requests; a failing batch answers them with the error (the
+        loop goes on)."""
+        try:
+            self._decode(jobs)
+        except Exception as e:  # noqa: BLE001 - the decoding loop outlives a failing batch
+            if not isinstance(e, ServeError):
+                log.exception("batch of %d requests failed", len(jobs))
+            error = e if isinstance(e, ServeError) else ServeError(500, "translation_failed", f"{type(e).__name__}: {e}")
+            for job in jobs:
+                job.resolve(error=error)
 
     def _decode(self, jobs: list[Job]) -> None:
         started = time.monotonic()
@@ -371,9 +350,6 @@ class Batcher:
         rate = len(results) / max(time.monotonic() - started, 1e-6)
         self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
 
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
     def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False,
                   prefixes: list[str] | None = None, ids: list[list[int]] | None = None,
                   controls: list[dict[str, list[str]]] | None = None) -> list[Translation]:
@@ -384,7 +360,7 @@ class Batcher:
 
     def _translator(self, decode: DecodeConfig, alignments: bool) -> Translator:
         s = self.served
-        # the one worker thread decodes: the model's attention layer holds for this batch (alignments, copies)
+        # one loop decodes, a batch at a time: the model's attention layer holds for this batch (alignments, copies)
         return Translator.for_model(s.run.model, s.run.src_vocab, s.run.tgt_vocab, decode, s.device,
                                     alignments=alignments, max_len_cap=self.limits.max_output_tokens,
                                     batch_tokens=s.batch_tokens, max_input_tokens=s.max_input_tokens,
@@ -414,9 +390,21 @@ class Batcher:
 
 
 class TranslationService:
-    """The served models, their batchers and the limits: everything the HTTP layer calls."""
+    """The served models, their queues, the decoding loop and the limits: everything the HTTP layer calls.
 
-    def __init__(self, models: list[ServedModel], limits: ServeLimits) -> None:
+    One loop decodes for every model, batch after batch, the batch that is due first. It runs on a
+    thread of its own (`start`), or, with decode_thread=False, on the thread that calls
+    `decode_loop` (`mt serve` runs it on the main thread, and uvicorn on another). One thread does
+    all the torch work of a process because torch's CPU thread pool is OpenMP's, and OpenMP keeps a
+    pool per calling thread: with a second one alive (the thread that loaded the models has one),
+    GNU OpenMP has more threads than cores and stops spinning between parallel regions, so each of
+    the search's many small operations waits for its threads to wake (a one-sentence beam search
+    took 2.3x as long on the 2-core development machine: docs/serving.md)."""
+
+    #: longest wait of the decoding loop before it looks at keep_going again (seconds)
+    POLL = 0.5
+
+    def __init__(self, models: list[ServedModel], limits: ServeLimits, decode_thread: bool = True) -> None:
         if not models:
             raise MTError("no model to serve")
         names = [m.name for m in models]
@@ -426,16 +414,62 @@ class TranslationService:
         self.models = {m.name: m for m in models}
         self.default = models[0].name
         self.limits = limits
-        self.batchers = {m.name: Batcher(m, limits) for m in models}
+        self.cond = threading.Condition()
+        self.batchers = {m.name: Batcher(m, limits, self.cond) for m in models}
         self.started_at = time.time()
+        self.decode_thread = decode_thread
+        self.thread: threading.Thread | None = None
+        self.running = False  # the decoding loop runs (GET /health)
+        self.finished = threading.Event()  # the decoding loop has returned
 
     def start(self) -> None:
-        for b in self.batchers.values():
-            b.start()
+        """Start the decoding loop on a thread of its own (nothing with decode_thread=False: the
+        owner runs decode_loop)."""
+        if self.decode_thread:
+            self.running = True
+            self.thread = threading.Thread(target=self.decode_loop, name="mt-serve-decode", daemon=True)
+            self.thread.start()
 
     def stop(self) -> None:
-        for b in self.batchers.values():
-            b.stop()
+        """Stop taking requests, decode what is queued, then end the decoding loop (and wait for it)."""
+        with self.cond:
+            for b in self.batchers.values():
+                b.stopping = True
+            self.cond.notify_all()
+        if self.running or self.thread is not None:
+            self.finished.wait()
+        if self.thread is not None:
+            self.thread.join()
+
+    def decode_loop(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Decode the queued batches, the one due first first, until `stop` (and the queues are
+        empty) or, when nothing is queued, keep_going() is False (mt serve: its HTTP thread ended)."""
+        self.running = True
+        try:
+            while (taken := self._next_batch(keep_going)) is not None:
+                batcher, jobs = taken
+                batcher.run(jobs)
+        finally:
+            self.running = False
+            self.finished.set()
+
+    def _next_batch(self, keep_going: Callable[[], bool]) -> tuple[Batcher, list[Job]] | None:
+        with self.cond:
+            while True:
+                queued = [b for b in self.batchers.values() if b.pending]
+                if not queued:
+                    if any(b.stopping for b in self.batchers.values()) or not keep_going():
+                        return None
+                    self.cond.wait(self.POLL)
+                    continue
+                batcher = min(queued, key=lambda b: (b.due(), b.pending[0].arrived))
+                left = batcher.due() - time.monotonic()
+                if left <= 0:
+                    return batcher, batcher.take()
+                self.cond.wait(min(left, self.POLL))  # a new job may fill a budget or be due sooner
+
+    def alive(self) -> bool:
+        return self.running
 
     def info(self) -> dict[str, Any]:
         return {
@@ -757,16 +791,16 @@ def create_app(service: TranslationService) -> FastAPI:
         "example": {"status": "ok", "models": {"m30k": {"queued_texts": 0, "batches": 12, "requests": 80,
                                                         "texts": 160, "decoding_seconds": 3.2,
                                                         "worker": "running"}}}}}},
-        503: {"description": "A model's worker thread has stopped"}})
+        503: {"description": "The decoding loop has stopped"}})
     async def health() -> JSONResponse:
-        """200 once the models are loaded and their workers run (503 when a model's worker has stopped);
+        """200 once the models are loaded and the decoding loop runs (503 when it has stopped);
         per model: texts waiting, and the batches, requests and texts decoded so far (requests / batches > 1:
         requests were batched together) and the seconds spent decoding them (near the wall time: the model
         is the bottleneck)."""
+        ok = service.alive()
         models = {name: {"queued_texts": b.pending_texts, "batches": b.batches, "requests": b.requests,
-                         "texts": b.texts, "decoding_seconds": round(b.busy, 3), "worker": "running" if b.alive() else "stopped"}
+                         "texts": b.texts, "decoding_seconds": round(b.busy, 3), "worker": "running" if ok else "stopped"}
                   for name, b in service.batchers.items()}
-        ok = all(b.alive() for b in service.batchers.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": models}, 200 if ok else 503)
 
     @app.get("/info", summary="Served models, decoding defaults, limits, version")
