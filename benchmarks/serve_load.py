@@ -2,7 +2,8 @@
 on the same lines.
 
     python benchmarks/serve_load.py RUN [--input FILE] [--requests 300] [--concurrency 1,8,64]
-        [--threads 2] [--max-seconds 120] [--serve-args "--batch-wait-ms 5"] [--beam K] [--trace] [--output FILE]
+        [--threads 2] [--max-seconds 120] [--serve-args "--batch-wait-ms 5"] [--beam K] [--batch-tokens N]
+        [--trace] [--output FILE]
 
 Starts `mt serve -m RUN` on 127.0.0.1 (a free port), sends --requests requests of one line each
 (the first --requests lines of --input, default the run's Multi30k test_2016_flickr source) from C
@@ -60,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--int8", action="store_true", help="int8 weights in mt serve and mt translate (--int8)")
     p.add_argument("--serve-args", default="", help="more `mt serve` options, e.g. \"--batch-wait-ms 10\"")
     p.add_argument("--beam", type=int, default=None, help="beam search of this size (default: the run's decoding)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="token budget of a batch for mt serve and mt translate (default: the run's decode.batch_tokens)")
     p.add_argument("--trace", action="store_true", help="every request asks for the search's tree (\"trace\": true)")
     p.add_argument("--output", default=None, help="also write the JSON document to this file")
     return p.parse_args()
@@ -78,10 +81,11 @@ def read_source(path: Path, n: int) -> list[str]:
 
 
 def time_translate(run: Path, lines: list[str], threads: int, int8: bool,
-                   beam: int | None = None) -> tuple[list[str], dict]:
+                   beam: int | None = None, batch_tokens: int | None = None) -> tuple[list[str], dict]:
     """`mt translate` on the lines (its output is the reference; its wall time includes start-up), and
     its throughput without start-up: the same Translator call in this process, timed."""
-    extra = (["--int8"] if int8 else []) + (["--beam", str(beam)] if beam is not None else [])
+    extra = (["--int8"] if int8 else []) + (["--beam", str(beam)] if beam is not None else []) + (
+        ["--batch-tokens", str(batch_tokens)] if batch_tokens is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.txt"
         src.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -96,7 +100,7 @@ def time_translate(run: Path, lines: list[str], threads: int, int8: bool,
 
     loaded = load_for_decoding([run], device="cpu", int8=int8)
     decode = loaded.run.config.decode if beam is None else loaded.run.config.decode.with_options(beam=beam)
-    translator = loaded.translator(decode)  # as mt translate decodes
+    translator = loaded.translator(decode, batch_tokens=batch_tokens)  # as mt translate decodes
     translator.translate(lines[:8])  # warm-up
     t0 = time.perf_counter()
     same = [t.text for t in translator.translate(lines)] == out
@@ -228,14 +232,15 @@ def main() -> None:
     cfg = load_config(args.run / CONFIG)
     source = args.input or common.data_dir(args) / f"test_2016_flickr.{cfg.data.src_lang}.gz"
     lines = read_source(source, args.requests)
-    serve_extra = shlex.split(args.serve_args) + (["--int8"] if args.int8 else [])
+    serve_extra = shlex.split(args.serve_args) + (["--int8"] if args.int8 else []) + (
+        ["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens is not None else [])
     import torch
 
     torch.set_num_threads(args.threads)  # this process only measures; recorded as the servers' setting
     env = common.environment(torch.device("cpu"))
     common.log(f"mt translate on {len(lines)} lines of {source}")
     options = {**({"beam": args.beam} if args.beam is not None else {}), **({"trace": True} if args.trace else {})}
-    expected, reference = time_translate(args.run, lines, args.threads, args.int8, args.beam)
+    expected, reference = time_translate(args.run, lines, args.threads, args.int8, args.beam, args.batch_tokens)
     server = start_server(args.run, args.threads, serve_extra)
     url = server.url
     results = []
@@ -255,7 +260,8 @@ def main() -> None:
         "benchmark": "serve_load",
         "run": str(args.run),
         "input": str(source),
-        "decoding": "the run's decode section" + (f", beam {args.beam}" if args.beam is not None else ""),
+        "decoding": "the run's decode section" + (f", beam {args.beam}" if args.beam is not None else "") + (
+            f", batch_tokens {args.batch_tokens}" if args.batch_tokens is not None else ""),
         "trace": args.trace,
         "int8": args.int8,
         "threads": args.threads,
