@@ -7,7 +7,8 @@ int8, greedy and beam 5, each engine timed in a process of its own.
 The run is exported with `mt.interop.ctranslate2.export_ctranslate2` (float32 weights; int8 is CTranslate2's
 compute_type="int8" at load, mt's is `mt translate --int8`). Both engines translate the same
 lines with the same settings: beam 5 with the run's alpha in CTranslate2's length-penalty form
-(mt: --len-penalty d2l, which is the same formula), greedy; token batches of the run's
+(mt: --len-penalty d2l, which is the same formula), greedy; mt's loop guard off (--max-repeat 0:
+CTranslate2 has none); token batches of the run's
 decode.batch_tokens source tokens x beam (mt's Translator) and of the same number of tokens
 (CTranslate2: batch_type="tokens"); the same number of threads (torch.set_num_threads,
 intra_threads). mt's maximum output length is a * source length + b; CTranslate2 gets
@@ -136,7 +137,7 @@ def main() -> None:
             precision, search = setting.split("-")
             beam = 5 if search == "beam5" else 1
             decode = replace(d, search="beam" if beam > 1 else "greedy", beam=beam, n_best=1, len_penalty="d2l",
-                             copy_unseen=False)  # CTranslate2 copies nothing
+                             copy_unseen=False, max_repeat=0)  # CTranslate2 copies nothing and has no loop guard
             jobs = {
                 "mt": {"engine": "mt", "run": str(args.run), "precision": precision, "threads": args.threads,
                        "decode": to_dict(decode), "ids": ids},
