@@ -2,6 +2,8 @@
 
 Cleaning rules, each counted in DIR/manifest.json and printed at the end: invalid UTF-8 and lines over 4 MiB (an error naming file and line, or skipped with data.skip_invalid: true), an empty side, source identical to target (data.drop_identical), a side over data.max_len tokens, a length ratio over data.max_ratio, exact duplicate pairs within a corpus (data.dedup).
 
+With train.init_from (fine-tuning), the corpus is encoded with that run's vocabulary instead of a new one.
+
 Subword regularization (vocab.sampling_alpha > 0, unigram vocabularies): each pair is written vocab.sampling_segmentations times, segmentations sampled from its 64 best; training draws one per pair each epoch."""
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ def prepare(
 
     from mt.config import load_config
     from mt.data.prepare import prepare as run_prepare
+    from mt.train.data import parent_vocab
 
     cfg = load_config(recipe, overrides)
     console = Console(stderr=True)
-    manifest = run_prepare(cfg, out, log=lambda msg: console.print(f"[bold]mt[/bold] {msg}", highlight=False), force=force)
+    # fine-tuning (train.init_from): the corpus is encoded with the parent run's vocabulary, as
+    # `mt train` prepares it by itself; a vocabulary of its own could not be trained on
+    vocab_from = parent_vocab(cfg) if cfg.train.init_from else None
+    manifest = run_prepare(cfg, out, log=lambda msg: console.print(f"[bold]mt[/bold] {msg}", highlight=False),
+                           vocab_from=vocab_from, force=force)
     for c in manifest["corpora"]:
         counts = c["counts"]
         dropped = {k: v for k, v in counts.items() if k not in ("read", "kept") and v}

@@ -389,6 +389,23 @@ def test_imported_model_fine_tunes_and_resumes_bitwise(marian, tmp_path):
     assert tuned.stdout != original.stdout
 
 
+def test_mt_prepare_alone_uses_the_parents_vocabulary(marian, tmp_path):
+    """`mt prepare` of a fine-tuning recipe (train.init_from an imported run) encodes the corpus with
+    the run's SentencePiece models, not new ones, so `mt train --set data.prepared=DIR` fine-tunes on it."""
+    import hashlib
+
+    import_huggingface(str(marian), tmp_path / "opus")
+    recipe = _fine_tune_recipe(tmp_path / "opus", tmp_path)
+    r = run_mt("prepare", recipe, "--out", tmp_path / "prep")
+    assert r.returncode == 0, r.explain()
+    manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+    parent = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "opus").glob("*.model")}
+    assert manifest["vocab"] and sorted(manifest["vocab"].values()) == sorted(parent.values()), (manifest["vocab"], parent)
+    r = run_mt("train", recipe, "--run-dir", tmp_path / "tuned", "--set", f"data.prepared={tmp_path / 'prep'}",
+               "--set", "train.max_steps=2")
+    assert r.returncode == 0, r.explain()
+
+
 def _malformed(folder: Path, how: str) -> None:
     if how == "missing spm":
         (folder / "target.spm").unlink()
