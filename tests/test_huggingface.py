@@ -39,35 +39,45 @@ LIMIT = 40  # new tokens transformers may generate; every compared output ends b
 SOURCES = [a for a, _ in synthetic.generate(120, seed=9, max_clauses=2)]
 
 
-def _spm_models(dest: Path) -> list[str]:
-    """source.spm and target.spm trained as Marian's are (SentencePiece's own ids), and the
-    pieces of both in Marian's shared vocab.json order: </s>, <unk>, the pieces, <pad> last."""
+def _spm_models(dest: Path) -> tuple[list[str], list[str]]:
+    """source.spm and target.spm trained as Marian's are (SentencePiece's own ids), and the ordinary
+    pieces of each side."""
     pairs = synthetic.generate(400, seed=1, max_clauses=2)
-    pieces = ["</s>", "<unk>"]
+    sides = []
     for name, lines in (("source", [a for a, _ in pairs]), ("target", [b for _, b in pairs])):
         spm.SentencePieceTrainer.Train(sentence_iterator=iter(lines), model_prefix=str(dest / name), vocab_size=60,
                                        minloglevel=2, hard_vocab_limit=False, num_threads=1)
         (dest / f"{name}.model").rename(dest / f"{name}.spm")
         (dest / f"{name}.vocab").unlink()
         sp = spm.SentencePieceProcessor(model_file=str(dest / f"{name}.spm"))
-        pieces += [sp.IdToPiece(i) for i in range(sp.GetPieceSize())
-                   if not (sp.IsControl(i) or sp.IsUnknown(i)) and sp.IdToPiece(i) not in pieces]
-    return pieces + ["<pad>"]
+        sides.append([sp.IdToPiece(i) for i in range(sp.GetPieceSize()) if not (sp.IsControl(i) or sp.IsUnknown(i))])
+    return sides[0], sides[1]
 
 
 def make_marian(dest: Path, activation: str = "swish", scale: bool = True, share: bool = True, tie: bool = True,
-                seed: int = 0) -> Path:
-    """A random MarianMTModel with its MarianTokenizer files, saved as transformers saves them."""
+                seed: int = 0, separate_vocabs: bool = False) -> Path:
+    """A random MarianMTModel with its MarianTokenizer files, saved as transformers saves them: one
+    id table in Marian's order (</s>, <unk>, the pieces of both sides, <pad> last), or with
+    separate_vocabs a table per side (vocab.json, target_vocab.json: </s>, <unk>, <pad>, that
+    side's pieces; the tables differ in size, the special ids are the same in both)."""
     dest.mkdir(parents=True)
-    pieces = _spm_models(dest)
-    (dest / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(pieces)}), encoding="utf-8")
-    size, d = len(pieces), 32
+    source, target = _spm_models(dest)
+    if separate_vocabs:
+        tables = [["</s>", "<unk>", "<pad>", *source], ["</s>", "<unk>", "<pad>", *target]]
+        pad, sizes = 2, {"vocab_size": len(tables[0]), "decoder_vocab_size": len(tables[1])}
+        share = False
+    else:
+        tables = [["</s>", "<unk>", *dict.fromkeys(source + target), "<pad>"]]
+        pad, sizes = len(tables[0]) - 1, {"vocab_size": len(tables[0])}
+    for name, table in zip(("vocab.json", "target_vocab.json"), tables):
+        (dest / name).write_text(json.dumps({p: i for i, p in enumerate(table)}), encoding="utf-8")
+    d = 32
     cfg = transformers.MarianConfig(
-        vocab_size=size, d_model=d, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        **sizes, d_model=d, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
-        pad_token_id=size - 1, eos_token_id=0, decoder_start_token_id=size - 1, forced_eos_token_id=0,
+        pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad, forced_eos_token_id=0,
         activation_function=activation, scale_embedding=scale, share_encoder_decoder_embeddings=share,
-        tie_word_embeddings=tie, bad_words_ids=[[size - 1]])
+        tie_word_embeddings=tie, bad_words_ids=[[pad]])
     torch.manual_seed(seed)
     model = transformers.MarianMTModel(cfg).eval()
     with torch.no_grad():
@@ -83,8 +93,9 @@ def make_marian(dest: Path, activation: str = "swish", scale: bool = True, share
         model.final_logits_bias.normal_(0.0, 0.5)
         _end_sentences(model, tie, dest)
     model.save_pretrained(dest)
+    extra = {"target_vocab_file": str(dest / "target_vocab.json"), "separate_vocabs": True} if separate_vocabs else {}
     transformers.MarianTokenizer(str(dest / "source.spm"), str(dest / "target.spm"),
-                                 str(dest / "vocab.json")).save_pretrained(dest)
+                                 str(dest / "vocab.json"), **extra).save_pretrained(dest)
     return dest
 
 
@@ -108,12 +119,14 @@ def _end_sentences(model, tie: bool, dest: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # import: mt decodes as transformers does
 
-#: name -> (activation, scale_embedding, shared embeddings, tied output, length penalty alpha)
+#: name -> (activation, scale_embedding, shared embeddings, tied output, length penalty alpha,
+#: separate id tables)
 CONFIGS = {
-    "swish-scaled-shared-tied": ("swish", True, True, True, 1.0),
-    "gelu-unscaled-separate-untied": ("gelu", False, False, False, 0.6),
-    "relu-scaled-separate-tied": ("relu", True, False, True, 1.0),
-    "swish-unscaled-shared-tied": ("swish", False, True, True, 0.6),
+    "swish-scaled-shared-tied": ("swish", True, True, True, 1.0, False),
+    "gelu-unscaled-separate-untied": ("gelu", False, False, False, 0.6, False),
+    "relu-scaled-separate-tied": ("relu", True, False, True, 1.0, False),
+    "swish-unscaled-shared-tied": ("swish", False, True, True, 0.6, False),
+    "swish-scaled-separate-vocabs-tied": ("swish", True, False, True, 1.0, True),
 }
 
 
@@ -123,7 +136,9 @@ class Imported:
         self.hf = transformers.MarianMTModel.from_pretrained(folder).eval()
         self.tok = transformers.MarianTokenizer.from_pretrained(folder)
         self.run = load_run(run_dir)
-        self.rows = json.loads((run_dir / "meta.json").read_text())["imported_from"]["marian_rows"]
+        imported_from = json.loads((run_dir / "meta.json").read_text())["imported_from"]
+        self.rows = imported_from["marian_rows"]  # the target side's; the source side's where it has its own
+        self.src_rows = imported_from.get("marian_source_rows", self.rows)
         self.pad, self.eos = self.hf.config.pad_token_id, self.hf.config.eos_token_id
 
     def generate(self, lines: list[str], **options) -> list[list[int]]:
@@ -143,9 +158,11 @@ class Imported:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def imported(request, tmp_path_factory) -> Imported:
-    activation, scale, share, tie, alpha = CONFIGS[request.param]
+    activation, scale, share, tie, alpha, separate_vocabs = CONFIGS[request.param]
     root = tmp_path_factory.mktemp(request.param)
-    folder = make_marian(root / "hf", activation, scale, share, tie)
+    # seed 3 for the separate tables: at seed 0 that random model says the same few words to every source
+    folder = make_marian(root / "hf", activation, scale, share, tie, seed=3 if separate_vocabs else 0,
+                         separate_vocabs=separate_vocabs)
     import_huggingface(str(folder), root / "run")
     return Imported(folder, root / "run", alpha)
 
@@ -164,7 +181,7 @@ def test_segmentation_and_ids_are_the_tokenizers(imported):
     """mt's source ids, read through the id table, are MarianTokenizer's (which appends </s>)."""
     enc = imported.tok(SOURCES, padding=False)["input_ids"]
     mine = imported.run.src_vocab.encode_batch(SOURCES)
-    assert [[imported.rows[i] for i in ids] + [imported.eos] for ids in mine] == enc
+    assert [[imported.src_rows[i] for i in ids] + [imported.eos] for ids in mine] == enc
 
 
 def test_greedy_is_generate_num_beams_1(imported, ending):
@@ -263,12 +280,21 @@ def _translate(run: Path, *options: str) -> list[str]:
     return r.stdout.splitlines()
 
 
-@pytest.mark.parametrize("norm, cls", [("post", "MarianMTModel"), ("pre", "PegasusForConditionalGeneration")])
-def test_round_trip_mt_to_huggingface_to_mt(norm, cls, request, tmp_path):
-    """A trained mt run exported to Hugging Face (post-norm: Marian; pre-norm, mt's default:
-    Pegasus): transformers' greedy and beam-4 outputs are mt's (ids), and the export imported back
-    into mt translates exactly as the run did."""
-    trained = request.getfixturevalue(f"{norm}_norm_run")
+@pytest.fixture(scope="module")
+def separate_vocab_run(tmp_path_factory) -> Path:
+    """Post-norm with a vocabulary per side: exported with two id tables (target_vocab.json)."""
+    return _trained(tmp_path_factory, {**POST_NORM, "vocab": {**POST_NORM["vocab"], "joint": False},
+                                       "model": {**POST_NORM["model"], "share_embeddings": False}}, "separate")
+
+
+@pytest.mark.parametrize("fixture, norm, cls", [("post_norm_run", "post", "MarianMTModel"),
+                                                ("pre_norm_run", "pre", "PegasusForConditionalGeneration"),
+                                                ("separate_vocab_run", "post", "MarianMTModel")])
+def test_round_trip_mt_to_huggingface_to_mt(fixture, norm, cls, request, tmp_path):
+    """A trained mt run exported to Hugging Face (post-norm: Marian, with two id tables for a run
+    with a vocabulary per side; pre-norm, mt's default: Pegasus): transformers' greedy and beam-4
+    outputs are mt's (ids), and the export imported back into mt translates exactly as the run did."""
+    trained = request.getfixturevalue(fixture)
     r = run_mt("export", "-m", trained, "--format", "huggingface", "--out", tmp_path / "hf")
     assert r.returncode == 0, r.explain()
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
@@ -292,6 +318,7 @@ def test_round_trip_mt_to_huggingface_to_mt(norm, cls, request, tmp_path):
     r = run_mt("import", "huggingface", tmp_path / "hf", "--out", tmp_path / "back")
     assert r.returncode == 0, r.explain()
     assert yaml.safe_load((tmp_path / "back" / "config.yaml").read_text())["model"]["norm"] == norm
+    assert (tmp_path / "hf" / "target_vocab.json").is_file() == (fixture == "separate_vocab_run")
     # the loop guard off on both sides: transformers has none, so an import decodes without it
     assert _translate(tmp_path / "back", "--max-repeat", "0") == _translate(trained, "--max-repeat", "0")
 

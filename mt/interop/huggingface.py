@@ -4,8 +4,9 @@
 A Marian folder (what `MarianMTModel.save_pretrained` and `MarianTokenizer.save_pretrained`
 write, the form of the OPUS-MT models) holds config.json, the weights (model.safetensors, or
 pytorch_model.bin, read with torch.load(weights_only=True)), source.spm and target.spm (the
-SentencePiece models that segment each side) and vocab.json (one id table shared by both sides:
-piece -> id; a piece the table lacks reads as <unk>).
+SentencePiece models that segment each side) and vocab.json (the id table, piece -> id, shared by
+both sides, or the source side's with target_vocab.json beside it; a piece a table lacks reads as
+<unk>).
 
 Import. mt's ids have <pad> 0, <unk> 1, <s> 2, </s> 3 (every batch, loss and search relies on
 it), so the table is renumbered: Marian's pad, unk, decoder-start and eos tokens take ids 0-3 and
@@ -15,7 +16,11 @@ whose output logit is pushed to -1e4 by the output bias (a probability of exactl
 so every other log-probability is Marian's). Both SentencePiece models are rewritten with the whole
 table as their ids (mt.data.vocab.spm_with_id_table): each segments as before, and the pieces of the
 other side are UNUSED. A piece a SentencePiece model has and the table lacks gets an id after the
-table, with the <unk> row's embedding and a -1e4 output logit (Marian reads it as <unk>).
+table, with the <unk> row's embedding and a -1e4 output logit (Marian reads it as <unk>). A model
+with separate tables (target_vocab.json, decoder_vocab_size) is renumbered side by side: the
+source table by vocab.json's own pad, unk and </s> pieces (what MarianTokenizer uses), the target
+table by config.json's ids (what the decoder uses), each SentencePiece model with its own table,
+and the model gets separate embeddings.
 
 The architecture is mt's Transformer with the recipe options Marian needs: post-norm, no final
 layer norms, `positions: sinusoidal_concat`, `embed_scale` (config.scale_embedding), `output_bias`
@@ -48,8 +53,8 @@ from mt.files import atomic_write_json, publish, publish_replacing, temp_dir
 from mt.rundir import CONFIG, META, SRC_VOCAB, TGT_VOCAB, WEIGHTS, check_export_target, check_run_dir
 
 #: the files of a Marian folder that the import reads (and fetches, for a model id)
-HF_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "source.spm",
-            "target.spm", "model.safetensors", "pytorch_model.bin")
+HF_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "target_vocab.json",
+            "source.spm", "target.spm", "model.safetensors", "pytorch_model.bin")
 #: the output logit of rows Marian does not have (mt's <s>, pieces the id table lacks)
 NEVER = -1e4
 _ACTIVATIONS = {"swish": "swish", "silu": "swish", "gelu": "gelu", "relu": "relu"}
@@ -128,19 +133,24 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def model_config(hf: dict[str, Any], folder: Path) -> TransformerConfig:
+def model_config(hf: dict[str, Any], folder: Path, separate: bool = False) -> TransformerConfig:
     """mt's TransformerConfig of a Marian config.json (post-norm), or of a Pegasus one (pre-norm, one
-    embedding: what `mt export` writes for a pre-norm run); an MTError for what mt's Transformer lacks."""
+    embedding: what `mt export` writes for a pre-norm run); an MTError for what mt's Transformer lacks.
+    separate: the folder has separate source and target id tables (target_vocab.json)."""
     kind = hf.get("model_type")
     if kind not in ("marian", "pegasus"):
         raise MTError(f"{folder}: model_type {kind!r}, not a Marian model (model_type marian; or pegasus)")
     for a, b in (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads", "decoder_attention_heads")):
         if hf.get(a) != hf.get(b):
             raise MTError(f"{folder}: {a} {hf.get(a)} and {b} {hf.get(b)} differ; mt's Transformer has one of each")
-    decoder_vocab = hf.get("decoder_vocab_size") or hf["vocab_size"]
-    if decoder_vocab != hf["vocab_size"]:
-        raise MTError(f"{folder}: separate source and target vocabularies (decoder_vocab_size {decoder_vocab}, "
-                      f"vocab_size {hf['vocab_size']}) are not supported yet; mt imports one shared id table")
+    decoder_vocab = hf.get("decoder_vocab_size") or hf.get("vocab_size")
+    if decoder_vocab != hf.get("vocab_size") and not separate:
+        raise MTError(f"{folder}: decoder_vocab_size {decoder_vocab} and vocab_size {hf.get('vocab_size')} differ, "
+                      "but there is no target_vocab.json (the target side's id table)")
+    shared = kind == "pegasus" or hf.get("share_encoder_decoder_embeddings", True)
+    if separate and shared:
+        raise MTError(f"{folder}: separate source and target id tables (target_vocab.json) with one shared "
+                      "embedding (share_encoder_decoder_embeddings)")
     activation = _ACTIVATIONS.get(hf.get("activation_function", "gelu"))
     if activation is None:
         raise MTError(f"{folder}: activation_function {hf.get('activation_function')!r} (mt has swish, gelu, relu)")
@@ -151,7 +161,7 @@ def model_config(hf: dict[str, Any], folder: Path) -> TransformerConfig:
             attn_dropout=float(hf.get("attention_dropout", 0.0)), activation=activation,
             norm="pre" if kind == "pegasus" else "post",
             positions="sinusoidal_concat", max_positions=hf.get("max_position_embeddings", 1024),
-            share_embeddings=kind == "pegasus" or hf.get("share_encoder_decoder_embeddings", True),
+            share_embeddings=shared,
             tie_output=hf.get("tie_word_embeddings", True), embed_scale=bool(hf.get("scale_embedding", False)),
             output_bias=True)
     except KeyError as e:
@@ -171,30 +181,44 @@ class IdTable:
     dead: list[int]  # mt ids Marian never gives probability (<s> when added, pieces the table lacks)
 
 
+def _token(tok: dict[str, Any], name: str, default: str) -> str:
+    """A special token's piece as tokenizer_config.json names it (a string, or {"content": ...})."""
+    piece = tok.get(name, default)
+    return piece.get("content", default) if isinstance(piece, dict) else piece
+
+
 def id_table(vocab: dict[str, Any], hf: dict[str, Any], tok: dict[str, Any], spm_protos: list[bytes],
-             folder: Path) -> IdTable:
-    """Renumber Marian's vocab.json for mt: pad, unk, decoder start (or a new <s>), eos, the rest."""
-    size = hf["vocab_size"]
+             folder: Path, name: str = "vocab.json", size_key: str = "vocab_size",
+             by_pieces: bool = False) -> IdTable:
+    """Renumber one of Marian's id tables for mt: pad, unk, decoder start (or a new <s>), eos, the
+    rest. The special ids are config.json's (the decoder's), or with by_pieces the table's own pad
+    and </s> pieces (a source table of its own: what MarianTokenizer appends and pads with)."""
+    size = hf.get(size_key) or hf["vocab_size"]
     ids = sorted(vocab.values()) if all(isinstance(v, int) for v in vocab.values()) else None
     if ids != list(range(size)):
-        raise MTError(f"{folder / 'vocab.json'}: {len(vocab)} entries with ids that are not 0..{size - 1} "
-                      f"(config.json has vocab_size {size}); the vocabulary does not fit the model")
+        raise MTError(f"{folder / name}: {len(vocab)} entries with ids that are not 0..{size - 1} "
+                      f"(config.json has {size_key} {size}); the vocabulary does not fit the model")
     piece_of = {i: p for p, i in vocab.items()}
-    unk_piece = tok.get("unk_token", "<unk>")
-    unk_piece = unk_piece.get("content", "<unk>") if isinstance(unk_piece, dict) else unk_piece
+    unk_piece = _token(tok, "unk_token", "<unk>")
     if unk_piece not in vocab:
-        raise MTError(f"{folder / 'vocab.json'}: no unknown piece {unk_piece!r}")
-    pad, eos, start = hf.get("pad_token_id"), hf.get("eos_token_id"), hf.get("decoder_start_token_id")
-    start = pad if start is None else start
-    for name, i in (("pad_token_id", pad), ("eos_token_id", eos)):
+        raise MTError(f"{folder / name}: no unknown piece {unk_piece!r}")
+    if by_pieces:
+        pad, eos = (vocab.get(_token(tok, key, piece)) for key, piece in (("pad_token", "<pad>"), ("eos_token", "</s>")))
+        start = vocab.get("<s>", pad)  # no decoder reads this side: <s> where the table has one (an mt export)
+        where = folder / name
+    else:
+        pad, eos, start = hf.get("pad_token_id"), hf.get("eos_token_id"), hf.get("decoder_start_token_id")
+        start = pad if start is None else start
+        where = folder / "config.json"
+    for key, i in (("pad_token_id", pad), ("eos_token_id", eos)):
         if not isinstance(i, int) or not 0 <= i < size:
-            raise MTError(f"{folder / 'config.json'}: {name} {i!r} is not an id of the vocabulary")
+            raise MTError(f"{where}: {key} {i!r} is not an id of {name}")
     new_bos = start in (pad, eos, vocab[unk_piece])
     specials = [pad, vocab[unk_piece], pad if new_bos else start, eos]
     rows = specials + [i for i in range(size) if i not in specials]
     pieces = list(SPECIAL_PIECES) + [piece_of[i] for i in rows[4:]]
     if len(set(pieces)) != len(pieces):  # a piece named like one of mt's special pieces
-        raise MTError(f"{folder / 'vocab.json'}: an ordinary piece is named like a special one ({', '.join(SPECIAL_PIECES)})")
+        raise MTError(f"{folder / name}: an ordinary piece is named like a special one ({', '.join(SPECIAL_PIECES)})")
     dead = [2] if new_bos else []
     for proto in spm_protos:  # pieces that segmentation produces but the table lacks read as <unk>
         for piece, (_, kind) in spm_pieces(proto).items():
@@ -216,11 +240,14 @@ def _tensor(hf: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
     raise MTError(f"the weights have no {names[0]} (not a MarianMTModel checkpoint)")
 
 
-def mt_state(hf: dict[str, torch.Tensor], cfg: TransformerConfig, table: IdTable) -> dict[str, torch.Tensor]:
-    """mt's Transformer state dict from a MarianMTModel state dict (tied tensors may be stored once)."""
+def mt_state(hf: dict[str, torch.Tensor], cfg: TransformerConfig, table: IdTable,
+             src_table: IdTable | None = None) -> dict[str, torch.Tensor]:
+    """mt's Transformer state dict from a MarianMTModel state dict (tied tensors may be stored once);
+    table: the target side's id table, src_table the source side's where it has its own."""
     rows = torch.tensor(table.rows)
+    src_rows = torch.tensor((src_table or table).rows)
     shared = ("model.shared.weight",)
-    src = _tensor(hf, "model.encoder.embed_tokens.weight", *shared)[rows]
+    src = _tensor(hf, "model.encoder.embed_tokens.weight", *shared)[src_rows]
     tgt = _tensor(hf, "model.decoder.embed_tokens.weight", *shared)[rows]
     state = {"src_embed.tokens.weight": src, "tgt_embed.tokens.weight": src if cfg.share_embeddings else tgt}
     output = tgt if cfg.tie_output else _tensor(hf, "lm_head.weight")[rows]
@@ -265,53 +292,61 @@ def import_huggingface(source: str, out: str | Path, log=lambda msg: None) -> Pa
         raise MTError(f"{parent}: no such directory for the run")
     folder = fetch(source)
     hf = _read_json(folder, "config.json")
-    cfg = model_config(hf, folder)
+    separate = (folder / "target_vocab.json").is_file()
+    cfg = model_config(hf, folder, separate)
     protos = []
     for name in ("source.spm", "target.spm"):
         if not (folder / name).is_file():
             raise MTError(f"{folder}: no {name} (the SentencePiece model of the "
                           f"{'source' if name.startswith('source') else 'target'} side)")
         protos.append((folder / name).read_bytes())
-    if (folder / "target_vocab.json").is_file():
-        raise MTError(f"{folder}: separate source and target id tables (target_vocab.json) are not supported yet")
-    table = id_table(_read_json(folder, "vocab.json"), hf, _read_json(folder, "tokenizer_config.json", False),
-                     protos, folder)
+    tok = _read_json(folder, "tokenizer_config.json", False)
+    if separate:
+        table = id_table(_read_json(folder, "target_vocab.json"), hf, tok, protos[1:], folder, "target_vocab.json",
+                         "decoder_vocab_size")
+        src_table = id_table(_read_json(folder, "vocab.json"), hf, tok, protos[:1], folder, by_pieces=True)
+    else:
+        table = src_table = id_table(_read_json(folder, "vocab.json"), hf, tok, protos, folder)
     weights = read_weights(folder)
-    return _write_run(out, parent, cfg, table, protos, weights, _decode_config(folder, hf), source, log)
+    return _write_run(out, parent, cfg, (src_table, table), protos, weights, _decode_config(folder, hf), source, log)
 
 
-def _write_run(out: Path, parent: Path, cfg: TransformerConfig, table: IdTable, protos: list[bytes],
+def _write_run(out: Path, parent: Path, cfg: TransformerConfig, tables: tuple[IdTable, IdTable], protos: list[bytes],
                weights: dict[str, torch.Tensor], decode: DecodeConfig, source: str, log) -> Path:
     from mt.checkpoint import save_weights
     from mt.data.vocab import Vocab
     from mt.models.transformer import Transformer
 
+    src_table, table = tables
+    separate = src_table is not table
     tmp = temp_dir(parent, f".{out.name}.")
     try:
-        for proto, name in zip(protos, (SRC_VOCAB, TGT_VOCAB)):
-            (tmp / name).write_bytes(spm_with_id_table(proto, table.pieces))
+        for proto, name, side in zip(protos, (SRC_VOCAB, TGT_VOCAB), tables):
+            (tmp / name).write_bytes(spm_with_id_table(proto, side.pieces))
             Vocab(tmp / name)  # loads, with mt's special ids
-        model = Transformer(cfg, len(table.pieces), len(table.pieces))
-        state = mt_state(weights, cfg, table)
+        model = Transformer(cfg, len(src_table.pieces), len(table.pieces))
+        state = mt_state(weights, cfg, table, src_table)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
             raise MTError(f"{source}: the weights do not fit config.json ({first})") from None
         save_weights(model, tmp / WEIGHTS)
-        vocab = VocabConfig(size=len(table.pieces), joint=False, shared_ids=True,
+        vocab = VocabConfig(size=len(table.pieces), joint=False, shared_ids=not separate,
                             model_type=_SPM_TYPES.get(spm_trainer_option(protos[0], 3, 1), "unigram"),
                             byte_fallback=bool(spm_trainer_option(protos[0], 35, 0)))
         save_config(Config(name=Path(out).name, data=DataConfig(), vocab=vocab, model=cfg,
                            decode=decode), tmp / "config.yaml")
+        rows = {"marian_rows": table.rows, **({"marian_source_rows": src_table.rows} if separate else {})}
         atomic_write_json(tmp / META, {"mt_version": __version__, "arch": "transformer", "step": 0,
-                                       "src_vocab_size": len(table.pieces), "tgt_vocab_size": len(table.pieces),
-                                       "imported_from": {"huggingface": source, "marian_rows": table.rows}})
+                                       "src_vocab_size": len(src_table.pieces), "tgt_vocab_size": len(table.pieces),
+                                       "imported_from": {"huggingface": source, **rows}})
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"imported {source}: {len(table.pieces)} pieces ({len(table.dead)} never generated), "
+    log(f"imported {source}: {len(table.pieces)} target pieces ({len(table.dead)} never generated)"
+        + (f", {len(src_table.pieces)} source pieces" if separate else "") + ", "
         f"{cfg.enc_layers}+{cfg.dec_layers} layers, d_model {cfg.d_model}")
     return out
 
