@@ -55,11 +55,12 @@ def _spm_models(dest: Path) -> tuple[list[str], list[str]]:
 
 
 def make_marian(dest: Path, activation: str = "swish", scale: bool = True, share: bool = True, tie: bool = True,
-                seed: int = 0, separate_vocabs: bool = False) -> Path:
+                seed: int = 0, separate_vocabs: bool = False, codes: tuple[str, ...] = ()) -> Path:
     """A random MarianMTModel with its MarianTokenizer files, saved as transformers saves them: one
     id table in Marian's order (</s>, <unk>, the pieces of both sides, <pad> last), or with
     separate_vocabs a table per side (vocab.json, target_vocab.json: </s>, <unk>, <pad>, that
-    side's pieces; the tables differ in size, the special ids are the same in both)."""
+    side's pieces; the tables differ in size, the special ids are the same in both). codes: target
+    language tokens (>>fra<<) in the source table after <unk>, as a multilingual model has them."""
     dest.mkdir(parents=True)
     source, target = _spm_models(dest)
     if separate_vocabs:
@@ -67,7 +68,7 @@ def make_marian(dest: Path, activation: str = "swish", scale: bool = True, share
         pad, sizes = 2, {"vocab_size": len(tables[0]), "decoder_vocab_size": len(tables[1])}
         share = False
     else:
-        tables = [["</s>", "<unk>", *dict.fromkeys(source + target), "<pad>"]]
+        tables = [["</s>", "<unk>", *codes, *dict.fromkeys(source + target), "<pad>"]]
         pad, sizes = len(tables[0]) - 1, {"vocab_size": len(tables[0])}
     for name, table in zip(("vocab.json", "target_vocab.json"), tables):
         (dest / name).write_text(json.dumps({p: i for i, p in enumerate(table)}), encoding="utf-8")
@@ -217,6 +218,29 @@ def test_forced_scores_are_the_models(imported, ending):
     diffs = [abs(a - b.log_prob) for a, b in zip(theirs, mine)]
     print(f"\nlargest |mt - transformers| log-probability over {len(diffs)} sentences: {max(diffs):.2e}")
     assert max(diffs) < 1e-4, diffs
+
+
+def test_language_codes_are_split_off_as_marian_tokenizer_does(tmp_path):
+    """A multilingual model's source starts with the target language's token (`>>fra<< text`): mt's
+    segmentation is MarianTokenizer's (the code one piece, <unk> for a code the table lacks, no code
+    where the text has none), greedy decoding is generate's, and mt translate writes a line per line."""
+    folder = make_marian(tmp_path / "hf", codes=(">>fra<<", ">>deu<<"))
+    import_huggingface(str(folder), tmp_path / "run")
+    imp = Imported(folder, tmp_path / "run", 1.0)
+    lines = [f">>{'fra' if i % 2 else 'deu'}<< {s}" for i, s in enumerate(SOURCES[:40])]
+    odd = [">>xyz<< " + SOURCES[0], SOURCES[1], ">>fra<<" + SOURCES[2], ">> not a code"]
+    enc = imp.tok(lines + odd)["input_ids"]
+    mine = imp.run.src_vocab.encode_batch(lines + odd)
+    assert [[imp.src_rows[i] for i in ids] + [imp.eos] for ids in mine] == enc
+    assert [imp.run.src_vocab.encode(line) for line in lines + odd] == mine
+    codes = imp.run.src_vocab.language_codes
+    assert set(codes) == {">>fra<<", ">>deu<<"} and {ids[0] for ids in mine[:40]} == set(codes.values())
+    theirs = imp.generate(lines, num_beams=1)
+    ours = imp.search(lines, GreedySearch(max_len_a=0.0, max_len_b=LIMIT))
+    pairs = [(a, b) for a, b in zip(ours, theirs) if b is not None]
+    assert len(pairs) >= 20 and all(a == b for a, b in pairs)
+    r = run_mt("translate", "-m", tmp_path / "run", "--greedy", stdin="".join(f"{line}\n" for line in lines[:6] + odd))
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 10, r.explain()
 
 
 def test_ctranslate2_export_of_an_import_is_mts_greedy(imported, ending, tmp_path):

@@ -291,15 +291,12 @@ class Encoder:
     """Cleans and encodes chunks; lives in each worker process (see _worker_init)."""
 
     def __init__(self, vocab_paths: tuple[str, ...], rules: Rules, threads: int = 1) -> None:
-        import sentencepiece as spm
+        from mt.data.vocab import Vocab
 
-        self.sp = []
-        for p in vocab_paths:
-            sp = spm.SentencePieceProcessor()
-            sp.Load(p)
-            self.sp.append(sp)
-        if len(self.sp) == 1:
-            self.sp.append(self.sp[0])
+        self.vocabs = [Vocab(p) for p in vocab_paths]
+        if len(self.vocabs) == 1:
+            self.vocabs.append(self.vocabs[0])
+        self.sp = [v.sp for v in self.vocabs]
         self.dtype = token_dtype(max(sp.GetPieceSize() for sp in self.sp))
         self.rules, self.threads = rules, threads
         self.protector = Protector(kinds=("url", "email", "number"))  # and names (mask_pair)
@@ -324,8 +321,8 @@ class Encoder:
                 tgt_text.append(t)
         if r.placeholders and r.placeholder_prob:
             src_text, tgt_text = self._placeholders(chunk, src_text, tgt_text)
-        src_ids = self.sp[0].Encode(src_text, out_type=int, num_threads=self.threads)
-        tgt_ids = self.sp[1].Encode(tgt_text, out_type=int, num_threads=self.threads)
+        src_ids = self.vocabs[0].encode_batch(src_text, threads=self.threads)
+        tgt_ids = self.vocabs[1].encode_batch(tgt_text, threads=self.threads)
         ls = np.fromiter(map(len, src_ids), dtype=np.int64, count=len(src_ids))
         lt = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
         why = np.zeros(len(keep), dtype=np.uint8)
@@ -371,11 +368,13 @@ class Encoder:
         r, k = self.rules, self.rules.segmentations
         out = []
         for side, (lines, fallback) in enumerate(zip(texts, best)):
-            sp, log_p = self.sp[side], self._piece_log_p(side)
+            vocab, log_p = self.vocabs[side], self._piece_log_p(side)
             rng = np.random.default_rng([r.seed, chunk.corpus, chunk.first_line, side])
             ids = []
             for line, one in zip(lines, fallback):
-                nbest = [seg for seg in sp.NBestEncodeAsIds(line, SAMPLING_NBEST) if len(seg) <= r.max_len] or [one]
+                code, rest = vocab.split_code(line)  # a language code (>>fra<<) is one piece, never sampled
+                nbest = [code + seg for seg in vocab.sp.NBestEncodeAsIds(rest, SAMPLING_NBEST)
+                         if len(code) + len(seg) <= r.max_len] or [one]
                 weight = r.sampling_alpha * np.array([log_p[seg].sum() for seg in nbest])
                 weight = np.exp(weight - weight.max())
                 ids += [nbest[c] for c in rng.choice(len(nbest), size=k, p=weight / weight.sum())]

@@ -83,11 +83,34 @@ class Vocab:
         return self is other or _without_trainer_spec(self.sp.serialized_model_proto()) == _without_trainer_spec(
             other.sp.serialized_model_proto())
 
-    def encode(self, text: str) -> list[int]:
-        return self.sp.EncodeAsIds(text)
+    @cached_property
+    def language_codes(self) -> dict[str, int]:
+        """Marian's target-language tokens (>>fra<<, ...) that the vocabulary holds as pieces of
+        their own, {piece: id}: an imported multilingual OPUS-MT model, whose source starts with the
+        code of the language to translate into. Empty for the vocabularies mt trains."""
+        sp = self.sp
+        return {piece: i for i in range(len(self))
+                if len(piece := sp.IdToPiece(i)) > 4 and piece.startswith(">>") and piece.endswith("<<")}
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.sp.Encode(list(texts), out_type=int, num_threads=min(4, os.cpu_count() or 1))
+    def split_code(self, text: str) -> tuple[list[int], str]:
+        """A leading language code split off as MarianTokenizer does it (`>>fra<< text`): its id (the
+        unknown piece's for a code the vocabulary lacks) and the rest of the text; ([], text) for a
+        vocabulary without codes."""
+        if self.language_codes and text.startswith(">>") and (end := text.find("<<")) != -1:
+            return [self.language_codes.get(text[: end + 2], UNK_ID)], text[end + 2:]
+        return [], text
+
+    def encode(self, text: str) -> list[int]:
+        code, text = self.split_code(text)
+        return code + self.sp.EncodeAsIds(text)
+
+    def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
+        threads = threads or min(4, os.cpu_count() or 1)
+        if not self.language_codes:
+            return self.sp.Encode(list(texts), out_type=int, num_threads=threads)
+        split = [self.split_code(t) for t in texts]
+        ids = self.sp.Encode([t for _, t in split], out_type=int, num_threads=threads)
+        return [code + i for (code, _), i in zip(split, ids)]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Detokenised text; byte pieces that form a UTF-8 character become it (one U+FFFD per byte
