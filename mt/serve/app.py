@@ -398,8 +398,7 @@ class TranslationService:
     all the torch work of a process because torch's CPU thread pool is OpenMP's, and OpenMP keeps a
     pool per calling thread: with a second one alive (the thread that loaded the models has one),
     GNU OpenMP has more threads than cores and stops spinning between parallel regions, so each of
-    the search's many small operations waits for its threads to wake (a one-sentence beam search
-    took 2.3x as long on the 2-core development machine: docs/serving.md)."""
+    the search's many small operations waits for its threads to wake (measured: docs/serving.md)."""
 
     #: longest wait of the decoding loop before it looks at keep_going again (seconds)
     POLL = 0.5
