@@ -22,6 +22,7 @@ def test_there_are_recipes_for_every_family():
     for corpus in ("multi30k", "tatoeba-fra-eng"):
         for fam in ("transformer", "gru", "lstm", "bahdanau", "luong"):
             assert f"{corpus}/{fam}.yaml" in names
+            assert f"{corpus}/{fam}-cpu.yaml" in names  # sized for a 2-core CPU and a budget of minutes
     assert any(p.name == "demo.yaml" for p in RECIPES)
 
 
