@@ -58,13 +58,12 @@ def parse_args() -> argparse.Namespace:
 def mt_worker(job: dict) -> dict:
     import torch
 
+    from mt.config import DecodeConfig
     from mt.decode.loading import load_for_decoding
     from mt.decode.translator import Translator
 
     torch.set_num_threads(job["threads"])
     run = load_for_decoding([job["run"]], device="cpu", threads=job["threads"], int8=job["precision"] == "int8").run
-    from mt.config import DecodeConfig
-
     decode = DecodeConfig(**job["decode"])
     translator = Translator.for_model(run.model, run.src_vocab, run.tgt_vocab, decode, "cpu")
     src = job["ids"]
