@@ -461,8 +461,9 @@ class TranslationService:
                         return None
                     self.cond.wait(self.POLL)
                     continue
-                batcher = min(queued, key=lambda b: (b.due(), b.pending[0].arrived))
-                left = batcher.due() - time.monotonic()
+                due = {b: b.due() for b in queued}  # each sums its queue's costs: once per look
+                batcher = min(queued, key=lambda b: (due[b], b.pending[0].arrived))
+                left = due[batcher] - time.monotonic()
                 if left <= 0:
                     return batcher, batcher.take()
                 self.cond.wait(min(left, self.POLL))  # a new job may fill a budget or be due sooner
