@@ -94,3 +94,32 @@ def set_decoding_dtype(model: Seq2Seq, name: str, device: torch.device,
         warn("this CPU has no native bf16 matrix products (AVX512-BF16 or AMX): --dtype bfloat16 decodes "
              "slower than float32 here")
     return model.to(getattr(torch, name))
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_host_memory() -> bool:
+    """Keep the host memory of freed tensors in the process for the next ones (glibc only; returns
+    whether it applied).
+
+    glibc serves a block above its mmap threshold (128 KiB, raised on the fly up to 32 MiB) with a
+    fresh mapping and unmaps it when freed, and gives free memory at the top of its heap back to the
+    system: every training step then faults the pages of its large tensors in anew (the logits of a
+    4096-token batch over a 5000-piece vocabulary alone are 80 MB). With blocks up to 1 GiB taken
+    from the heap and the heap never trimmed, a step reuses the previous step's pages, as the
+    caching allocators of CUDA, jemalloc or tcmalloc do; the process keeps its peak size until it
+    ends. Training the small CPU Transformer gains a fifth (docs/performance.md); decoding, which
+    allocates little, does not change, so only training calls this."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))

@@ -206,3 +206,18 @@ def test_data_scale(tmp_path: Path) -> None:
     for run in ("train_after_prepared", "resume_after"):
         assert size[run]["exit"] == 0 and 0 < size[run]["startup_s"] <= size[run]["first_step_s"]
     assert size["train_after_prepared"]["tokens_per_s"] > 0 and size["prepare"]["peak_rss_tree_mib"] > 0
+
+
+def test_recipe_speed(tmp_path: Path) -> None:
+    """The side-by-side training benchmark on the demo recipe, this checkout only, four steps."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "recipe_speed.py"), str(ROOT / "recipes" / "demo.yaml"),
+           "--steps", "4", "--log-every", "2", "--repeats", "1", "--threads", "1", "--work", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-4000:]}"
+    doc = json.loads(r.stdout)
+    assert doc["benchmark"] == "recipe_speed" and doc["recipe"] == "recipes/demo.yaml" and doc["old"] is None
+    (run,) = doc["runs"]["new"]
+    assert len(run["windows"]) == 2 and run["tokens_per_s"] > 0 and doc["best_tokens_per_s"]["new"] == run["tokens_per_s"]
+    assert "ratio" not in doc
+    assert not (tmp_path / "run-new").exists()  # runs are removed; the prepared corpus stays for the next
+    assert (tmp_path / "prepared-demo" / "manifest.json").is_file()

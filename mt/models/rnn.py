@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from mt import MTError
 from mt.config import RNNConfig
 from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
+from mt.models.dropout import Dropout
 from mt.data.vocab import PAD_ID
 
 #: an RNN state with the batch on dim 0: GRU [B, L, H]; LSTM (h, c), each [B, L, H]
@@ -80,7 +81,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: RNNConfig, embed: nn.Embedding) -> None:
         super().__init__()
         self.embed = embed
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.rnn = make_rnn(cfg.cell, cfg.emb_dim, cfg.hidden, cfg.enc_layers, cfg.dropout, cfg.bidirectional)
         self.layers = cfg.enc_layers
         self.dirs = 2 if cfg.bidirectional else 1
@@ -341,7 +342,7 @@ class RNNSeq2Seq(Seq2Seq):
         self.encoder = Encoder(cfg, src_embed)
         self.bridge = Bridge(cfg)
         self.decoder = build_decoder(cfg, self.encoder.out_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         # tie_output with hidden != emb_dim: a projection hidden -> emb_dim before the tied layer
         needs_proj = cfg.tie_output and self.decoder.out_dim != cfg.emb_dim
         self.out_proj = nn.Linear(self.decoder.out_dim, cfg.emb_dim, bias=False) if needs_proj else nn.Identity()

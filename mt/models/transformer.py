@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from mt import MTError
 from mt.config import TransformerConfig
 from mt.models.base import DecoderState, EncoderOut, Seq2Seq, padding_mask
+from mt.models.dropout import Dropout
 
 
 class KVCache:
@@ -144,7 +145,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
         self.act = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}[activation]()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
@@ -156,7 +157,7 @@ class Sublayer(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, fn) -> tuple[Tensor, Tensor | None]:
@@ -242,7 +243,7 @@ class Embedder(nn.Module):
             self.positions = None
             make = sinusoidal_concat_table if cfg.positions == "sinusoidal_concat" else sinusoidal_table
             self.register_buffer("table", make(cfg.max_positions, cfg.d_model), persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:  # [B, T] -> [B, T, D]
         t = ids.size(1)

@@ -17,6 +17,7 @@ from torch import nn
 
 from mt.checkpoint import load_weights, write_average
 from mt.config import Config
+from mt.device import keep_freed_host_memory
 from mt.data.batching import TokenBatcher
 from mt.models import build_model
 from mt.rundir import AVERAGED, WEIGHTS, checkpoint_dirs
@@ -88,6 +89,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, log: Logger | None = None) -> None:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         self.world = World.from_env(cfg.train.device)
+        keep_freed_host_memory()  # a step reuses the previous step's host pages (mt.device)
         self.log = log if log is not None else Logger(self.world.is_main)
         self.update = TrainStep(cfg.train, self.world)  # refuses fp16 off CUDA
         seed_everything(cfg.train.seed)
