@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help="folder for the runs (default: a new folder under /tmp)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for training and decoding (0: torch's)")
     p.add_argument("--output", default=None, help="also write the JSON document to this file")
+    p.add_argument("--no-train", action="store_true",
+                   help="score the runs already trained in --work (seed1..seedN) instead of training them "
+                        "(their training seconds are then not known)")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.seeds < 1 or args.average < 1 or args.beam < 1:
         p.error("--minutes must be > 0; --seeds, --average and --beam >= 1")
@@ -86,14 +89,14 @@ def mt_train(recipe: str, run: Path, seed: int, minutes: float, overrides: list[
     return time.monotonic() - start
 
 
-def run_record(run: Path, seconds: float) -> dict[str, Any]:
+def run_record(run: Path, seconds: float | None) -> dict[str, Any]:
     """Steps, throughput, the precision chosen and the validation curve of a finished run."""
     meta = json.loads((run / "meta.json").read_text(encoding="utf-8"))
     lines = [json.loads(line) for line in (run / METRICS).read_text(encoding="utf-8").splitlines() if line.strip()]
     windows = [r for r in lines if "tokens_per_s" in r]
     return {
         "run": str(run),
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 1) if seconds is not None else None,
         "steps": meta["step"],
         "target_tokens_per_s": round(sum(r["tokens_per_s"] for r in windows) / max(len(windows), 1), 1),
         "amp": meta.get("amp"),
@@ -145,9 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     runs, records = [], []
     for seed in range(1, args.seeds + 1):
         run = work / f"seed{seed}"
-        if run.exists():
+        if args.no_train:
+            if not (run / "meta.json").is_file():
+                raise SystemExit(f"error: --no-train: {run} is not a trained run")
+            seconds = None
+        elif run.exists():
             raise SystemExit(f"error: {run} exists; give another --work")
-        seconds = mt_train(args.recipe, run, seed, args.minutes, args.overrides, args.average, args.threads)
+        else:
+            seconds = mt_train(args.recipe, run, seed, args.minutes, args.overrides, args.average, args.threads)
         runs.append(run)
         records.append(run_record(run, seconds))
 

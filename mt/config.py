@@ -188,6 +188,10 @@ class TransformerConfig:
     enc_layers: int = 6
     dec_layers: int = 6
     ff_dim: int = 2048
+    #: the decoder's heads and feed-forward width where they differ from the encoder's (`heads`,
+    #: `ff_dim`; Marian and Hugging Face configs name the two sides apart); unset: the same
+    dec_heads: int | None = None
+    dec_ff_dim: int | None = None
     dropout: float = 0.1
     attn_dropout: float = 0.0
     #: swish (x * sigmoid(x), Marian's) as well as relu and gelu (exact, erf)
@@ -208,11 +212,22 @@ class TransformerConfig:
     output_bias: bool = False
 
     def __post_init__(self) -> None:
-        if self.d_model % self.heads:
-            raise MTError(f"model.d_model ({self.d_model}) must be divisible by model.heads ({self.heads})")
-        for name in ("d_model", "heads", "enc_layers", "dec_layers", "ff_dim", "max_positions"):
-            if getattr(self, name) < 1:
+        for name in ("d_model", "heads", "enc_layers", "dec_layers", "ff_dim", "max_positions", "dec_heads",
+                     "dec_ff_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise MTError(f"model.{name} must be >= 1")
+        for name, heads in (("heads", self.heads), ("dec_heads", self.decoder_heads)):
+            if self.d_model % heads:
+                raise MTError(f"model.d_model ({self.d_model}) must be divisible by model.{name} ({heads})")
+
+    @property
+    def decoder_heads(self) -> int:
+        return self.heads if self.dec_heads is None else self.dec_heads
+
+    @property
+    def decoder_ff_dim(self) -> int:
+        return self.ff_dim if self.dec_ff_dim is None else self.dec_ff_dim
 
 
 @dataclass(frozen=True)

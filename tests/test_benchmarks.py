@@ -103,6 +103,8 @@ def test_train_speed_with_ablations() -> None:
         buckets = m["ablations"]["bucketing"]
         assert buckets["length_bucketed"]["padding_share"] <= buckets["random_order"]["padding_share"]
         assert set(m["ablations"]["adam"]) == {"fused", "foreach", "for_loop"}
+        drop = m["ablations"]["dropout"]
+        assert drop["256x512"]["torch_ms"] > 0 and drop["256x2048"]["mt_ms"] > 0
 
 
 def test_precision_quality_on_a_trained_run(tiny_run: Path) -> None:

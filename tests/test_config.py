@@ -60,6 +60,10 @@ def test_types_and_choices_are_checked():
         config_from_dict({"model": {"arch": "rnn", "attention": "cosine"}})
     with pytest.raises(MTError, match="divisible"):
         config_from_dict({"model": {"d_model": 30, "heads": 4}})
+    with pytest.raises(MTError, match=r"model.d_model \(32\) must be divisible by model.dec_heads \(3\)"):
+        config_from_dict({"model": {"d_model": 32, "heads": 4, "dec_heads": 3}})
+    with pytest.raises(MTError, match="model.dec_ff_dim must be >= 1"):
+        config_from_dict({"model": {"dec_ff_dim": 0}})
     with pytest.raises(MTError, match="vocab.joint"):
         config_from_dict({"vocab": {"joint": False}, "model": {"share_embeddings": True}})
 

@@ -55,12 +55,14 @@ def _spm_models(dest: Path) -> tuple[list[str], list[str]]:
 
 
 def make_marian(dest: Path, activation: str = "swish", scale: bool = True, share: bool = True, tie: bool = True,
-                seed: int = 0, separate_vocabs: bool = False, codes: tuple[str, ...] = ()) -> Path:
+                seed: int = 0, separate_vocabs: bool = False, codes: tuple[str, ...] = (),
+                decoder: tuple[int, int] | None = None) -> Path:
     """A random MarianMTModel with its MarianTokenizer files, saved as transformers saves them: one
     id table in Marian's order (</s>, <unk>, the pieces of both sides, <pad> last), or with
     separate_vocabs a table per side (vocab.json, target_vocab.json: </s>, <unk>, <pad>, that
     side's pieces; the tables differ in size, the special ids are the same in both). codes: target
-    language tokens (>>fra<<) in the source table after <unk>, as a multilingual model has them."""
+    language tokens (>>fra<<) in the source table after <unk>, as a multilingual model has them.
+    decoder: the decoder's (heads, feed-forward width) where they differ from the encoder's 4, 64."""
     dest.mkdir(parents=True)
     source, target = _spm_models(dest)
     if separate_vocabs:
@@ -75,7 +77,8 @@ def make_marian(dest: Path, activation: str = "swish", scale: bool = True, share
     d = 32
     cfg = transformers.MarianConfig(
         **sizes, d_model=d, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+        decoder_attention_heads=decoder[0] if decoder else 4, encoder_ffn_dim=64,
+        decoder_ffn_dim=decoder[1] if decoder else 64, max_position_embeddings=128,
         pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad, forced_eos_token_id=0,
         activation_function=activation, scale_embedding=scale, share_encoder_decoder_embeddings=share,
         tie_word_embeddings=tie, bad_words_ids=[[pad]])
@@ -129,6 +132,9 @@ CONFIGS = {
     "swish-unscaled-shared-tied": ("swish", False, True, True, 0.6, False),
     "swish-scaled-separate-vocabs-tied": ("swish", True, False, True, 1.0, True),
 }
+#: configurations whose decoder has its own heads and feed-forward width (decoder_attention_heads 2,
+#: decoder_ffn_dim 48 against the encoder's 4 and 64)
+DECODER_SHAPED = {"swish-scaled-separate-vocabs-tied"}
 
 
 class Imported:
@@ -161,9 +167,10 @@ class Imported:
 def imported(request, tmp_path_factory) -> Imported:
     activation, scale, share, tie, alpha, separate_vocabs = CONFIGS[request.param]
     root = tmp_path_factory.mktemp(request.param)
-    # seed 3 for the separate tables: at seed 0 that random model says the same few words to every source
-    folder = make_marian(root / "hf", activation, scale, share, tie, seed=3 if separate_vocabs else 0,
-                         separate_vocabs=separate_vocabs)
+    # seed 10 for the separate tables (and their decoder's own shape): at seeds 0 and 3-9 that random
+    # model says the same few words to most sources
+    folder = make_marian(root / "hf", activation, scale, share, tie, seed=10 if separate_vocabs else 0,
+                         separate_vocabs=separate_vocabs, decoder=(2, 48) if request.param in DECODER_SHAPED else None)
     import_huggingface(str(folder), root / "run")
     return Imported(folder, root / "run", alpha)
 
@@ -183,6 +190,14 @@ def test_segmentation_and_ids_are_the_tokenizers(imported):
     enc = imported.tok(SOURCES, padding=False)["input_ids"]
     mine = imported.run.src_vocab.encode_batch(SOURCES)
     assert [[imported.src_rows[i] for i in ids] + [imported.eos] for ids in mine] == enc
+
+
+def test_each_side_keeps_its_heads_and_feed_forward_width(imported):
+    cfg, hf = imported.run.config.model, imported.hf.config
+    assert (cfg.heads, cfg.ff_dim) == (hf.encoder_attention_heads, hf.encoder_ffn_dim)
+    assert (cfg.decoder_heads, cfg.decoder_ff_dim) == (hf.decoder_attention_heads, hf.decoder_ffn_dim)
+    layer = imported.run.model.decoder[0]
+    assert layer.self_attn.heads == hf.decoder_attention_heads and layer.ff.fc1.out_features == hf.decoder_ffn_dim
 
 
 def test_greedy_is_generate_num_beams_1(imported, ending):
@@ -306,9 +321,12 @@ def _translate(run: Path, *options: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def separate_vocab_run(tmp_path_factory) -> Path:
-    """Post-norm with a vocabulary per side: exported with two id tables (target_vocab.json)."""
+    """Post-norm with a vocabulary per side: exported with two id tables (target_vocab.json); its
+    decoder has other heads and feed-forward width than its encoder (decoder_attention_heads,
+    decoder_ffn_dim)."""
+    model = {**POST_NORM["model"], "share_embeddings": False, "dec_heads": 2, "dec_ff_dim": 48}
     return _trained(tmp_path_factory, {**POST_NORM, "vocab": {**POST_NORM["vocab"], "joint": False},
-                                       "model": {**POST_NORM["model"], "share_embeddings": False}}, "separate")
+                                       "model": model}, "separate")
 
 
 @pytest.mark.parametrize("fixture, norm, cls", [("post_norm_run", "post", "MarianMTModel"),
@@ -341,8 +359,12 @@ def test_round_trip_mt_to_huggingface_to_mt(fixture, norm, cls, request, tmp_pat
         assert [mine[i] for i in ended] == [out[i][1: out[i].index(3)] for i in ended]
     r = run_mt("import", "huggingface", tmp_path / "hf", "--out", tmp_path / "back")
     assert r.returncode == 0, r.explain()
-    assert yaml.safe_load((tmp_path / "back" / "config.yaml").read_text())["model"]["norm"] == norm
+    back = yaml.safe_load((tmp_path / "back" / "config.yaml").read_text())["model"]
+    assert back["norm"] == norm
     assert (tmp_path / "hf" / "target_vocab.json").is_file() == (fixture == "separate_vocab_run")
+    sides = (2, 48) if fixture == "separate_vocab_run" else (None, None)
+    assert (hf.config.decoder_attention_heads, hf.config.decoder_ffn_dim) == (sides[0] or 4, sides[1] or 64)
+    assert (back["dec_heads"], back["dec_ff_dim"]) == sides
     # the loop guard off on both sides: transformers has none, so an import decodes without it
     assert _translate(tmp_path / "back", "--max-repeat", "0") == _translate(trained, "--max-repeat", "0")
 

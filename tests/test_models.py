@@ -35,6 +35,10 @@ TRANSFORMERS = {
     )
     for norm, pos, emb in itertools.product(["pre", "post"], ["sinusoidal", "learned"], ["shared", "tied", "untied"])
 }
+# a decoder with its own heads and feed-forward width (model.dec_heads, model.dec_ff_dim)
+TRANSFORMERS["pre-sinusoidal-tied-own-decoder"] = TransformerConfig(
+    d_model=16, heads=2, enc_layers=2, dec_layers=1, ff_dim=24, dec_heads=4, dec_ff_dim=40, dropout=0.1,
+    attn_dropout=0.1, max_positions=32, tie_output=True)
 RNNS = {
     f"{cell}-{attention}": RNNConfig(
         cell=cell, attention=attention, emb_dim=8, hidden=12, enc_layers=2, dec_layers=2, dropout=0.1

@@ -54,6 +54,8 @@ _EXPRESSIBLE = {
     "enc_layers": lambda v: True,
     "dec_layers": lambda v: True,
     "ff_dim": lambda v: True,
+    "dec_heads": lambda v: True,  # each side's spec has its own heads
+    "dec_ff_dim": lambda v: True,  # the weights' shapes carry the widths
     "dropout": lambda v: True,  # training only
     "attn_dropout": lambda v: True,  # training only
     "activation": lambda v: v in _ACTIVATIONS,
@@ -100,9 +102,12 @@ class CTranslate2Converter(Converter):
     def _load(self) -> transformer_spec.TransformerSpec:
         cfg, model = self.run.config.model, self.run.model
         check_exportable(cfg)
-        spec = transformer_spec.TransformerSpec.from_config(
-            (cfg.enc_layers, cfg.dec_layers), cfg.heads, pre_norm=cfg.norm == "pre",
-            activation=_ACTIVATIONS[cfg.activation])
+        # from_config(num_layers, num_heads, ...) takes one head count; the two specs take one each
+        activation, pre_norm = _ACTIVATIONS[cfg.activation], cfg.norm == "pre"
+        spec = transformer_spec.TransformerSpec(
+            transformer_spec.TransformerEncoderSpec(cfg.enc_layers, cfg.heads, pre_norm=pre_norm, activation=activation),
+            transformer_spec.TransformerDecoderSpec(cfg.dec_layers, cfg.decoder_heads, pre_norm=pre_norm,
+                                                    activation=activation))
         self._embedder(spec.encoder, model.src_embed, cfg.embed_scale)
         self._embedder(spec.decoder, model.tgt_embed, cfg.embed_scale)
         for layer_spec, layer in zip(spec.encoder.layer, model.encoder):

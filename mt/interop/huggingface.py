@@ -140,9 +140,6 @@ def model_config(hf: dict[str, Any], folder: Path, separate: bool = False) -> Tr
     kind = hf.get("model_type")
     if kind not in ("marian", "pegasus"):
         raise MTError(f"{folder}: model_type {kind!r}, not a Marian model (model_type marian; or pegasus)")
-    for a, b in (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads", "decoder_attention_heads")):
-        if hf.get(a) != hf.get(b):
-            raise MTError(f"{folder}: {a} {hf.get(a)} and {b} {hf.get(b)} differ; mt's Transformer has one of each")
     decoder_vocab = hf.get("decoder_vocab_size") or hf.get("vocab_size")
     if decoder_vocab != hf.get("vocab_size") and not separate:
         raise MTError(f"{folder}: decoder_vocab_size {decoder_vocab} and vocab_size {hf.get('vocab_size')} differ, "
@@ -157,7 +154,9 @@ def model_config(hf: dict[str, Any], folder: Path, separate: bool = False) -> Tr
     try:
         return TransformerConfig(
             d_model=hf["d_model"], heads=hf["encoder_attention_heads"], enc_layers=hf["encoder_layers"],
-            dec_layers=hf["decoder_layers"], ff_dim=hf["encoder_ffn_dim"], dropout=float(hf.get("dropout", 0.1)),
+            dec_layers=hf["decoder_layers"], ff_dim=hf["encoder_ffn_dim"],
+            dec_heads=_unless_equal(hf["decoder_attention_heads"], hf["encoder_attention_heads"]),
+            dec_ff_dim=_unless_equal(hf["decoder_ffn_dim"], hf["encoder_ffn_dim"]), dropout=float(hf.get("dropout", 0.1)),
             attn_dropout=float(hf.get("attention_dropout", 0.0)), activation=activation,
             norm="pre" if kind == "pegasus" else "post",
             positions="sinusoidal_concat", max_positions=hf.get("max_position_embeddings", 1024),
@@ -166,6 +165,12 @@ def model_config(hf: dict[str, Any], folder: Path, separate: bool = False) -> Tr
             output_bias=True)
     except KeyError as e:
         raise MTError(f"{folder / 'config.json'}: no {e.args[0]}") from None
+
+
+def _unless_equal(decoder: int, encoder: int) -> int | None:
+    """The decoder's value where it differs from the encoder's (mt's dec_heads / dec_ff_dim: unset
+    means the same)."""
+    return None if decoder == encoder else decoder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,8 +425,8 @@ def _hf_config(transformers, run, separate: bool):
     src_size, tgt_size = len(run.src_vocab), len(run.tgt_vocab)
     common = dict(
         vocab_size=src_size, d_model=cfg.d_model, encoder_layers=cfg.enc_layers,
-        decoder_layers=cfg.dec_layers, encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads,
-        encoder_ffn_dim=cfg.ff_dim, decoder_ffn_dim=cfg.ff_dim, activation_function=cfg.activation,
+        decoder_layers=cfg.dec_layers, encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.decoder_heads,
+        encoder_ffn_dim=cfg.ff_dim, decoder_ffn_dim=cfg.decoder_ff_dim, activation_function=cfg.activation,
         dropout=cfg.dropout, attention_dropout=cfg.attn_dropout, activation_dropout=cfg.dropout,
         max_position_embeddings=cfg.max_positions, scale_embedding=cfg.embed_scale,
         tie_word_embeddings=cfg.tie_output, pad_token_id=0, eos_token_id=3, decoder_start_token_id=2,

@@ -185,9 +185,10 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         pre = cfg.norm == "pre"
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout, self_attention=True)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout, self_attention=False)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
+        heads = cfg.decoder_heads
+        self.self_attn = MultiHeadAttention(cfg.d_model, heads, cfg.attn_dropout, self_attention=True)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, heads, cfg.attn_dropout, self_attention=False)
+        self.ff = FeedForward(cfg.d_model, cfg.decoder_ff_dim, cfg.dropout, cfg.activation)
         self.sub_self = Sublayer(cfg.d_model, cfg.dropout, pre)
         self.sub_cross = Sublayer(cfg.d_model, cfg.dropout, pre)
         self.sub_ff = Sublayer(cfg.d_model, cfg.dropout, pre)
