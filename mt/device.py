@@ -110,8 +110,8 @@ def keep_freed_host_memory() -> bool:
     4096-token batch over a 5000-piece vocabulary alone are 80 MB). With blocks up to 1 GiB taken
     from the heap and the heap never trimmed, a step reuses the previous step's pages, as the
     caching allocators of CUDA, jemalloc or tcmalloc do; the process keeps its peak size until it
-    ends. Training the small CPU Transformer gains a fifth (docs/performance.md); decoding, which
-    allocates little, does not change, so only training calls this."""
+    ends. Training gains (docs/performance.md); decoding, which allocates little, does not, so only
+    training calls this."""
     import ctypes
     import platform
 

@@ -1,8 +1,9 @@
 """Dropout that is cheap on a CPU.
 
 torch draws a CPU dropout mask with `bernoulli_`, one Mersenne-Twister number and a float
-comparison per element, on one thread: in a training step of the small CPU Transformer
-(recipes/multi30k/transformer-cpu.yaml) the masks took a quarter of the time. Here a mask comes
+comparison per element, on one thread, and in the small CPU Transformer's training step
+(recipes/multi30k/transformer-cpu.yaml) that was a large share of the time (docs/performance.md).
+Here a mask comes
 from random 64-bit integers, four 15-bit draws from each: an element is dropped when its draw is
 below round(p * 2^15), so the probability is p rounded to a multiple of 1/32768 (0.1 becomes
 3277/32768 = 0.100006) and the kept elements are scaled by 1 / (1 - that probability), which keeps
