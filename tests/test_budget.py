@@ -181,6 +181,21 @@ def test_quality_budget_benchmark_smoke(tmp_path: Path) -> None:
                 assert "case:lc" in result["bleu_lowercased_signature"]
                 assert result["bleu_lowercased"] >= result["bleu"] - 1e-9  # lowercasing only merges words
     assert set(doc["ensemble"]) == {"valid", "test"}
+    # --no-train scores the same runs again, unchanged, without training (no training seconds known)
+    again = subprocess.run(cmd + ["--no-train"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rescored = json.loads(again.stdout)
+    assert [r["steps"] for r in rescored["runs"]] == [r["steps"] for r in doc["runs"]]
+    assert all(r["train_seconds"] is None for r in rescored["runs"])
+
+    def scores(d: dict) -> list:  # the same models, the same translations: the same scores (not speed)
+        return [{m: {k: {f: v for f, v in r.items() if f != "sentences_per_s"} for k, r in by_set.items()}
+                 for m, by_set in run["models"].items()} for run in d["runs"]]
+
+    assert scores(rescored) == scores(doc)
+    missing = subprocess.run(cmd + ["--no-train", "--seeds", "3"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert missing.returncode != 0 and "seed3 is not a trained run" in missing.stderr
 
 
 # ----------------------------------------------------------------------------------------------
