@@ -34,13 +34,15 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from checkouts import logged_rates, steady_rate
+from checkouts import mt_command as checkout_command
 
 ROOT = Path(__file__).resolve().parent.parent
 M30K = ROOT.parent / "shared" / "data" / "multi30k"  # as the other benchmarks: ../shared/data/multi30k
@@ -179,11 +181,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, markers: dict[str, st
 
 
 def tokens_per_s(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rates = [r["tokens_per_s"] for r in map(json.loads, path.read_text().splitlines()) if "tokens_per_s" in r]
-    return round(statistics.median(rates[1:]), 1) if len(rates) > 1 else None
+    return steady_rate(logged_rates(run_dir))
 
 
 def startup_probe(root: Path, recipe: Path) -> list[dict[str, Any]]:
@@ -236,15 +234,8 @@ print(json.dumps({{"step": "collate, CPU ms per batch", "memory_map": round(mapp
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def old_command(old: Path) -> tuple[list[str], dict[str, str]]:
-    link = old / "mt" / "cli"
-    if not link.exists():
-        link.symlink_to("../cli")
-    return [sys.executable, "-m", "mt.cli.main"], {"PYTHONPATH": str(old)}
-
-
 def mt_command() -> list[str]:
-    return [sys.executable, "-m", "mt.cli.main"]
+    return checkout_command()[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,7 +303,7 @@ def measure(pairs: int, args: argparse.Namespace) -> dict[str, Any]:
         doc["train_after_raw"] = raw
 
     if args.old and pairs <= args.old_max_pairs:
-        cmd, env = old_command(args.old)
+        cmd, env, _ = checkout_command(args.old)
         old_recipe = here / "recipe-old.yaml"  # the old recipe schema: no dedup key
         old_recipe.write_text(recipe.read_text().replace("  dedup: false\n", ""))
         log(f"{pairs}: mt train with the old code ({args.old})")

@@ -19,10 +19,8 @@ missing). Without --old only this checkout is measured. Prints one JSON document
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -33,19 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
 import torch  # noqa: E402
+from checkouts import logged_rates, mt_command, steady_rate  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "multi30k" / "transformer-cpu.yaml"
-
-
-def command(checkout: Path | None) -> tuple[list[str], dict[str, str], Path]:
-    """How to run `mt` from `checkout` (None: this one): the command, its environment and the
-    folder to run it in (`python -m` puts that folder first on sys.path, so it must be the
-    checkout's own root)."""
-    root = ROOT if checkout is None else checkout
-    link = root / "mt" / "cli"
-    if checkout is not None and not link.exists():
-        link.symlink_to("../cli")
-    return [sys.executable, "-m", "mt.cli.main"], {"PYTHONPATH": str(root)}, root
 
 
 def recipe_data_paths(recipe: Path) -> list[str]:
@@ -58,18 +46,10 @@ def recipe_data_paths(recipe: Path) -> list[str]:
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute()]
 
 
-def rates(run_dir: Path) -> list[float]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [r["tokens_per_s"] for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
-            if "tokens_per_s" in r]
-
-
 def train_once(name: str, checkout: Path | None, recipe: Path, prepared: Path, run_dir: Path,
                args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd, env, cwd = command(checkout)
+    cmd, env, cwd = mt_command(checkout)
     data = recipe_data_paths(recipe)
     sets = [f"data.prepared={prepared}", *data, f"train.max_steps={args.steps}", f"train.log_every={args.log_every}",
             "train.valid_every=1000000", "train.save_every=1000000", "train.max_minutes=0",
@@ -81,8 +61,8 @@ def train_once(name: str, checkout: Path | None, recipe: Path, prepared: Path, r
     seconds = time.monotonic() - start
     if proc.returncode:
         raise SystemExit(f"{name}: mt train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    windows = rates(run_dir)
-    rate = round(statistics.median(windows[1:]), 1) if len(windows) > 1 else None
+    windows = logged_rates(run_dir)
+    rate = steady_rate(windows)
     common.log(f"{name}: {rate} target tokens/s (windows {[round(w) for w in windows]}), {seconds:.0f} s, "
                f"load {common.load_average()}")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -106,7 +86,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     prepared = args.work / f"prepared-{recipe.stem}"
     if not (prepared / "manifest.json").is_file():
-        cmd, env, cwd = command(None)
+        cmd, env, cwd = mt_command()
         common.log(f"preparing {recipe.name} into {prepared}")
         subprocess.run(cmd + ["prepare", str(recipe), "--out", str(prepared)], cwd=cwd, check=True,
                        env={**os.environ, **env})
