@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -223,6 +224,22 @@ async def load(url: str, lines: list[str], expected: list[str], clients: int, ma
     }
 
 
+def server_figures(url: str) -> dict:
+    """The served model's counters from GET /health (one model: the benchmark serves one run)."""
+    with urllib.request.urlopen(url + "/health", timeout=30) as r:
+        return next(iter(json.load(r)["models"].values()))
+
+
+def batching(before: dict, after: dict, seconds: float) -> dict:
+    """How the server batched a setting's requests: batches, texts per batch, and the share of the
+    wall time its decoding loop was decoding (the rest: waiting for requests, HTTP, the clients)."""
+    batches = after["batches"] - before["batches"]
+    texts = after["texts"] - before["texts"]
+    busy = after["decoding_seconds"] - before["decoding_seconds"]
+    return {"batches": batches, "texts_per_batch": round(texts / batches, 1) if batches else None,
+            "decoding_share_of_wall": round(busy / seconds, 3) if seconds > 0 else None}
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
@@ -248,7 +265,9 @@ def main() -> None:
         for c in common.int_list(args.concurrency):
             common.log(f"{len(lines)} requests from {c} clients")
             asyncio.run(load(url, lines[:min(len(lines), 8)], expected, min(c, 8), 30, options))  # warm-up
+            before = server_figures(url)
             results.append(asyncio.run(load(url, lines, expected, c, args.max_seconds, options)))
+            results[-1]["server"] = batching(before, server_figures(url), results[-1]["seconds"])
             common.log(f"  {results[-1]['sentences_per_second']} sentences/s, p99 {results[-1]['latency_ms']['p99']} ms")
     finally:
         exit_status = server.stop(grace=120)

@@ -134,6 +134,11 @@ def test_serve_load(tiny_run: Path) -> None:
     for r in doc["serve"]:
         assert r["requests"] == 6 and r["errors"] == 0 and r["equal_to_mt_translate"] == 6, r
         assert r["sentences_per_second"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        # 6 one-line requests: at most one per batch with one client, and every text counted once
+        s = r["server"]
+        assert 1 <= s["batches"] <= 6 and s["texts_per_batch"] == pytest.approx(6 / s["batches"], abs=0.051)
+        assert 0 < s["decoding_share_of_wall"] <= 1
+    assert doc["serve"][0]["server"]["batches"] == 6
     assert doc["server_exit_status_after_sigterm"] == 0
 
 

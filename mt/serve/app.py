@@ -341,14 +341,15 @@ class Batcher:
             results: list[Any] = self.look_inside(jobs[0])
         else:
             results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes, ids, controls)
-        pos = 0
-        for job in jobs:
-            job.resolve(results[pos: pos + len(job.texts)])
-            pos += len(job.texts)
+        # counted before the answers go out: a client that has its answer finds it in GET /health
         self.batches, self.requests, self.texts = self.batches + 1, self.requests + len(jobs), self.texts + len(results)
         self.busy += time.monotonic() - started
         rate = len(results) / max(time.monotonic() - started, 1e-6)
         self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
+        pos = 0
+        for job in jobs:
+            job.resolve(results[pos: pos + len(job.texts)])
+            pos += len(job.texts)
 
     def translate(self, decode: DecodeConfig, texts: list[str], alignments: bool = False,
                   prefixes: list[str] | None = None, ids: list[list[int]] | None = None,
