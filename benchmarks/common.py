@@ -310,20 +310,6 @@ def warn_if_loaded(device: torch.device) -> None:
             "OMP_WAIT_POLICY=PASSIVE and/or --threads 1 make them far steadier on a shared machine")
 
 
-def in_fresh_process(script: str | Path, job: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Run `python SCRIPT --worker JOB.json` in a new process and return the JSON it leaves in
-    result.json beside the job file (the worker writes it; it need not import this module, which
-    loads torch): for timing an engine that brings its own OpenMP runtime (CTranslate2), which
-    slows torch's parallel regions when both run in one process."""
-    job_file = Path(workdir) / "job.json"
-    result = job_file.with_name("result.json")
-    result.unlink(missing_ok=True)
-    job_file.write_text(json.dumps(job), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    subprocess.run([sys.executable, str(script), "--worker", str(job_file)], check=True, env=env)
-    return json.loads(result.read_text(encoding="utf-8"))
-
-
 def rss_mib() -> float | None:
     release_memory()
     kib = _proc_status_kib("VmRSS")

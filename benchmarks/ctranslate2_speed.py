@@ -26,7 +26,6 @@ development machine). Prints one JSON document.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fresh  # noqa: E402  (torch-free, as the CTranslate2 worker must stay)
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,10 +87,8 @@ def ctranslate2_worker(job: dict) -> dict:
     return {"seconds": seconds, "pieces": [r.hypotheses[0] for r in res], "version": ctranslate2.__version__}
 
 
-def worker_main(job_file: Path) -> None:
-    job = json.loads(job_file.read_text(encoding="utf-8"))
-    result = mt_worker(job) if job["engine"] == "mt" else ctranslate2_worker(job)
-    (job_file.parent / "result.json").write_text(json.dumps(result), encoding="utf-8")
+def worker(job: dict) -> dict:
+    return mt_worker(job) if job["engine"] == "mt" else ctranslate2_worker(job)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,7 +97,7 @@ def worker_main(job_file: Path) -> None:
 def main() -> None:
     args = parse_args()
     if args.worker is not None:
-        return worker_main(args.worker)
+        return fresh.answer(args.worker, worker)
     if args.run is None:
         raise SystemExit("ctranslate2_speed.py: a run directory is needed")
     import common  # imported here: the CTranslate2 worker loads neither torch nor mt
@@ -150,7 +148,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for engine, job in jobs.items():
                     common.log(f"{setting}: {engine}")
-                    res = common.in_fresh_process(__file__, job, Path(tmp))
+                    res = fresh.in_fresh_process(__file__, job, Path(tmp))
                     if engine not in best or res["seconds"] < best[engine]["seconds"]:
                         best[engine] = res
             ct2_version = best["ctranslate2"]["version"]

@@ -348,7 +348,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version(),
                     "load_average_at_start": os.getloadavg()},
         "model": "transformer d_model 128, 3+3 layers, ff 512, joint 5000-piece unigram vocabulary",
-        "corpus": f"Multi30k train en->de repeated to N pairs (plain text), data.dedup false",
+        "corpus": "Multi30k train en->de repeated to N pairs (plain text), data.dedup false",
         "steps": args.steps, "log_every": args.log_every,
         "sizes": [],
     }

@@ -15,7 +15,7 @@ from each engine's own output. The same batches for all (--batch sentences, sort
 <pad> never generated (transformers: bad_words_ids; mt masks it; CTranslate2:
 suppress_sequences), length penalty 1.0, early stopping. Times exclude loading and
 SentencePiece. Engines alternate setting by setting: transformers and mt in this process (one
-torch), CTranslate2 in a process of its own (benchmarks/common.py: in_fresh_process), as is the
+torch), CTranslate2 in a process of its own (benchmarks/fresh.py), as is the
 export to it, so that CTranslate2's OpenMP runtime never shares a process with torch's timings.
 Prints one JSON document.
 """
@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import fresh  # noqa: E402
 
 import sentencepiece as spm  # noqa: E402
 import transformers  # noqa: E402
@@ -155,9 +156,7 @@ def timed(fn, *a):
 def main() -> None:
     args = parse_args()
     if args.worker is not None:
-        result = ct2_worker(json.loads(args.worker.read_text(encoding="utf-8")))
-        (args.worker.parent / "result.json").write_text(json.dumps(result), encoding="utf-8")
-        return
+        return fresh.answer(args.worker, ct2_worker)
     torch.set_num_threads(args.threads)
     lines = read_lines(common.data_dir(args) / "test_2016_flickr.en.gz")[: args.lines]
     env = common.environment(torch.device("cpu"))
@@ -168,7 +167,7 @@ def main() -> None:
         (tmp / "hf").mkdir()
         folder = marian_folder(args, tmp / "hf")
         import_huggingface(str(folder), tmp / "run")
-        ct2_dir = common.in_fresh_process(__file__, {"job": "export", "run": str(tmp / "run"),
+        ct2_dir = fresh.in_fresh_process(__file__, {"job": "export", "run": str(tmp / "run"),
                                                      "out": str(tmp / "ct2")}, tmp)["dir"]
         hf = transformers.MarianMTModel.from_pretrained(folder).eval()
         tok = transformers.MarianTokenizer.from_pretrained(folder)
@@ -210,7 +209,7 @@ def setting_row(setting, args, hf, tok, run, ct2, lines, ids, pieces, batches, r
     common.log(f"{setting}: mt")
     mine, t_mt = timed(run_mt, translator, ids, batches)
     common.log(f"{setting}: CTranslate2 (a process of its own)")
-    res = common.in_fresh_process(__file__, dict(ct2, pieces=pieces, batches=batches, beam=beam, max_len=args.max_len,
+    res = fresh.in_fresh_process(__file__, dict(ct2, pieces=pieces, batches=batches, beam=beam, max_len=args.max_len,
                                                  compute_type="int8" if int8 else "float32"), tmp)
     ct2_out, t_ct2 = res["pieces"], res["seconds"]
     mine_hf = [[rows[t] for t in m] for m in mine]
