@@ -6,8 +6,9 @@ comparison per element, on one thread, and in the small CPU Transformer's traini
 Here a mask comes from random 64-bit integers, four 15-bit draws from each: an element is dropped
 when its draw is below round(p * 2^15), so the probability is p rounded to a multiple of 1/32768
 (0.1 becomes 3277/32768 = 0.100006) and the kept elements are scaled by 1 / (1 - that
-probability), which keeps the expectation exact. The integers come from torch's default CPU generator, so `torch.manual_seed`
-and a checkpoint's saved RNG state reproduce the masks, as they do with `F.dropout`.
+probability), which keeps the expectation exact. The integers come from torch's default CPU
+generator, so `torch.manual_seed` and a checkpoint's saved RNG state reproduce the masks, as they
+do with `F.dropout`.
 
 On other devices (CUDA draws its masks in parallel, with Philox) the module is `F.dropout`.
 benchmarks/train_speed.py --ablations times both on the CPU.

@@ -343,8 +343,9 @@ class Batcher:
             results = self.translate(jobs[0].decode, texts, jobs[0].alignments, prefixes, ids, controls)
         # counted before the answers go out: a client that has its answer finds it in GET /health
         self.batches, self.requests, self.texts = self.batches + 1, self.requests + len(jobs), self.texts + len(results)
-        self.busy += time.monotonic() - started
-        rate = len(results) / max(time.monotonic() - started, 1e-6)
+        elapsed = time.monotonic() - started
+        self.busy += elapsed
+        rate = len(results) / max(elapsed, 1e-6)
         self.rate = rate if self.rate == 0 else 0.8 * self.rate + 0.2 * rate
         pos = 0
         for job in jobs:
