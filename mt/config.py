@@ -274,6 +274,11 @@ class TrainConfig:
     schedule: Literal["inverse_sqrt", "cosine", "plateau", "constant"] = "inverse_sqrt"
     warmup: int = 4000
     min_lr: float = 0.0
+    #: the update at which schedule=cosine reaches min_lr: max_steps, or "minutes": the updates that
+    #: max_minutes hold, estimated by timing this run's first updates (before the warm-up ends) and
+    #: kept in its checkpoints, so that a time budget ends with the rate annealed (the run then
+    #: stops there or at max_steps, whichever is first; docs/training.md)
+    horizon: Literal["max_steps", "minutes"] = "max_steps"
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     label_smoothing: float = 0.1
@@ -313,6 +318,9 @@ class TrainConfig:
             raise MTError(f"train.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise MTError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.horizon == "minutes" and (self.schedule != "cosine" or self.max_minutes <= 0):
+            raise MTError("train.horizon=minutes needs train.schedule=cosine and train.max_minutes > 0 "
+                          f"(got schedule={self.schedule}, max_minutes={self.max_minutes})")
 
 
 #: where a decoding option may reach besides the recipe's decode section (which holds every one):

@@ -9,6 +9,7 @@ thread each, so the bitwise comparisons do not depend on the machine's load).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -178,6 +179,93 @@ def test_cosine_schedule() -> None:
     assert got[w:] == pytest.approx(cosine, rel=1e-9)
     assert all(a >= b for a, b in zip(got[w:], got[w + 1 :]))  # decays monotonically ...
     assert low < got[-1] < 0.15  # ... towards min_lr
+
+
+def test_cosine_to_a_horizon_fixed_during_the_warm_up() -> None:
+    """train.horizon=minutes: the warm-up does not depend on the horizon; once it is fixed, the rates
+    are schedule=cosine's over max_steps = the horizon, then min_lr; the horizon travels in the
+    scheduler's state (a checkpoint read with weights_only=True) and is capped at max_steps."""
+    w, n, low = 4, 24, 0.1
+    cfg = config_from_dict(recipe(train={"schedule": "cosine", "horizon": "minutes", "max_minutes": 1.0, "lr": 1.0,
+                                         "warmup": w, "min_lr": low, "max_steps": 1000}))
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=1.0)
+    scheduler, plateau = build_scheduler(opt, cfg)
+    assert plateau is None
+    got = []
+    for k in range(1, n + 6):
+        if k == 3:
+            scheduler.lr_lambdas[0].fix(n)
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert got[:n] == pytest.approx(lrs_per_update("cosine", n, warmup=w, min_lr=low), rel=1e-12)
+    assert got[n:] == pytest.approx([low] * 5)  # past the horizon: the floor
+    buffer = io.BytesIO()
+    torch.save(scheduler.state_dict(), buffer)
+    buffer.seek(0)
+    fresh_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    fresh, _ = build_scheduler(fresh_opt, cfg)
+    assert fresh.lr_lambdas[0].steps is None
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fresh.lr_lambdas[0].steps == n
+    capped, _ = build_scheduler(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0), cfg)
+    capped.lr_lambdas[0].fix(5000)
+    assert capped.lr_lambdas[0].steps == 1000
+
+
+@pytest.mark.parametrize("train", [{"schedule": "inverse_sqrt", "max_minutes": 5}, {"schedule": "cosine"}])
+def test_horizon_minutes_needs_cosine_and_a_time_budget(train: dict) -> None:
+    with pytest.raises(MTError, match="train.horizon=minutes needs"):
+        config_from_dict(recipe(train={"horizon": "minutes", **train}))
+
+
+class ClockedTrainer(Trainer):
+    """A trainer whose clock advances `seconds_per_step` per update this process makes, so that the
+    horizon's timing and max_minutes are exact."""
+
+    HORIZON_SKIP, HORIZON_STEPS = 2, 4
+    seconds_per_step = 0.5
+
+    def _plan_horizon(self, state) -> None:
+        self.first_step = state.progress.step
+        super()._plan_horizon(state)
+
+    def clock(self) -> float:
+        if not hasattr(self, "first_step"):  # before training (the start of max_minutes)
+            return 0.0
+        return self.seconds_per_step * (self.state.progress.step - self.first_step)
+
+
+def test_horizon_minutes_decays_over_the_steps_the_budget_holds(tmp_path: Path) -> None:
+    """Updates 2-6 take 2 s (0.5 s each), 15 s of the 18 are left at update 6: the learning rate
+    decays to step 6 + 30 = 36, recorded in meta.json, where the run ends; a run resumed from step
+    12 (whose own timing would give 12 + 6 + 30 = 48) keeps 36 and ends with the same weights."""
+    rec = recipe(train={"schedule": "cosine", "horizon": "minutes", "max_minutes": 0.3, "max_steps": 1000,
+                        "warmup": 8, "save_every": 4, "valid_every": 12, "keep_last": 20, "log_every": 1})
+    run = tmp_path / "run"
+    summary = ClockedTrainer(config_from_dict(rec), run).train()
+    assert summary["step"] == 36
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["horizon"]["steps"] == 36 and meta["horizon"]["timed"] == [2, 6]
+    assert meta["horizon"]["steps_per_s"] == pytest.approx(2.0)
+    lrs = [r["lr"] for r in records(run) if "lr" in r]
+    assert len(lrs) == 36
+    assert lrs[:8] == pytest.approx([3e-3 * k / 8 for k in range(1, 9)])  # the warm-up
+    assert all(a > b for a, b in zip(lrs[8:], lrs[9:]))  # then the cosine, down to ...
+    assert lrs[-1] == pytest.approx(3e-3 * (1 + math.cos(math.pi * 27 / 28)) / 2)  # ... just above 0 at 36
+
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    for ckpt in (again / "checkpoints").glob("step_*"):
+        if int(ckpt.name.split("_")[1]) > 12:
+            shutil.rmtree(ckpt)
+    (again / "checkpoints" / "latest").write_text("step_00000012\n")
+    resumed = ClockedTrainer(config_from_dict(rec), again, resume=True).train()
+    assert resumed["step"] == 36
+    assert json.loads((again / "meta.json").read_text())["horizon"]["steps"] == 36
+    assert_same_weights(run / "checkpoints" / "step_00000036" / "model.safetensors",
+                        again / "checkpoints" / "step_00000036" / "model.safetensors")
 
 
 def test_plateau_schedule_drops_after_patience_bad_validations() -> None:

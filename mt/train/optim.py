@@ -65,6 +65,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
     # LinearLR from 1/warmup at k = 1 to 1 at k = warmup (its counter k - 1 runs 0 .. warmup - 1)
     start = 1.0 / warmup if warmup else 1.0
     warm = sched.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=max(warmup - 1, 0))
+    if t.schedule == "cosine" and t.horizon == "minutes":
+        return sched.LambdaLR(optimizer, CosineToHorizon(warmup, t.max_steps, t.min_lr / t.lr)), None
     if t.schedule == "cosine":
         cosine = sched.CosineAnnealingLR(optimizer, T_max=max(t.max_steps - warmup, 1), eta_min=t.min_lr)
         return sched.SequentialLR(optimizer, [warm, cosine], milestones=[max(warmup, 1)]), None
@@ -75,6 +77,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
         )
         return warm, plateau
     return warm, None  # constant after warmup
+
+
+class CosineToHorizon:
+    """schedule=cosine with horizon=minutes, as a LambdaLR factor of update k (1-based): k / warmup
+    during the warm-up, then a cosine from 1 to min_lr / lr that ends at update `steps`, the
+    horizon, fixed by the trainer once it has timed its first updates (`fix`), before the warm-up
+    ends. Until then (a run whose warm-up is shorter than its timing) the rate stays at its peak.
+    A callable object rather than a function, so that LambdaLR's state_dict carries the fixed
+    horizon in every checkpoint and a resume decays to the same step."""
+
+    def __init__(self, warmup: int, max_steps: int, floor: float) -> None:
+        self.warmup, self.max_steps, self.floor = warmup, max_steps, floor
+        self.steps: int | None = None  # the horizon, once fixed
+
+    def fix(self, steps: int) -> None:
+        self.steps = min(max(steps, 1), self.max_steps)
+
+    def __call__(self, done: int) -> float:
+        k = done + 1
+        if self.warmup and k <= self.warmup:
+            return k / self.warmup
+        if self.steps is None:
+            return 1.0
+        # as schedule=cosine over max_steps = steps: update warmup + 1 at the peak, the last just above the floor
+        progress = min((k - 1 - self.warmup) / max(self.steps - self.warmup, 1), 1.0)
+        return self.floor + (1 - self.floor) * (1 + math.cos(math.pi * progress)) / 2
 
 
 @dataclass
@@ -96,6 +124,12 @@ class Optimization:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def horizon(self) -> CosineToHorizon | None:
+        """The schedule whose end the trainer fixes from its timing (train.horizon=minutes), if any."""
+        fns = getattr(self.scheduler, "lr_lambdas", None) or [None]
+        return fns[0] if isinstance(fns[0], CosineToHorizon) else None
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,7 @@
 """The training loop: updates (mt.train.optim.TrainStep) over the run's batches (mt.train.data), and
 when to validate (mt.train.validation), keep the best model, checkpoint (mt.train.records) and
-stop: max_steps, max_epochs, max_minutes, early stopping. Several processes (mt.train.world) take
+stop: max_steps, max_epochs, max_minutes (and the horizon a time budget's schedule decays to),
+early stopping. Several processes (mt.train.world) take
 the same decisions at the same steps."""
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class Trainer:
     summary (step, why it stopped, the best score and its step). Data, records and state are set by
     `train()`; under torchrun every process runs one Trainer."""
 
+    #: train.horizon=minutes: the updates timed (after the first HORIZON_SKIP of this process, which
+    #: hold start-up and the allocator's first pages) to estimate how many max_minutes hold
+    HORIZON_SKIP, HORIZON_STEPS = 100, 200
+
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, log: Logger | None = None) -> None:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         self.world = World.from_env(cfg.train.device)
@@ -93,7 +98,9 @@ class Trainer:
         self.log = log if log is not None else Logger(self.world.is_main)
         self.update = TrainStep(cfg.train, self.world)  # refuses fp16 off CUDA
         seed_everything(cfg.train.seed)
-        self.started = time.monotonic()
+        self.started = self.clock()
+        self.max_steps = cfg.train.max_steps  # lowered to the horizon once it is fixed
+        self._horizon_timing: tuple[int, int, float | None] | None = None  # (from step, to step, clock at from)
         self.data: TrainData | None = None  # set by train()
         self.records: RunRecords | None = None  # set by train()
         self.state: TrainState | None = None  # set by train(): _build_state
@@ -108,6 +115,7 @@ class Trainer:
             self.records = RunRecords(self.run_dir, self.cfg, self.world, self.log, sizes)
             self.state = self._build_state(self.data)
             self._choose_precision(self.state, self.data.batcher)
+            self._plan_horizon(self.state)
             return self._loop(self.state, self.data.batcher)
         finally:  # the progress bar and TensorBoard's buffered events, on every way out (a DDP worker
             self.log.finish()  # leaves through os._exit, see mt.cli.main, so nothing else would close them)
@@ -152,12 +160,54 @@ class Trainer:
         self.log.info(choice.describe())
         self.records.update_meta({"amp": choice.record(setting)})
 
+    def clock(self) -> float:
+        """Seconds, for max_minutes and the horizon's timing (time.monotonic; tests replace it)."""
+        return time.monotonic()
+
+    def _plan_horizon(self, state: TrainState) -> None:
+        """train.horizon=minutes: keep the horizon a resumed run fixed before (its checkpoint holds
+        it), or time this process's updates HORIZON_SKIP .. HORIZON_SKIP + HORIZON_STEPS to fix it."""
+        horizon = state.opt.horizon
+        if horizon is None:
+            return
+        if horizon.steps is not None:
+            self.max_steps = min(self.max_steps, horizon.steps)
+            self.log.info(f"learning rate decays to step {horizon.steps} (train.horizon=minutes, fixed when "
+                          "the run started)")
+            return
+        start = state.progress.step + self.HORIZON_SKIP
+        self._horizon_timing = (start, start + self.HORIZON_STEPS, None)
+
+    def _time_horizon(self, state: TrainState) -> None:
+        """At the ends of the timed updates: the steps max_minutes hold at that rate become the
+        schedule's horizon (rank 0's estimate on every rank) and the run's last step."""
+        first, last, since = self._horizon_timing  # type: ignore[misc]
+        step, now = state.progress.step, self.clock()
+        if step == first:
+            self._horizon_timing = (first, last, now)
+            return
+        if step != last or since is None:
+            return
+        self._horizon_timing = None
+        t = self.cfg.train
+        per_s = (last - first) / max(now - since, 1e-9)
+        left = max(t.max_minutes * 60 - (now - self.started), 0.0)
+        horizon = state.opt.horizon
+        assert horizon is not None
+        horizon.fix(self.world.share(step + int(per_s * left)))
+        self.max_steps = min(self.max_steps, horizon.steps)  # type: ignore[type-var]
+        note = "" if step <= horizon.warmup else f"; the rate stayed at its peak until now (warm-up {horizon.warmup})"
+        self.log.info(f"learning rate decays to step {horizon.steps} (train.horizon=minutes: {per_s:.2f} steps/s "
+                      f"over steps {first}-{last}, {left / 60:.1f} of {t.max_minutes:g} minutes left{note})")
+        self.records.update_meta({"horizon": {"steps": horizon.steps, "steps_per_s": round(per_s, 3),
+                                              "timed": [first, last], "minutes_left": round(left / 60, 2)}})
+
     def _loop(self, state: TrainState, batcher: TokenBatcher) -> dict[str, Any]:
         t, progress, opt = self.cfg.train, state.progress, state.opt
-        self.log.start(t.max_steps, progress.step, self.run_dir)
+        self.log.start(self.max_steps, progress.step, self.run_dir)
         stop: str | None = None
         window, epoch, batches = _Window(), -1, []
-        while stop is None and progress.step < t.max_steps:
+        while stop is None and progress.step < self.max_steps:
             if epoch != progress.epoch:
                 epoch, batches = progress.epoch, batcher.epoch_batches(progress.epoch, self.world.rank, self.world.size)
             if progress.position >= len(batches):  # end of epoch
@@ -174,13 +224,15 @@ class Trainer:
             progress.position, progress.step = progress.position + len(group), progress.step + 1
             progress.tokens += ntok
             window.add(loss, ntok)
-            if progress.step % t.log_every == 0 or progress.step == t.max_steps:
+            if self._horizon_timing is not None:
+                self._time_horizon(state)
+            if progress.step % t.log_every == 0 or progress.step == self.max_steps:
                 self._log_window(progress, window, lr)
                 window = _Window()
             else:
                 self.log.tick(progress.step)
             stop = self._maybe_validate_and_save(state)
-        return self._finish(state, stop or "max_steps")
+        return self._finish(state, stop or ("horizon" if self.max_steps < t.max_steps else "max_steps"))
 
     def _log_window(self, progress: Progress, window: _Window, lr: float) -> None:
         record = {
@@ -240,7 +292,7 @@ class Trainer:
         t, step = self.cfg.train, state.progress.step
         out_of_time = False
         if t.max_minutes:  # every rank takes rank 0's clock, so all stop at the same step
-            out_of_time = self.world.agree((time.monotonic() - self.started) / 60 >= t.max_minutes)
+            out_of_time = self.world.agree((self.clock() - self.started) / 60 >= t.max_minutes)
         if step % t.valid_every == 0 or step % self._save_every() == 0 or out_of_time:
             stop = self._validate_and_save(state, force_save=out_of_time)
             if stop:

@@ -64,6 +64,14 @@ class World:
         dist.broadcast(t, 0)
         return bool(t.item())
 
+    def share(self, value: int) -> int:
+        """Rank 0's `value` on every rank."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(t, 0)
+        return int(t.item())
+
     def sync_lr(self, optimizer: torch.optim.Optimizer) -> None:
         """Every rank takes rank 0's learning rates (a plateau schedule is stepped there only)."""
         if self.size == 1:
