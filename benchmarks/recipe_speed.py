@@ -52,7 +52,7 @@ def train_once(name: str, checkout: Path | None, recipe: Path, prepared: Path, r
     cmd, env, cwd = mt_command(checkout)
     data = recipe_data_paths(recipe)
     sets = [f"data.prepared={prepared}", *data, f"train.max_steps={args.steps}", f"train.log_every={args.log_every}",
-            "train.valid_every=1000000", "train.save_every=1000000", "train.max_minutes=0",
+            "train.valid_every=1000000", "train.save_every=1000000", "train.max_minutes=100000",
             "train.valid_max_sentences=8", "train.average_last=0", f"train.seed={args.seed}"]
     cmd = cmd + ["train", str(recipe), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, **env, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
