@@ -58,11 +58,7 @@ class World:
 
     def agree(self, flag: bool) -> bool:
         """True on every rank if it is True on rank 0."""
-        if self.size == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.broadcast(t, 0)
-        return bool(t.item())
+        return bool(self.share(int(flag)))
 
     def share(self, value: int) -> int:
         """Rank 0's `value` on every rank."""
