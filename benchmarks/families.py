@@ -1,7 +1,7 @@
 """The book's model families compared on one budget: each CPU recipe trained for M minutes, one table.
 
     python benchmarks/families.py --minutes M [--recipes R1,R2,...] [--work DIR] [--plots DIR]
-                                  [--set KEY=VALUE ...] [--threads N] [--output FILE]
+                                  [--set KEY=VALUE ...] [--threads N] [--output FILE] [--no-train]
 
 Trains each recipe (default: recipes/multi30k/{gru,lstm,bahdanau,luong,transformer}-cpu.yaml) with
 `mt train` for M wall-clock minutes, one after another, and translates its test set with beam 5 and
@@ -12,6 +12,10 @@ Bahdanau paper shows attention's gain growing with the length of the sentence.
 
 With --plots DIR: `bleu_by_length.png` (one line per family) and, for each model with attention,
 the heatmap of one test sentence (`mt translate --attention-plot`).
+
+With --no-train the runs already in --work (WORK/gru, WORK/bahdanau, ...: trained by an earlier
+call, or by `mt train RECIPE --run-dir WORK/NAME` with settings of one's own, such as a number of
+updates in place of minutes) are scored instead of trained; their training seconds are then not known.
 
 Not part of `make bench`: it trains for minutes per recipe.
 """
@@ -46,7 +50,8 @@ BUCKETS = (8, 12, 16, 20)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, required=True, help="training wall-clock minutes per recipe")
+    p.add_argument("--minutes", type=float, required=True, help="training wall-clock minutes per recipe (with --no-train: the budget the "
+                        "runs stand for, recorded in the JSON)")
     p.add_argument("--recipes", default=DEFAULT_RECIPES, help="comma-separated recipe files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override passed to every `mt train` (repeatable)")
@@ -54,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plots", default=None, help="write bleu_by_length.png and attention heatmaps here")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--output", default=None, help="also write the JSON document to this file")
+    p.add_argument("--no-train", action="store_true",
+                   help="score the runs already trained in --work (WORK/gru, ...) instead of training them")
     args = p.parse_args(argv)
     if args.minutes <= 0:
         p.error("--minutes must be > 0")
@@ -133,9 +140,14 @@ def main(argv: list[str] | None = None) -> None:
     for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
         name = Path(recipe).stem.removesuffix("-cpu")
         run = work / name
-        if run.exists():
+        if args.no_train:
+            if not (run / "meta.json").is_file():
+                raise SystemExit(f"error: --no-train: {run} is not a trained run")
+            seconds = None
+        elif run.exists():
             raise SystemExit(f"error: {run} exists; give another --work")
-        seconds = mt_train(recipe, run, 1, args.minutes, args.overrides, threads=args.threads)
+        else:
+            seconds = mt_train(recipe, run, 1, args.minutes, args.overrides, threads=args.threads)
         record = run_record(run, seconds)
         cfg = load_config(run / CONFIG)
         src, refs = load_corpus(cfg.data, cfg.train.seed, splits=("test",))["test"]
@@ -157,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         if plots is not None and loaded.run.model.has_attention:
             row["attention_plot"] = attention_plot(run, src[0], plots / f"attention-{name}")
         table[name] = row
-    doc: dict[str, Any] = {"benchmark": "families", "minutes": args.minutes, "overrides": args.overrides,
+    doc: dict[str, Any] = {"benchmark": "families", "minutes": args.minutes, "trained_here": not args.no_train,
+                           "overrides": args.overrides,
                            "environment": common.environment(torch.device("cpu")), "families": table}
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)

@@ -52,3 +52,20 @@ def test_families_benchmark_smoke(tmp_path: Path) -> None:
     plot = Path(doc["families"]["bahdanau"]["attention_plot"])
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(doc["bleu_by_length_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert doc["trained_here"] is True
+
+    # --no-train scores the runs already in --work: nothing retrained, the same weights give the same table
+    weights = tmp_path / "w" / "gru" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = subprocess.run(cmd[:-2] + ["--no-train"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    doc2 = json.loads(again.stdout)
+    assert doc2["trained_here"] is False and weights.stat().st_mtime_ns == before
+    for name, row in doc2["families"].items():
+        assert row["steps"] == doc["families"][name]["steps"]
+        assert row["best_valid_bleu"] == doc["families"][name]["best_valid_bleu"]
+        assert row["beam5"]["bleu"] == doc["families"][name]["beam5"]["bleu"]
+    # and refuses a folder that holds no trained run
+    missing = subprocess.run(cmd[:-4] + ["--work", str(tmp_path / "none"), "--no-train"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "is not a trained run" in missing.stderr
