@@ -109,9 +109,11 @@ def keep_freed_host_memory() -> bool:
     system: every training step then faults the pages of its large tensors in anew (the logits of a
     4096-token batch over a 5000-piece vocabulary alone are 80 MB). With blocks up to 1 GiB taken
     from the heap and the heap never trimmed, a step reuses the previous step's pages, as the
-    caching allocators of CUDA, jemalloc or tcmalloc do; the process keeps its peak size until it
-    ends. Training gains (docs/performance.md); decoding, which allocates little, does not, so only
-    training calls this."""
+    caching allocators of CUDA, jemalloc or tcmalloc do; the process does not shrink until it ends.
+    Training gains (docs/performance.md); decoding, which allocates little, does not, so only
+    training calls this. Known problem: under the RNN recipes, whose steps allocate a tensor per
+    time step and batch shape, the heap grows far beyond the live tensors (7.9 GB after 3,700
+    steps of an attention GRU; docs/performance.md, "Host memory of the RNN recipes")."""
     import ctypes
     import platform
 
