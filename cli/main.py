@@ -70,6 +70,10 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["train"]:  # glibc's allocator as training needs it (mt.device.training_allocator_env)
+        from mt.device import reexec_for_training
+
+        reexec_for_training()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         _main()
         return

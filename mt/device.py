@@ -8,7 +8,7 @@ what only the machine can tell (is there a CUDA device, does the CPU multiply bf
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from mt import MTError
 
@@ -100,6 +100,50 @@ def set_decoding_dtype(model: Seq2Seq, name: str, device: torch.device,
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+#: glibc's cache of small freed blocks per thread, turned off for training (training_allocator_env)
+TCACHE_OFF = "glibc.malloc.tcache_count=0"
+
+
+def training_allocator_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment `mt train` runs in: `environ` with glibc's tcache turned off, or None when
+    nothing is to change (not glibc, or GLIBC_TUNABLES already sets tcache_count).
+
+    torch allocates with posix_memalign (64-byte alignment); glibc (2.36 where it was measured) cuts
+    the aligned block out of a larger free chunk and frees the small pieces before and after it, and
+    while its tcache holds such pieces they count as in use, so the free chunks around them cannot
+    merge. Under the RNN recipes, whose steps allocate per time step and batch shape, the heap then
+    grew to 8 GB with freed memory kept (keep_freed_host_memory); with the tcache off it stays near
+    the live tensors (docs/performance.md, "Host memory"). glibc reads its tunables only when a
+    process starts, so `mt train` starts again in this environment (reexec_for_training); a Trainer
+    made in a process of one's own runs with the allocator that process has."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.tcache_count" in tunables:
+        return None
+    env = dict(environ)
+    env["GLIBC_TUNABLES"] = f"{tunables}:{TCACHE_OFF}" if tunables else TCACHE_OFF
+    return env
+
+
+def reexec_for_training() -> None:
+    """Start this process again, same command line, in training_allocator_env's environment (once:
+    the new process finds its tunable set); returns when there is nothing to change."""
+    import os
+    import sys
+
+    env = training_allocator_env(os.environ)
+    argv = getattr(sys, "orig_argv", None)
+    if env is None or not argv:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
 def keep_freed_host_memory() -> bool:
     """Keep the host memory of freed tensors in the process for the next ones (glibc only; returns
     whether it applied).
@@ -111,9 +155,8 @@ def keep_freed_host_memory() -> bool:
     from the heap and the heap never trimmed, a step reuses the previous step's pages, as the
     caching allocators of CUDA, jemalloc or tcmalloc do; the process does not shrink until it ends.
     Training gains (docs/performance.md); decoding, which allocates little, does not, so only
-    training calls this. Known problem: under the RNN recipes, whose steps allocate a tensor per
-    time step and batch shape, the heap grows far beyond the live tensors (7.9 GB after 3,700
-    steps of an attention GRU; docs/performance.md, "Host memory of the RNN recipes")."""
+    training calls this; `mt train` also runs with glibc's tcache off (training_allocator_env),
+    without which the heap of the RNN recipes grew far beyond the live tensors."""
     import ctypes
     import platform
 

@@ -77,3 +77,49 @@ def test_freed_tensor_memory_stays_for_the_next_step() -> None:
         runs[mode] = (applied, float(released))
     assert runs["default"][0] == "False" and runs["default"][1] > 48  # given back: most of the 64 MiB
     assert runs["keep"][0] == "True" and runs["keep"][1] < 16  # kept
+
+
+def test_training_allocator_env_turns_the_tcache_off_once() -> None:
+    import platform
+
+    from mt.device import TCACHE_OFF, training_allocator_env
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert training_allocator_env({}) is None
+        return
+    assert training_allocator_env({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": TCACHE_OFF}
+    # the user's own tunables are kept, and a tcache setting of theirs wins
+    assert training_allocator_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == (
+        f"glibc.malloc.arena_max=2:{TCACHE_OFF}")
+    assert training_allocator_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3"}) is None
+
+
+_REEXEC = """
+import os, sys
+print("start", os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], file=sys.stderr, flush=True)
+sys.argv = ["mt", sys.argv[1], "--help"]
+from mt.cli.main import main
+main()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's tunables")
+@pytest.mark.parametrize("command", ["train", "translate"])
+def test_mt_train_runs_again_with_the_tcache_off(command: str) -> None:
+    """`mt train` starts itself again, once, with the same command line and glibc's tcache off (glibc
+    reads its tunables at start); other commands run as they are."""
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    r = subprocess.run([sys.executable, "-c", _REEXEC, command], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    starts = [line for line in r.stderr.splitlines() if line.startswith("start")]
+    if command == "train":
+        assert starts == [f"start None ['{command}']", f"start glibc.malloc.tcache_count=0 ['{command}']"]
+    else:
+        assert starts == [f"start None ['{command}']"]
+    assert r.stdout.count("Usage:") == 1  # the command itself ran once
