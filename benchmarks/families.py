@@ -50,8 +50,9 @@ BUCKETS = (8, 12, 16, 20)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, required=True, help="training wall-clock minutes per recipe (with --no-train: the budget the "
-                        "runs stand for, recorded in the JSON)")
+    p.add_argument("--minutes", type=float, required=True,
+                   help="training wall-clock minutes per recipe (with --no-train: the budget the runs "
+                        "stand for, recorded in the JSON)")
     p.add_argument("--recipes", default=DEFAULT_RECIPES, help="comma-separated recipe files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override passed to every `mt train` (repeatable)")
