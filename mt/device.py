@@ -100,6 +100,13 @@ def set_decoding_dtype(model: Seq2Seq, name: str, device: torch.device,
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+def _on_glibc() -> bool:
+    """Linux with glibc, the allocator whose settings training changes."""
+    import platform
+
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 #: glibc's cache of small freed blocks per thread, turned off for training (training_allocator_env)
 TCACHE_OFF = "glibc.malloc.tcache_count=0"
 
@@ -116,9 +123,7 @@ def training_allocator_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     the live tensors (docs/performance.md, "Host memory"). glibc reads its tunables only when a
     process starts, so `mt train` starts again in this environment (reexec_for_training); a Trainer
     made in a process of one's own runs with the allocator that process has."""
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _on_glibc():
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.tcache_count" in tunables:
@@ -158,9 +163,8 @@ def keep_freed_host_memory() -> bool:
     training calls this; `mt train` also runs with glibc's tcache off (training_allocator_env),
     without which the heap of the RNN recipes grew far beyond the live tensors."""
     import ctypes
-    import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _on_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
