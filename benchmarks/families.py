@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from quality_budget import mt_train, run_record, work_folder  # noqa: E402
+from quality_budget import check_trained, mt_train, run_record, work_folder  # noqa: E402
 
 from mt.config import load_config  # noqa: E402
 from mt.data.text import load_corpus  # noqa: E402
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         name = Path(recipe).stem.removesuffix("-cpu")
         run = work / name
         if args.no_train:
-            if not (run / "meta.json").is_file():
-                raise SystemExit(f"error: --no-train: {run} is not a trained run")
+            check_trained(run)
             seconds = None
         elif run.exists():
             raise SystemExit(f"error: {run} exists; give another --work")

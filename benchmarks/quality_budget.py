@@ -89,6 +89,12 @@ def mt_train(recipe: str, run: Path, seed: int, minutes: float, overrides: list[
     return time.monotonic() - start
 
 
+def check_trained(run: Path) -> None:
+    """--no-train: `run` must hold a trained run."""
+    if not (run / "meta.json").is_file():
+        raise SystemExit(f"error: --no-train: {run} is not a trained run")
+
+
 def run_record(run: Path, seconds: float | None) -> dict[str, Any]:
     """Steps, throughput, the precision chosen and the validation curve of a finished run."""
     meta = json.loads((run / "meta.json").read_text(encoding="utf-8"))
@@ -149,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(1, args.seeds + 1):
         run = work / f"seed{seed}"
         if args.no_train:
-            if not (run / "meta.json").is_file():
-                raise SystemExit(f"error: --no-train: {run} is not a trained run")
+            check_trained(run)
             seconds = None
         elif run.exists():
             raise SystemExit(f"error: {run} exists; give another --work")
