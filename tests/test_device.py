@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mt import MTError
-from mt.device import check_device, check_precision, resolve_device
+from mt.device import _on_glibc, check_device, check_precision, resolve_device
 
 
 def test_device_names() -> None:
@@ -61,14 +61,10 @@ print(applied, round(held - rss_mib(), 1))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.skipif(not _on_glibc(), reason="glibc's allocator")
 def test_freed_tensor_memory_stays_for_the_next_step() -> None:
     """glibc unmaps a freed 64 MiB block at once (the process shrinks by 64 MiB); once training's
     setting is applied the pages stay in the process for the next tensor."""
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc")
     runs = {}
     for mode in ("default", "keep"):
         r = subprocess.run([sys.executable, "-c", _FREED_PAGES, mode], capture_output=True, text=True,
@@ -80,11 +76,9 @@ def test_freed_tensor_memory_stays_for_the_next_step() -> None:
 
 
 def test_training_allocator_env_turns_the_tcache_off_once() -> None:
-    import platform
-
     from mt.device import TCACHE_OFF, training_allocator_env
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _on_glibc():
         assert training_allocator_env({}) is None
         return
     assert training_allocator_env({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": TCACHE_OFF}
@@ -103,16 +97,13 @@ main()
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's tunables")
+@pytest.mark.skipif(not _on_glibc(), reason="glibc's tunables")
 @pytest.mark.parametrize("command", ["train", "translate"])
 def test_mt_train_runs_again_with_the_tcache_off(command: str) -> None:
     """`mt train` starts itself again, once, with the same command line and glibc's tcache off (glibc
     reads its tunables at start); other commands run as they are."""
     import os
-    import platform
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc")
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     r = subprocess.run([sys.executable, "-c", _REEXEC, command], capture_output=True, text=True, timeout=120,
                        env=env)
